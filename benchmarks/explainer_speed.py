@@ -1,0 +1,284 @@
+"""What an explanation costs: every explainer timed over background size and number of reviews.
+
+For each explained review, shap.DeepExplainer and Captum DeepLiftShap run
+forward and backward on 2 x B rows (the review tiled B times, stacked on the
+background). This script measures that, on the trained checkpoint (or, if
+there is none, a randomly initialised model of the same shape, labelled so):
+
+- a sweep over background sizes at a fixed number of reviews, and a sweep
+  over the number of reviews at background 100;
+- per point: one warm-up per engine, then repeats; median/min/max seconds,
+  seconds per review, rows per second (2 x B x N), extra peak memory;
+- a fitted line seconds-per-review = a + b x B per engine;
+- a check that all engines agree at one point (max |difference| to shap).
+
+Writes results/explainer_speed.json and results/explainer_speed.png.
+``--quick`` runs a tiny sweep on a small random model in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from torch_imdb.errors import UsageError, run_cli
+from torch_imdb.io import atomic_savefig, atomic_write_json
+from torch_imdb.model import ModelConfig, SentimentLSTM
+
+ENGINE_NAMES = ("shap", "captum", "fast", "fast-compiled")
+
+
+def make(name: str, model):
+    from torch_imdb.explain.compare import make_engine
+
+    if name == "fast-compiled":
+        return make_engine("fast", model, compile=True)
+    return make_engine(name, model)
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs, sampled every 5 ms (bytes above the start)."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096
+
+    @property
+    def extra_bytes(self) -> int:
+        return self.peak - self.start
+
+
+def load_inputs(args) -> tuple[SentimentLSTM, np.ndarray, np.ndarray, dict]:
+    """The model, a pool of background ids and of review ids, and what they are."""
+    max_b = max(args.backgrounds + [args.sweep_background])
+    max_n = max(args.reviews_sweep + [args.reviews])
+    if args.quick:
+        torch.manual_seed(args.seed)
+        model = SentimentLSTM(ModelConfig(vocab_size=200, embed_dim=16, hidden=16)).eval()
+        g = np.random.default_rng(args.seed)
+        return model, g.integers(0, 200, (max_b, 12)), g.integers(0, 200, (max_n, 12)), {
+            "model": "random-init small model (quick mode): vocab 200, E=H=16, T=12", "trained": False}
+    ckpt_dir = Path(args.checkpoint)
+    if (ckpt_dir / "model.pt").exists():
+        from torch_imdb.checkpoint import load_checkpoint
+        from torch_imdb.data import load_imdb
+        from torch_imdb.explain.compare import sample_background, sample_test_reviews
+
+        ckpt = load_checkpoint(ckpt_dir)
+        ds = load_imdb(args.data)
+        _, bg = sample_background(ckpt, ds, max_b, args.seed, ckpt_dir / "cache")
+        _, ids, _ = sample_test_reviews(ckpt, ds, max_n, args.seed, ckpt_dir / "cache")
+        return ckpt.model, bg, ids, {"model": f"trained checkpoint {ckpt_dir} (epoch {ckpt.config.get('epoch')})",
+                                     "trained": True, "T": ckpt.maxlen}
+    torch.manual_seed(args.seed)
+    model = SentimentLSTM(ModelConfig()).eval()
+    g = np.random.default_rng(args.seed)
+    return model, g.integers(0, 20000, (max_b, 80)), g.integers(0, 20000, (max_n, 80)), {
+        "model": f"RANDOM-INIT model of the trained shape (no checkpoint at {ckpt_dir}): vocab 20000, E=H=128, T=80",
+        "trained": False}
+
+
+def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget_s: float) -> dict:
+    """Repeat one (B, N) point up to ``repeats`` times (at least once, fewer past ``budget_s``)."""
+    times, result = [], None
+    with PeakRSS() as mem:
+        while len(times) < repeats and (not times or sum(times) < budget_s):
+            t0 = time.perf_counter()
+            result = engine.attribute(ids, bg)
+            times.append(time.perf_counter() - t0)
+    n, b = len(ids), len(bg)
+    med = statistics.median(times)
+    return {"background": b, "reviews": n, "seconds": times, "median_s": med, "min_s": min(times),
+            "max_s": max(times), "seconds_per_review": med / n, "rows_per_second": 2 * b * n / med,
+            "extra_peak_rss_mb": mem.extra_bytes / 2**20, "_values": result.values}
+
+
+def fit_line(points: list[dict]) -> dict:
+    """Least squares seconds_per_review = a + b x B, with R^2 and the log-log slope."""
+    B = np.array([p["background"] for p in points], dtype=float)
+    y = np.array([p["seconds_per_review"] for p in points])
+    b, a = np.polyfit(B, y, 1)
+    r2 = 1 - ((y - (a + b * B)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30)
+    slope = np.polyfit(np.log(B), np.log(y), 1)[0]
+    return {"a_seconds": float(a), "b_seconds_per_background_row": float(b), "r2": float(r2),
+            "loglog_slope": float(slope), "linear": bool(r2 > 0.98)}
+
+
+def run(args) -> dict:
+    from torch_imdb.training import machine_info
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    model, bg_pool, ids_pool, what = load_inputs(args)
+    engines = {name: make(name, model) for name in args.engines}
+    plan = [(b, args.reviews) for b in args.backgrounds]
+    plan += [(args.sweep_background, n) for n in args.reviews_sweep if (args.sweep_background, n) not in plan]
+    warm = {}
+    for name, engine in engines.items():  # warm-up: imports, hooks, torch.compile
+        t0 = time.perf_counter()
+        engine.attribute(torch.from_numpy(ids_pool[:1]), torch.from_numpy(bg_pool[: min(args.backgrounds)]))
+        warm[name] = time.perf_counter() - t0
+    points, check = [], None
+    bar = tqdm(total=len(plan) * len(engines), desc="benchmark", unit="point", disable=None)
+    for b, n in plan:
+        ids, bg = torch.from_numpy(ids_pool[:n]), torch.from_numpy(bg_pool[:b])
+        values = {}
+        for name, engine in engines.items():
+            bar.set_postfix(engine=name, B=b, N=n)
+            p = time_point(engine, ids, bg, args.repeats, args.point_budget)
+            values[name] = p.pop("_values")
+            points.append({"engine": name, **p})
+            bar.update()
+        if (b, n) == (args.check_background, args.reviews) and "shap" in values:
+            check = {"background": b, "reviews": n, "max_abs_diff_vs_shap": {
+                k: float(np.abs(v - values["shap"]).max()) for k, v in values.items() if k != "shap"}}
+    bar.close()
+    fits = {name: fit_line([p for p in points if p["engine"] == name and p["reviews"] == args.reviews])
+            for name in engines}
+    ref = {p["engine"]: p["seconds_per_review"] for p in points
+           if p["background"] == args.sweep_background and p["reviews"] == args.reviews}
+    ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
+    return {"what": what, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+            "machine": machine_info(), "versions": versions(), "warmup_seconds": warm, "points": points,
+            "fits": fits, "agreement": check,
+            "at_reference_point": {"background": args.sweep_background, "reviews": args.reviews,
+                                   "seconds_per_review": ref, **ratios}}
+
+
+def versions() -> dict:
+    import captum
+    import shap
+
+    return {"torch": torch.__version__, "shap": shap.__version__, "captum": captum.__version__}
+
+
+def print_table(res: dict) -> None:
+    print(f"\n{res['what']['model']}")
+    print(f"{'engine':>14} {'B':>5} {'N':>4} {'median s':>10} {'min s':>9} {'max s':>9} {'s/review':>9} "
+          f"{'rows/s':>9} {'+MB':>7}")
+    for p in res["points"]:
+        print(f"{p['engine']:>14} {p['background']:>5} {p['reviews']:>4} {p['median_s']:>10.3f} {p['min_s']:>9.3f} "
+              f"{p['max_s']:>9.3f} {p['seconds_per_review']:>9.4f} {p['rows_per_second']:>9.0f} "
+              f"{p['extra_peak_rss_mb']:>7.0f}")
+    print("\ncost per explained review = a + b x B")
+    for name, f in res["fits"].items():
+        print(f"{name:>14}: a = {f['a_seconds']:.4f} s, b = {f['b_seconds_per_background_row'] * 1e3:.3f} ms/row, "
+              f"R^2 = {f['r2']:.4f}, log-log slope {f['loglog_slope']:.2f}")
+    for k, v in res["at_reference_point"].items():
+        if k.endswith("speedup_vs_shap"):
+            print(f"{k} at B={res['at_reference_point']['background']}, N={res['at_reference_point']['reviews']}: "
+                  f"{v:.1f}x")
+    if res["agreement"]:
+        print(f"agreement at B={res['agreement']['background']}: {res['agreement']['max_abs_diff_vs_shap']}")
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    n = res["settings"]["reviews"]
+    for name in res["fits"]:
+        pts = [p for p in res["points"] if p["engine"] == name and p["reviews"] == n]
+        B = [p["background"] for p in pts]
+        ax.errorbar(B, [p["seconds_per_review"] for p in pts],
+                    yerr=[[(p["median_s"] - p["min_s"]) / n for p in pts], [(p["max_s"] - p["median_s"]) / n for p in pts]],
+                    marker="o", capsize=3, label=f"{name} (log-log slope {res['fits'][name]['loglog_slope']:.2f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("background size B (reference reviews)")
+    ax.set_ylabel("seconds per explained review")
+    ax.set_title(f"Explanation cost, N={n} reviews\n{res['what']['model'][:80]}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=120)
+    plt.close(fig)
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="artifacts", help="trained checkpoint folder (default: %(default)s)")
+    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA)")
+    p.add_argument("--engines", default=",".join(ENGINE_NAMES),
+                   help=f"comma-separated, from {', '.join(ENGINE_NAMES)} (default: all)")
+    p.add_argument("--backgrounds", type=int_list, default=[10, 25, 50, 100, 200],
+                   help="background sizes of the first sweep (default: 10,25,50,100,200)")
+    p.add_argument("--reviews", type=int, default=10, help="reviews explained in the background sweep (default: 10)")
+    p.add_argument("--reviews-sweep", type=int_list, default=[1, 10, 50],
+                   help="numbers of reviews of the second sweep (default: 1,10,50)")
+    p.add_argument("--sweep-background", type=int, default=100, help="background of the second sweep (default: 100)")
+    p.add_argument("--check-background", type=int, default=None,
+                   help="background size at which all engines are compared (default: the smallest)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default: 3)")
+    p.add_argument("--point-budget", type=float, default=60.0,
+                   help="stop repeating a point once its repeats took this many seconds (default: 60)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--out", default="results", help="folder for explainer_speed.json/.png (default: results)")
+    p.add_argument("--quick", action="store_true", help="tiny sweep on a small random model, under a minute")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in args.engines if e not in ENGINE_NAMES]
+    if unknown or not args.engines:
+        raise UsageError(f"--engines: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(ENGINE_NAMES)}")
+    if args.quick:
+        args.backgrounds, args.reviews, args.reviews_sweep, args.sweep_background = [4, 8], 2, [1, 2], 8
+        args.repeats = min(args.repeats, 2)
+        args.engines = [e for e in args.engines if e != "fast-compiled"]  # compiling alone takes ~30 s
+    if args.check_background is None:
+        args.check_background = min(args.backgrounds)
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    res = run(args)
+    print_table(res)
+    out = Path(args.out)
+    atomic_write_json(out / "explainer_speed.json", res)
+    plot(res, out / "explainer_speed.png")
+    print(f"\nwrote {out / 'explainer_speed.json'} and {out / 'explainer_speed.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny IMDB-layout folders written by the tests, tiny models, the real data when set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torch_imdb.model import ModelConfig, SentimentLSTM
+
+POSITIVE = ["superb", "wonderful", "delight"]
+NEGATIVE = ["awful", "boring", "dreadful"]
+FILLER = [f"w{k}" for k in range(60)]
+
+
+def write_imdb_folder(root: Path, splits: dict[str, tuple[list[str], list[int]]], columns=("text", "label")) -> Path:
+    """Write splits as parquet files in the hub layout of stanfordnlp/imdb (plain_text/<split>-00000-of-00001.parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "plain_text"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (texts, labels) in splits.items():
+        table = pa.table({columns[0]: texts, columns[1]: labels})
+        pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def planted_reviews(n: int, seed: int, length: int = 12) -> tuple[list[str], list[int]]:
+    """Reviews of random filler words with one planted sentiment word; label = its polarity.
+
+    Ordered negatives first, like the real data, so tests also catch "first N" sampling.
+    """
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for k in range(n):
+        label = int(k >= n // 2)
+        words = list(rng.choice(FILLER, size=length))
+        words[rng.integers(0, length)] = str(rng.choice(POSITIVE if label else NEGATIVE))
+        texts.append(" ".join(words) + ("!" if k % 3 == 0 else "."))
+        labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture
+def planted_data(tmp_path: Path) -> Path:
+    """A small IMDB-layout folder whose sentiment is decided by planted words."""
+    return write_imdb_folder(tmp_path / "planted", {"train": planted_reviews(800, 0), "test": planted_reviews(200, 1)})
+
+
+@pytest.fixture
+def tiny_model() -> SentimentLSTM:
+    torch.manual_seed(0)
+    model = SentimentLSTM(ModelConfig(vocab_size=40, embed_dim=8, hidden=6))
+    with torch.no_grad():  # larger weights than Keras' init, so the function is far from linear
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model.eval()
+
+
+@pytest.fixture
+def real_data() -> str:
+    path = os.environ.get("TORCH_IMDB_DATA")
+    if not path or not Path(path).exists():
+        pytest.skip("integration test: set TORCH_IMDB_DATA to the IMDB copy (e.g. ../shared/data/imdb)")
+    return path

@@ -1,0 +1,45 @@
+"""The benchmark harness in --quick mode: output structure only (no test asserts a speed)."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "explainer_speed.py"
+
+
+def run_script(args):
+    old = sys.argv
+    sys.argv = [str(SCRIPT), *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+    finally:
+        sys.argv = old
+    return exit_info.value.code
+
+
+def test_quick_run_writes_json_and_png(tmp_path):
+    assert run_script(["--quick", "--out", str(tmp_path), "--engines", "shap,captum,fast"]) == 0
+    res = json.loads((tmp_path / "explainer_speed.json").read_text())
+    assert res["what"]["trained"] is False and "random" in res["what"]["model"]
+    engines = {p["engine"] for p in res["points"]}
+    assert engines == {"shap", "captum", "fast"}
+    for p in res["points"]:
+        assert p["median_s"] > 0 and p["min_s"] <= p["median_s"] <= p["max_s"]
+        assert p["rows_per_second"] == pytest.approx(2 * p["background"] * p["reviews"] / p["median_s"])
+        assert len(p["seconds"]) >= 1
+    assert {(p["background"], p["reviews"]) for p in res["points"]} == {(4, 2), (8, 2), (8, 1)}
+    for fit in res["fits"].values():
+        assert {"a_seconds", "b_seconds_per_background_row", "r2", "loglog_slope"} <= set(fit)
+    assert res["agreement"]["max_abs_diff_vs_shap"]["fast"] < 1e-5
+    assert res["agreement"]["max_abs_diff_vs_shap"]["captum"] < 1e-5
+    assert {"torch", "shap", "captum"} <= set(res["versions"]) and res["machine"]["cpu_count"] >= 1
+    assert (tmp_path / "explainer_speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_engine_is_a_clear_error(tmp_path, capsys):
+    assert run_script(["--quick", "--out", str(tmp_path), "--engines", "lime"]) == 2
+    assert "unknown lime" in capsys.readouterr().err

@@ -1,0 +1,22 @@
+"""One error type for everything a user can get wrong, and the CLI wrapper that prints it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UsageError(Exception):
+    """Bad input from the user (paths, options, text): printed as one line, never a traceback."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's ``main`` and turn :class:`UsageError` into ``error: ...`` and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,101 @@
+"""``python -m torch_imdb.explain``: explain test reviews with shap and Captum (and the fast engine).
+
+Default: 10 test reviews against 100 training reviews (both sampled with
+--seed), explained by shap.DeepExplainer and Captum DeepLiftShap on the twin;
+writes the per-token CSV, the summary JSON, the force plot (HTML and PNG) and
+a word figure to --out. ``--text`` explains reviews you type instead;
+``--all-test`` explains the whole test split with the fast engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torch_imdb.checkpoint import load_checkpoint
+from torch_imdb.data import load_imdb
+from torch_imdb.errors import UsageError, run_cli
+from torch_imdb.explain.compare import ENGINES, explain_reviews, summarize, write_csv, write_summary
+from torch_imdb.plots import force_plot, save_force_html, save_force_png, save_token_figure
+from torch_imdb.training import machine_info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torch_imdb.explain", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
+    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
+    p.add_argument("--background", type=int, default=100, help="training reviews in the background (reference) set")
+    p.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
+    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
+    p.add_argument("--engines", default="shap,captum",
+                   help=f"comma-separated engines from {', '.join(ENGINES)}; the first is the reference")
+    p.add_argument("--text", action="append", default=None,
+                   help="explain this review instead of sampled ones (repeat for several)")
+    p.add_argument("--out", default=None, help="output folder (default: results/, or artifacts/explain_text with --text)")
+    p.add_argument("--no-plain-lstm", action="store_true", help="skip running the libraries on the plain nn.LSTM")
+    p.add_argument("--all-test", action="store_true",
+                   help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
+    p.add_argument("--out-dir", default="artifacts/all_test", help="with --all-test: where the parquet chunks go")
+    p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
+    p.add_argument("--no-compile", action="store_true", help="with --all-test: run the fast engine without torch.compile")
+    p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    dataset = load_imdb(args.data)
+    cache = Path(args.checkpoint) / "cache"
+    if args.all_test:
+        from torch_imdb.explain.all_test import explain_split
+        from torch_imdb.io import atomic_write_json
+
+        manifest = explain_split(ckpt, dataset, args.out_dir, background=args.background, seed=args.seed,
+                                 limit=args.limit, compile=not args.no_compile, cache_dir=cache)
+        manifest["machine"] = machine_info()
+        print(f"explained {manifest['n_reviews']} reviews into {args.out_dir}: "
+              f"{manifest['seconds_this_run']:.1f} s this run")
+        if args.timing_out:
+            atomic_write_json(args.timing_out, {k: v for k, v in manifest.items() if k != "background_train_rows"})
+        return 0
+
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    bad = [e for e in engines if e not in ENGINES]
+    if bad or not engines:
+        raise UsageError(f"--engines: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(ENGINES)}")
+    out = Path(args.out or ("artifacts/explain_text" if args.text else "results"))
+    ex = explain_reviews(ckpt, dataset, args.background, args.reviews, args.seed, engines, texts=args.text,
+                         cache_dir=cache, with_plain_lstm=not args.no_plain_lstm)
+    summary = summarize(ex, machine_info())
+    write_csv(out / "explain_attributions.csv", ex)
+    write_summary(out / "explain_summary.json", summary)
+    ref = ex.results[engines[0]]
+    save_force_html(out / "force_plot.html", force_plot(ref.expected_value, ref.values[0], ex.words[0], ex.ids[0]))
+    save_force_png(out / "force_plot.png", ref.expected_value, ref.values[0], ex.words[0], ex.ids[0],
+                   title=f"{ex.sources[0]}: P(positive) = {ref.outputs[0]:.3f}, E[f] = {ref.expected_value:.3f}")
+    shown = [{"words": ex.words[n], "ids": ex.ids[n], "values": ref.values[n],
+              "title": f"{ex.sources[n]}  label={ex.labels[n]}  P(positive)={ref.outputs[n]:.3f}"}
+             for n in range(min(4, len(ex.ids)))]
+    save_token_figure(out / "token_attributions.png", shown)
+
+    print(f"expected value E[f] = {ref.expected_value:.4f} over {args.background} background reviews")
+    for name, e in summary["engines"].items():
+        print(f"{name:>7}: {e['seconds']:.2f} s, max |completeness residual| {e['max_abs_completeness_residual']:.2e}")
+    for pair, a in summary["agreement"].items():
+        print(f"{pair}: max |diff| {a['max_abs_diff']:.2e}, correlation {a['correlation']:.8f}")
+    for n, r in enumerate(summary["reviews"][:3]):
+        top = ", ".join(f"{t['word']} {t['value']:+.3f}" for t in r[f"top5_{engines[0]}"])
+        print(f"review {n} ({r['source']}, P={r['output']:.3f}): {top}")
+    if ex.plain_lstm:
+        print(f"plain nn.LSTM: shap additivity {ex.plain_lstm['shap_additivity_check'][:60]}; "
+              f"max residual {ex.plain_lstm['shap_max_abs_residual']:.3g}; "
+              f"Captum max |delta| {ex.plain_lstm['captum_max_abs_delta']:.3g}")
+    print(f"wrote {out}/explain_attributions.csv, explain_summary.json, force_plot.html/.png, token_attributions.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

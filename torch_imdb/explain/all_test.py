@@ -1,0 +1,97 @@
+"""Explain a whole split with the fast engine, streamed to parquet in resumable chunks.
+
+Each chunk of reviews becomes ``chunk-XXXXX.parquet`` (written atomically);
+a restart skips chunks already on disk, so an interrupted run loses at most one
+chunk. ``manifest.json`` records the seed, background rows and the timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from torch_imdb.checkpoint import Checkpoint
+from torch_imdb.data import encode_split, sample_indices
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.compare import sample_background
+from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.io import atomic_path, atomic_write_json
+
+
+def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "test", background: int = 100,
+                  seed: int = 0, chunk_reviews: int = 500, limit: int = 0, compile: bool = True,
+                  cache_dir: str | Path | None = None, log=print) -> dict:
+    """Attribute every review of ``split`` (or a seeded sample of ``limit``) and stream to ``out_dir``.
+
+    Rows of each parquet chunk: ``row`` (index in the split), ``label``,
+    ``output`` (P(positive)), ``ids`` (T int32) and ``values`` (T float32).
+    Returns the manifest dict (also written to ``out_dir/manifest.json``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
+    data = dataset[split]
+    rows = np.arange(len(data)) if not limit else np.sort(sample_indices(len(data), limit, seed + 1, what="--limit"))
+    ids, labels = encode_split(data, ckpt.vocab, ckpt.maxlen, cache_dir)
+    ids, labels = ids[rows], labels[rows]
+    settings = {"split": split, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
+                "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
+                "checkpoint_epoch": ckpt.config.get("epoch")}
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise UsageError(f"{out} holds a run with other settings; use another --out-dir or delete it to start over")
+    atomic_write_json(manifest_path, {**settings, "complete": False})
+
+    engine = FastDeepShap(ckpt.model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
+    bg = torch.from_numpy(bg_ids)
+    chunks = list(range(0, len(rows), chunk_reviews))
+    done = [k for k in chunks if (out / f"chunk-{k // chunk_reviews:05d}.parquet").exists()]
+    if done:
+        log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
+    t0 = time.perf_counter()
+    computed = 0
+    for start in tqdm(chunks, desc=f"explaining {split}", unit="chunk", disable=None):
+        path = out / f"chunk-{start // chunk_reviews:05d}.parquet"
+        if path.exists():
+            continue
+        sl = slice(start, start + chunk_reviews)
+        result = engine.attribute(torch.from_numpy(ids[sl]), bg)
+        table = pa.table({
+            "row": pa.array(rows[sl].astype(np.int64)),
+            "label": pa.array(labels[sl].astype(np.int8)),
+            "output": pa.array(result.outputs.astype(np.float32)),
+            "residual": pa.array(result.residual.astype(np.float32)),
+            "ids": pa.array(list(ids[sl].astype(np.int32)), type=pa.list_(pa.int32())),
+            "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
+        })
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        computed += len(result.values)
+    seconds = time.perf_counter() - t0
+    manifest = {**settings, "complete": True, "expected_value": engine.expected_value(bg),
+                "reviews_computed_this_run": computed, "seconds_this_run": seconds,
+                "seconds_per_review_this_run": seconds / computed if computed else None,
+                "compiled": compile, "chunks": len(chunks)}
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def read_attributions(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """Load all chunks of :func:`explain_split` into arrays: row, label, output, residual, ids (N, T), values (N, T)."""
+    files = sorted(Path(out_dir).glob("chunk-*.parquet"))
+    if not files:
+        raise UsageError(f"no attribution chunks in {out_dir}; run `python -m torch_imdb.explain --all-test` first")
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    cols = {k: table[k].to_numpy() for k in ("row", "label", "output", "residual")}
+    cols["ids"] = np.stack(table["ids"].to_numpy(zero_copy_only=False))
+    cols["values"] = np.stack(table["values"].to_numpy(zero_copy_only=False))
+    return cols

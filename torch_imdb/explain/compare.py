@@ -1,0 +1,160 @@
+"""Explain sampled test reviews with several engines and compare them.
+
+``explain_reviews`` samples the background from the train split and the
+reviews from the test split (seeded: both splits are ordered negatives first),
+runs each engine, and returns an :class:`Explanation` that the writers turn
+into the CSV, the summary JSON and the figures under ``results/``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torch_imdb.checkpoint import Checkpoint
+from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, TokenAttribution, plain_lstm_failures
+from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.io import atomic_path, atomic_write_json
+
+ENGINES = ("shap", "captum", "fast")
+
+
+def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **fast_options):
+    """The explainer called ``name`` (one of ENGINES) for ``model``."""
+    if name == "shap":
+        return ShapDeepExplainer(model, dtype)
+    if name == "captum":
+        return CaptumDeepLiftShap(model, dtype)
+    if name == "fast":
+        return FastDeepShap(model, dtype, **fast_options)
+    raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+
+
+@dataclass
+class Explanation:
+    """Everything one explain run produced; ``results`` maps engine name to its attributions."""
+
+    ids: np.ndarray  # (N, T) token ids of the explained reviews
+    words: list[list[str]]  # (N, T) the word at each position
+    labels: list  # true label per review (None for user text)
+    sources: list[str]  # where each review came from ("test[123]" or "--text")
+    background_rows: list[int]
+    results: dict[str, TokenAttribution]
+    config: dict = field(default_factory=dict)
+    plain_lstm: dict | None = None
+
+
+def encode_texts(texts: list[str], vocab: Vocab, maxlen: int) -> np.ndarray:
+    """Encode user-typed reviews; an empty or blank text is an error, unknown words become <unk>."""
+    for k, text in enumerate(texts):
+        if not text or not text.strip():
+            raise UsageError(f"--text number {k + 1} is empty; give the review's words in quotes")
+    return vocab.encode_many(texts, maxlen)
+
+
+def sample_background(ckpt: Checkpoint, dataset, size: int, seed: int,
+                      cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` train rows drawn with ``seed`` and their ids (size, T): the reference set."""
+    train = dataset["train"]
+    rows = sample_indices(len(train), size, seed, what="--background")
+    return rows, encode_split(train.select(rows), ckpt.vocab, ckpt.maxlen, cache_dir)[0]
+
+
+def sample_test_reviews(ckpt: Checkpoint, dataset, size: int, seed: int,
+                        cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``size`` test rows drawn with ``seed + 1``, their ids (size, T) and labels (size,)."""
+    test = dataset["test"]
+    rows = sample_indices(len(test), size, seed + 1, what="--reviews")
+    ids, labels = encode_split(test.select(rows), ckpt.vocab, ckpt.maxlen, cache_dir)
+    return rows, ids, labels
+
+
+def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: int = 10, seed: int = 0,
+                    engines: tuple[str, ...] = ("shap", "captum"), texts: list[str] | None = None,
+                    cache_dir: str | Path | None = None, with_plain_lstm: bool = True) -> Explanation:
+    """Sample, encode and explain; see the module docstring.
+
+    Background: ``background`` rows of the train split drawn with ``seed``;
+    reviews: ``reviews`` rows of the test split drawn with ``seed + 1``, or the
+    given ``texts`` instead.
+    """
+    bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
+    if texts:
+        ids = encode_texts(texts, ckpt.vocab, ckpt.maxlen)
+        labels, sources = [None] * len(texts), ["--text"] * len(texts)
+    else:
+        rows, ids, y = sample_test_reviews(ckpt, dataset, reviews, seed, cache_dir)
+        labels, sources = [int(v) for v in y], [f"test[{int(r)}]" for r in rows]
+    x, bg = torch.from_numpy(ids), torch.from_numpy(bg_ids)
+    results = {}
+    for name in engines:
+        results[name] = make_engine(name, ckpt.model).attribute(x, bg)
+    plain = plain_lstm_failures(ckpt.model, x, bg) if with_plain_lstm else None
+    config = {"background": background, "reviews": len(ids), "seed": seed, "engines": list(engines),
+              "background_seed": seed, "reviews_seed": seed + 1, "maxlen": ckpt.maxlen,
+              "checkpoint_epoch": ckpt.config.get("epoch"), "checkpoint_seed": ckpt.config.get("seed")}
+    return Explanation(ids, [ckpt.vocab.decode(r) for r in ids], labels, sources, [int(r) for r in bg_rows],
+                       results, config, plain)
+
+
+def top_tokens(values: np.ndarray, words: list[str], ids: np.ndarray, k: int = 5) -> list[dict]:
+    """The k tokens with the largest |attribution|, padding excluded."""
+    order = [int(t) for t in np.argsort(-np.abs(values)) if ids[t] != PAD_ID][:k]
+    return [{"position": t, "word": words[t], "value": float(values[t])} for t in order]
+
+
+def summarize(ex: Explanation, machine: dict | None = None) -> dict:
+    """The summary JSON: outputs, expected value, completeness, agreement, top tokens, timings."""
+    names = list(ex.results)
+    first = ex.results[names[0]]
+    per_engine = {}
+    for name, r in ex.results.items():
+        entry = {"seconds": r.seconds, "seconds_per_review": r.seconds / len(r.values),
+                 "expected_value": r.expected_value,
+                 "max_abs_completeness_residual": float(np.abs(r.residual).max()),
+                 "mean_abs_completeness_residual": float(np.abs(r.residual).mean())}
+        if "max_abs_delta" in r.extra:
+            entry["captum_max_abs_convergence_delta"] = float(r.extra["max_abs_delta"].max())
+        per_engine[name] = entry
+    agreement = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            va, vb = ex.results[a].values, ex.results[b].values
+            agreement[f"{a}_vs_{b}"] = {"max_abs_diff": float(np.abs(va - vb).max()),
+                                        "mean_abs_diff": float(np.abs(va - vb).mean()),
+                                        "correlation": float(np.corrcoef(va.ravel(), vb.ravel())[0, 1])}
+    reviews = []
+    for n in range(len(ex.ids)):
+        entry = {"source": ex.sources[n], "label": ex.labels[n], "output": float(first.outputs[n]),
+                 "text_tail": " ".join(w for w in ex.words[n] if w != PAD_WORD)}
+        for name, r in ex.results.items():
+            entry[f"top5_{name}"] = top_tokens(r.values[n], ex.words[n], ex.ids[n])
+            entry[f"residual_{name}"] = float(r.residual[n])
+        reviews.append(entry)
+    return {"config": ex.config, "expected_value": first.expected_value, "engines": per_engine,
+            "agreement": agreement, "plain_nn_lstm": ex.plain_lstm, "reviews": reviews,
+            "background_train_rows": ex.background_rows, "machine": machine or {}}
+
+
+def write_csv(path: str | Path, ex: Explanation) -> None:
+    """One row per (review, position): word, id, each engine's value, and differences to the first engine."""
+    names = list(ex.results)
+    header = ["review", "source", "position", "word", "token_id"] + names + [f"{n}_minus_{names[0]}" for n in names[1:]]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for n in range(len(ex.ids)):
+            for t in range(ex.ids.shape[1]):
+                vals = [ex.results[k].values[n, t] for k in names]
+                w.writerow([n, ex.sources[n], t, ex.words[n][t], int(ex.ids[n, t])]
+                           + [f"{v:.9g}" for v in vals] + [f"{v - vals[0]:.3g}" for v in vals[1:]])
+
+
+def write_summary(path: str | Path, summary: dict) -> None:
+    atomic_write_json(path, summary)

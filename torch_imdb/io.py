@@ -1,0 +1,59 @@
+"""Atomic artifact writes: write to a temporary file beside the target, then rename.
+
+An interrupted run can leave a stray ``*.tmp`` file, never a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> None:
+    atomic_write_text(target, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def atomic_save_npy(target: str | Path, array) -> None:
+    import numpy as np
+
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def atomic_torch_save(target: str | Path, obj: Any) -> None:
+    import torch
+
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_savefig(target: str | Path, fig, **kwargs) -> None:
+    """Save a matplotlib figure atomically (format taken from the target's suffix)."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format=target.suffix.lstrip("."), **kwargs)

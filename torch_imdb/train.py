@@ -1,0 +1,64 @@
+"""``python -m torch_imdb.train``: train the IMDB LSTM with the Keras example's defaults.
+
+Writes the checkpoint (weights, vocabulary, config) to ``--out`` and the
+per-epoch metrics to ``--out``/metrics.json (and ``--metrics-out`` if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from torch_imdb.errors import run_cli
+from torch_imdb.training import TrainConfig, fit, write_metrics
+
+HELP = {
+    "epochs": "passes over the training data",
+    "batch_size": "reviews per optimiser step",
+    "max_features": "vocabulary size: ids 0-2 reserved, the most frequent words from id 3",
+    "maxlen": "tokens per review ('pre' padding and truncation: the last words are kept)",
+    "embed_dim": "embedding width",
+    "hidden": "LSTM units",
+    "dropout": "Keras LSTM input dropout (one mask per sequence)",
+    "recurrent_dropout": "Keras LSTM recurrent-state dropout (one mask per sequence)",
+    "lr": "Adam learning rate",
+    "seed": "seed for initialisation, dropout, shuffling and the validation slice",
+    "val_fraction": "hold out this seeded fraction of the TRAIN split and keep the best validation epoch",
+    "monitor": "what chooses the best epoch with --val-fraction: val_loss or val_acc",
+    "patience": "with --val-fraction, stop after this many epochs without improvement (0: never)",
+    "device": "auto (CUDA when available, else CPU), cpu, cuda, cuda:N",
+    "data": "local IMDB copy in the hub layout (default: $TORCH_IMDB_DATA, else the stanfordnlp/imdb hub)",
+    "train_limit": "train on a seeded sample of this many reviews (0: all 25,000)",
+    "test_limit": "evaluate on a seeded sample of this many test reviews (0: all 25,000)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torch_imdb.train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kind = {int: int, float: float}.get(type(default), str)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=HELP[f.name])
+    p.add_argument("--out", default="artifacts", help="checkpoint folder (weights, vocab.json, config.json)")
+    p.add_argument("--metrics-out", default=None, help="also write the metrics JSON here (e.g. results/train_metrics.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    metrics = fit(cfg, args.out)
+    metrics["command"] = "python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_metrics(Path(args.out) / "metrics.json", metrics)
+    if args.metrics_out:
+        write_metrics(args.metrics_out, metrics)
+        print(f"metrics written to {args.metrics_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
