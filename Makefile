@@ -14,7 +14,7 @@ export TORCH_IMDB_DATA := ../shared/data/imdb
 endif
 endif
 
-.PHONY: setup train explain benchmark report test clean
+.PHONY: setup train explain benchmark words report test clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ explain: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/explainer_speed.py
+
+words: setup
+	$(BIN)/python -m torch_imdb.words
 
 report: setup
 	$(BIN)/python -m torch_imdb.report

@@ -67,3 +67,15 @@ def real_data() -> str:
     if not path or not Path(path).exists():
         pytest.skip("integration test: set TORCH_IMDB_DATA to the IMDB copy (e.g. ../shared/data/imdb)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """(checkpoint folder, data folder): a model the tests train themselves on planted reviews (seconds on a CPU)."""
+    from torch_imdb.training import TrainConfig, fit, write_metrics
+
+    root = tmp_path_factory.mktemp("tiny_checkpoint")
+    data = write_imdb_folder(root / "data", {"train": planted_reviews(400, 0), "test": planted_reviews(60, 1)})
+    cfg = TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu")
+    write_metrics(root / "ck" / "metrics.json", fit(cfg, root / "ck", log=lambda *_: None))
+    return root / "ck", data

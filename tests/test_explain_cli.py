@@ -7,19 +7,6 @@ import torch
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.__main__ import main as explain_main
-from torch_imdb.training import TrainConfig, fit
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A checkpoint the test trains itself on planted reviews (seconds on a CPU)."""
-    from conftest import planted_reviews, write_imdb_folder
-
-    root = tmp_path_factory.mktemp("explain")
-    data = write_imdb_folder(root / "data", {"train": planted_reviews(400, 0), "test": planted_reviews(60, 1)})
-    cfg = TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu")
-    fit(cfg, root / "ck", log=lambda *_: None)
-    return root / "ck", data
 
 
 def run(ck, data, out, *extra):

@@ -1,0 +1,46 @@
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import NEGATIVE, POSITIVE
+from torch_imdb.data import Vocab
+from torch_imdb.words import main as words_main
+from torch_imdb.words import word_importance
+
+
+def test_grouping_by_word_with_specials_apart():
+    vocab = Vocab.build(["good bad good"])  # good -> 3, bad -> 4
+    ids = np.array([[0, 1, 3, 4, 2], [0, 0, 1, 3, 3]])
+    values = np.array([[0.01, 0.0, 0.5, -0.4, 0.1], [0.02, 0.0, 0.0, 0.3, 0.7]])
+    stats = word_importance(ids, values, vocab, min_count=1)
+    words = [s for s in stats if s.kind == "word"]
+    assert [s.word for s in words] == ["good", "bad"]
+    good = words[0]
+    assert good.occurrences == 3 and good.reviews == 2
+    assert good.mean == pytest.approx(0.5) and good.mean_abs == pytest.approx(0.5)
+    assert good.ci_low < good.mean < good.ci_high
+    special = {s.word: s for s in stats if s.kind == "special"}
+    assert set(special) == {"<pad>", "<start>", "<unk>"}
+    assert special["<pad>"].occurrences == 3
+    assert [s.word for s in word_importance(ids, values, vocab, min_count=2) if s.kind == "word"] == ["good"]
+
+
+def test_planted_words_come_out_on_top(tmp_path):
+    """A model trained on planted sentiment words: those words lead the global ranking with the right signs."""
+    from conftest import planted_reviews, write_imdb_folder
+    from torch_imdb.training import TrainConfig, fit
+
+    data = write_imdb_folder(tmp_path / "data", {"train": planted_reviews(400, 0), "test": planted_reviews(200, 1)})
+    fit(TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu"),
+        tmp_path / "ck", log=lambda *_: None)
+    out = tmp_path / "res"
+    assert words_main(["--checkpoint", str(tmp_path / "ck"), "--data", str(data), "--sample", "150",
+                       "--background", "20", "--min-count", "5", "--out", str(out)]) == 0
+    with open(out / "word_importance.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "word"]
+    top3, bottom3 = {r["word"] for r in rows[:3]}, {r["word"] for r in rows[-3:]}
+    assert top3 == set(POSITIVE) and bottom3 == set(NEGATIVE)
+    assert all(float(r["mean"]) > 0 for r in rows[:3]) and all(float(r["mean"]) < 0 for r in rows[-3:])
+    assert (out / "word_importance.png").read_bytes()[:4] == b"\x89PNG"
+    assert '"seed": 0' in (out / "word_importance.json").read_text()

@@ -1,0 +1,188 @@
+"""Global word importance: token attributions grouped by word, over many reviews.
+
+``python -m torch_imdb.words`` reads the whole-test-set attributions of
+``python -m torch_imdb.explain --all-test`` when they exist, else explains a
+seeded sample of test reviews (default 2,000) with the fast engine, and writes
+results/word_importance.csv, .png and .json (settings and seed).
+
+Summing SHAP values by *position* means nothing for text (position 0 is a
+different word in every review), so the global view groups by word: for each
+vocabulary word, how often it occurs, in how many reviews, its mean
+attribution, mean |attribution|, and a 95% interval for the mean (normal
+approximation with the standard error over occurrences). Padding, the start
+marker and out-of-vocabulary are reported separately, never ranked as words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torch_imdb.data import N_RESERVED, OOV_ID, PAD_ID, START_ID, Vocab
+from torch_imdb.errors import UsageError, run_cli
+from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
+
+SPECIAL = {PAD_ID: "<pad>", START_ID: "<start>", OOV_ID: "<unk>"}
+
+
+@dataclass
+class WordStat:
+    word: str
+    token_id: int
+    kind: str  # "word" or "special"
+    occurrences: int
+    reviews: int
+    mean: float
+    mean_abs: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+def word_importance(ids: np.ndarray, values: np.ndarray, vocab: Vocab, min_count: int = 20) -> list[WordStat]:
+    """Group attributions (N, T) of token ids (N, T) by token; words seen < ``min_count`` times are left out.
+
+    Returns word rows sorted by mean attribution (most positive first), then the
+    special tokens (padding, start, OOV) whatever their count.
+    """
+    if ids.shape != values.shape:
+        raise ValueError(f"ids {ids.shape} and values {values.shape} differ in shape")
+    flat_ids = ids.ravel().astype(np.int64)
+    flat_vals = values.ravel().astype(np.float64)
+    size = max(vocab.size, int(flat_ids.max()) + 1)
+    count = np.bincount(flat_ids, minlength=size)
+    total = np.bincount(flat_ids, weights=flat_vals, minlength=size)
+    total_abs = np.bincount(flat_ids, weights=np.abs(flat_vals), minlength=size)
+    total_sq = np.bincount(flat_ids, weights=flat_vals**2, minlength=size)
+    # reviews containing each token: count distinct (review, token) pairs
+    pairs = np.unique(np.arange(ids.shape[0]).repeat(ids.shape[1]) * size + flat_ids)
+    in_reviews = np.bincount(pairs % size, minlength=size)
+    rows = []
+    for tok in np.nonzero(count)[0]:
+        n = int(count[tok])
+        special = tok < N_RESERVED
+        if not special and n < min_count:
+            continue
+        mean = total[tok] / n
+        var = max(total_sq[tok] / n - mean**2, 0.0) * n / max(n - 1, 1)
+        half = 1.96 * np.sqrt(var / n)
+        rows.append(WordStat(SPECIAL.get(int(tok)) or vocab.word(int(tok)), int(tok), "special" if special else "word",
+                             n, int(in_reviews[tok]), float(mean), float(total_abs[tok] / n), float(np.sqrt(var)),
+                             float(mean - half), float(mean + half)))
+    words = sorted((r for r in rows if r.kind == "word"), key=lambda r: -r.mean)
+    return words + [r for r in rows if r.kind == "special"]
+
+
+def write_csv(path: str | Path, stats: list[WordStat]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(asdict(stats[0])))
+        w.writeheader()
+        for s in stats:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(s).items()})
+
+
+def plot_top_words(path: str | Path, stats: list[WordStat], k: int = 20, title: str = "") -> None:
+    """Top ``k`` positive and top ``k`` negative words by mean attribution, with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    words = [s for s in stats if s.kind == "word"]
+    top, bottom = words[:k], words[::-1][:k]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.28 * k + 1.6))
+    for ax, group, color, label in ((axes[0], top, "#ff0051", "raise P(positive)"),
+                                    (axes[1], bottom, "#008bfb", "lower P(positive)")):
+        y = np.arange(len(group))[::-1]
+        means = np.array([s.mean for s in group])
+        err = np.array([[s.mean - s.ci_low for s in group], [s.ci_high - s.mean for s in group]])
+        ax.barh(y, means, xerr=err, color=color, alpha=0.85, capsize=2, error_kw={"lw": 0.8})
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{s.word} ({s.occurrences})" for s in group], fontsize=9)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_xlabel("mean attribution to P(positive), 95% interval")
+        ax.set_title(f"top {k} words that {label}", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=120)
+    plt.close(fig)
+
+
+def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sample: int, background: int, seed: int,
+                           cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Token ids and values (N, T): from a finished ``--all-test`` folder, else a fresh seeded sample."""
+    from torch_imdb.explain.all_test import read_attributions
+    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.explain.fast import FastDeepShap
+
+    manifest = Path(attributions) / "manifest.json" if attributions else None
+    if manifest is not None and manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        got = read_attributions(attributions)
+        meta = json.loads(manifest.read_text())
+        return got["ids"], got["values"], {"source": f"{attributions} (python -m torch_imdb.explain --all-test)",
+                                           "reviews": int(len(got["ids"])), "background": meta["background"],
+                                           "seed": meta["seed"]}
+    _, bg = sample_background(ckpt, dataset, background, seed, cache_dir)
+    rows, ids, _ = sample_test_reviews(ckpt, dataset, sample, seed, cache_dir)
+    t0 = time.perf_counter()
+    engine = FastDeepShap(ckpt.model, compile=sample >= 500, progress=True)
+    values = engine.attribute(torch.from_numpy(ids), torch.from_numpy(bg)).values
+    return ids, values, {"source": f"fast engine on a seeded sample of {sample} test reviews", "reviews": int(sample),
+                         "background": background, "seed": seed, "seconds": time.perf_counter() - t0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torch_imdb.words", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
+    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
+    p.add_argument("--attributions", default="artifacts/all_test",
+                   help="folder of `explain --all-test`; used when complete, else a sample is explained")
+    p.add_argument("--sample", type=int, default=2000, help="test reviews to explain when there is no --attributions")
+    p.add_argument("--background", type=int, default=100, help="background size for the sample")
+    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
+    p.add_argument("--min-count", type=int, default=20, help="leave out words seen fewer times")
+    p.add_argument("--top", type=int, default=20, help="words per side in the figure")
+    p.add_argument("--out", default="results", help="folder for word_importance.csv/.png/.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import load_imdb
+
+    args = build_parser().parse_args(argv)
+    if args.min_count < 1 or args.top < 1:
+        raise UsageError("--min-count and --top must be at least 1")
+    ckpt = load_checkpoint(args.checkpoint)
+    ids, values, meta = attributions_for_words(ckpt, load_imdb(args.data), args.attributions, args.sample,
+                                               args.background, args.seed, Path(args.checkpoint) / "cache")
+    stats = word_importance(ids, values, ckpt.vocab, args.min_count)
+    if sum(s.kind == "word" for s in stats) < 2:
+        raise UsageError(f"fewer than 2 words occur at least {args.min_count} times; lower --min-count or explain more reviews")
+    out = Path(args.out)
+    write_csv(out / "word_importance.csv", stats)
+    plot_top_words(out / "word_importance.png", stats, args.top,
+                   title=f"{meta['reviews']} test reviews, background {meta['background']}, words seen >= {args.min_count} times")
+    n_words = sum(s.kind == "word" for s in stats)
+    atomic_write_json(out / "word_importance.json", {**meta, "min_count": args.min_count, "words": n_words,
+                                                      "special": [asdict(s) for s in stats if s.kind == "special"]})
+    words = [s for s in stats if s.kind == "word"]
+    print(f"{n_words} words seen >= {args.min_count} times in {meta['reviews']} reviews ({meta['source']})")
+    print("most positive: " + ", ".join(f"{s.word} {s.mean:+.4f}" for s in words[:8]))
+    print("most negative: " + ", ".join(f"{s.word} {s.mean:+.4f}" for s in words[::-1][:8]))
+    print(f"wrote {out}/word_importance.csv, .png, .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
