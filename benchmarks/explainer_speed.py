@@ -106,6 +106,8 @@ def load_inputs(args) -> tuple[SentimentLSTM, np.ndarray, np.ndarray, dict]:
 def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget_s: float) -> dict:
     """Repeat one (B, N) point up to ``repeats`` times (at least once, fewer past ``budget_s``)."""
     times, result = [], None
+    if getattr(engine, "compiled", False):
+        engine.attribute(ids, bg)  # torch.compile specialises on shapes: compile this point's shape untimed
     with PeakRSS() as mem:
         while len(times) < repeats and (not times or sum(times) < budget_s):
             t0 = time.perf_counter()
@@ -115,12 +117,14 @@ def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget
     med = statistics.median(times)
     return {"background": b, "reviews": n, "seconds": times, "median_s": med, "min_s": min(times),
             "max_s": max(times), "seconds_per_review": med / n, "rows_per_second": 2 * b * n / med,
-            "extra_peak_rss_mb": mem.extra_bytes / 2**20, "_values": result.values}
+            "extra_peak_rss_mb": mem.extra_bytes / 2**20, "peak_rss_mb": mem.peak / 2**20, "_values": result.values}
 
 
-def fit_line(points: list[dict]) -> dict:
-    """Least squares seconds_per_review = a + b x B, with R^2 and the log-log slope."""
+def fit_line(points: list[dict]) -> dict | None:
+    """Least squares seconds_per_review = a + b x B, with R^2 and the log-log slope (None with < 2 sizes)."""
     B = np.array([p["background"] for p in points], dtype=float)
+    if len(set(B)) < 2:
+        return None
     y = np.array([p["seconds_per_review"] for p in points])
     b, a = np.polyfit(B, y, 1)
     r2 = 1 - ((y - (a + b * B)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30)
@@ -179,13 +183,16 @@ def versions() -> dict:
 def print_table(res: dict) -> None:
     print(f"\n{res['what']['model']}")
     print(f"{'engine':>14} {'B':>5} {'N':>4} {'median s':>10} {'min s':>9} {'max s':>9} {'s/review':>9} "
-          f"{'rows/s':>9} {'+MB':>7}")
+          f"{'rows/s':>9} {'+MB':>7} {'peak MB':>8}")
     for p in res["points"]:
         print(f"{p['engine']:>14} {p['background']:>5} {p['reviews']:>4} {p['median_s']:>10.3f} {p['min_s']:>9.3f} "
               f"{p['max_s']:>9.3f} {p['seconds_per_review']:>9.4f} {p['rows_per_second']:>9.0f} "
-              f"{p['extra_peak_rss_mb']:>7.0f}")
+              f"{p['extra_peak_rss_mb']:>7.0f} {p['peak_rss_mb']:>8.0f}")
     print("\ncost per explained review = a + b x B")
     for name, f in res["fits"].items():
+        if f is None:
+            print(f"{name:>14}: (one background size: no line to fit)")
+            continue
         print(f"{name:>14}: a = {f['a_seconds']:.4f} s, b = {f['b_seconds_per_background_row'] * 1e3:.3f} ms/row, "
               f"R^2 = {f['r2']:.4f}, log-log slope {f['loglog_slope']:.2f}")
     for k, v in res["at_reference_point"].items():
@@ -204,12 +211,13 @@ def plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n = res["settings"]["reviews"]
-    for name in res["fits"]:
+    for name, fit in res["fits"].items():
+        slope = f"log-log slope {fit['loglog_slope']:.2f}" if fit else "one point"
         pts = [p for p in res["points"] if p["engine"] == name and p["reviews"] == n]
         B = [p["background"] for p in pts]
         ax.errorbar(B, [p["seconds_per_review"] for p in pts],
                     yerr=[[(p["median_s"] - p["min_s"]) / n for p in pts], [(p["max_s"] - p["median_s"]) / n for p in pts]],
-                    marker="o", capsize=3, label=f"{name} (log-log slope {res['fits'][name]['loglog_slope']:.2f})")
+                    marker="o", capsize=3, label=f"{name} ({slope})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("background size B (reference reviews)")

@@ -30,7 +30,7 @@ def test_quick_run_writes_json_and_png(tmp_path):
     for p in res["points"]:
         assert p["median_s"] > 0 and p["min_s"] <= p["median_s"] <= p["max_s"]
         assert p["rows_per_second"] == pytest.approx(2 * p["background"] * p["reviews"] / p["median_s"])
-        assert len(p["seconds"]) >= 1
+        assert len(p["seconds"]) >= 1 and p["peak_rss_mb"] > 0
     assert {(p["background"], p["reviews"]) for p in res["points"]} == {(4, 2), (8, 2), (8, 1)}
     for fit in res["fits"].values():
         assert {"a_seconds", "b_seconds_per_background_row", "r2", "loglog_slope"} <= set(fit)
@@ -38,6 +38,18 @@ def test_quick_run_writes_json_and_png(tmp_path):
     assert res["agreement"]["max_abs_diff_vs_shap"]["captum"] < 1e-5
     assert {"torch", "shap", "captum"} <= set(res["versions"]) and res["machine"]["cpu_count"] >= 1
     assert (tmp_path / "explainer_speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fit_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("explainer_speed", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.fit_line([{"background": 100, "seconds_per_review": 0.1}]) is None
+    fit = mod.fit_line([{"background": b, "seconds_per_review": 0.01 + 0.002 * b} for b in (10, 20, 40)])
+    assert fit["a_seconds"] == pytest.approx(0.01) and fit["b_seconds_per_background_row"] == pytest.approx(0.002)
+    assert fit["r2"] == pytest.approx(1.0) and fit["linear"]
 
 
 def test_bad_engine_is_a_clear_error(tmp_path, capsys):

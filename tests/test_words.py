@@ -44,3 +44,16 @@ def test_planted_words_come_out_on_top(tmp_path):
     assert all(float(r["mean"]) > 0 for r in rows[:3]) and all(float(r["mean"]) < 0 for r in rows[-3:])
     assert (out / "word_importance.png").read_bytes()[:4] == b"\x89PNG"
     assert '"seed": 0' in (out / "word_importance.json").read_text()
+
+
+def test_attributions_from_another_checkpoint_are_refused(tiny_checkpoint, tmp_path):
+    import json
+
+    from torch_imdb.errors import UsageError
+
+    ck, data = tiny_checkpoint
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"complete": True, "vocab_fingerprint": "not-this-one"}))
+    with pytest.raises(UsageError, match="not made with the checkpoint's vocabulary"):
+        words_main(["--checkpoint", str(ck), "--data", str(data), "--attributions", str(other), "--out", str(tmp_path)])

@@ -2,9 +2,9 @@
 
 Keras' LSTM ``dropout`` and ``recurrent_dropout`` draw ONE mask per sequence
 (inputs and recurrent state respectively) and reuse it at every time step.
-``nn.LSTM`` has neither, so in training mode with dropout the recurrence is
-unrolled here with those masks; in eval mode (or with both rates 0) the fused
-``nn.LSTM`` kernel runs. Both paths share the same parameters.
+``nn.LSTM`` has neither, so in training mode with dropout the recurrence runs
+in :mod:`torch_imdb.keras_lstm` with those masks; in eval mode (or with both
+rates 0) the fused ``nn.LSTM`` kernel runs. Both paths share the same parameters.
 """
 
 from __future__ import annotations

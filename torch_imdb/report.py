@@ -127,7 +127,8 @@ def explanation_section(results: Path) -> tuple[str, bool]:
                  f"Values from <b>{html.escape(engines[0])}</b>; red raises P(positive), blue lowers it. "
                  "Padding positions are merged into one feature so each plot adds up.</p>")
     rows = [[name, f"{e['seconds']:.2f}", f"{e['max_abs_completeness_residual']:.2e}",
-             f"{e.get('captum_max_abs_convergence_delta', float('nan')):.2e}"] for name, e in summary["engines"].items()]
+             f"{e['captum_max_abs_convergence_delta']:.2e}" if "captum_max_abs_convergence_delta" in e else "—"]
+            for name, e in summary["engines"].items()]
     parts.append(_table(["engine", "seconds", "max |completeness residual|", "Captum max |delta|"], rows))
     rows = [[pair, f"{a['max_abs_diff']:.2e}", f"{a['mean_abs_diff']:.2e}", f"{a['correlation']:.9f}"]
             for pair, a in summary["agreement"].items()]
@@ -155,7 +156,7 @@ def benchmark_section(results: Path) -> str:
         return '<p class="note">No benchmark: run <code>python benchmarks/explainer_speed.py</code>.</p>'
     rows = [[name, f"{f['a_seconds']:.4f}", f"{f['b_seconds_per_background_row'] * 1e3:.3f}", f"{f['r2']:.4f}",
              f"{bench['at_reference_point']['seconds_per_review'].get(name, float('nan')):.4f}"]
-            for name, f in bench["fits"].items()]
+            for name, f in bench["fits"].items() if f]
     ref = bench["at_reference_point"]
     ratios = ", ".join(f"{k.replace('_speedup_vs_shap', '')} {v:.1f}x" for k, v in ref.items() if k.endswith("speedup_vs_shap"))
     parts = [f"<p>{html.escape(bench['what']['model'])}; {html.escape(bench['machine']['cpu_model'])}, "

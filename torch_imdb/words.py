@@ -126,8 +126,11 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
 
     manifest = Path(attributions) / "manifest.json" if attributions else None
     if manifest is not None and manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-        got = read_attributions(attributions)
         meta = json.loads(manifest.read_text())
+        if meta.get("vocab_fingerprint") != ckpt.vocab.fingerprint():
+            raise UsageError(f"attributions in {attributions} were not made with the checkpoint's vocabulary; re-run "
+                             "`python -m torch_imdb.explain --all-test` for this checkpoint or pass --attributions")
+        got = read_attributions(attributions)
         return got["ids"], got["values"], {"source": f"{attributions} (python -m torch_imdb.explain --all-test)",
                                            "reviews": int(len(got["ids"])), "background": meta["background"],
                                            "seed": meta["seed"]}
@@ -145,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
     p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
-    p.add_argument("--attributions", default="artifacts/all_test",
-                   help="folder of `explain --all-test`; used when complete, else a sample is explained")
+    p.add_argument("--attributions", default=None,
+                   help="folder of `explain --all-test` (default: CHECKPOINT/all_test); used when complete, "
+                        "else a sample is explained")
     p.add_argument("--sample", type=int, default=2000, help="test reviews to explain when there is no --attributions")
     p.add_argument("--background", type=int, default=100, help="background size for the sample")
     p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_count < 1 or args.top < 1:
         raise UsageError("--min-count and --top must be at least 1")
     ckpt = load_checkpoint(args.checkpoint)
-    ids, values, meta = attributions_for_words(ckpt, load_imdb(args.data), args.attributions, args.sample,
+    attributions = args.attributions or Path(args.checkpoint) / "all_test"
+    ids, values, meta = attributions_for_words(ckpt, load_imdb(args.data), attributions, args.sample,
                                                args.background, args.seed, Path(args.checkpoint) / "cache")
     stats = word_importance(ids, values, ckpt.vocab, args.min_count)
     if sum(s.kind == "word" for s in stats) < 2:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plain-lstm", action="store_true", help="skip running the libraries on the plain nn.LSTM")
     p.add_argument("--all-test", action="store_true",
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
-    p.add_argument("--out-dir", default="artifacts/all_test", help="with --all-test: where the parquet chunks go")
+    p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
     p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
     p.add_argument("--no-compile", action="store_true", help="with --all-test: run the fast engine without torch.compile")
     p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         from torch_imdb.explain.all_test import explain_split
         from torch_imdb.io import atomic_write_json
 
-        manifest = explain_split(ckpt, dataset, args.out_dir, background=args.background, seed=args.seed,
+        out_dir = args.out_dir or str(Path(args.checkpoint) / "all_test")
+        manifest = explain_split(ckpt, dataset, out_dir, background=args.background, seed=args.seed,
                                  limit=args.limit, compile=not args.no_compile, cache_dir=cache)
         manifest["machine"] = machine_info()
-        print(f"explained {manifest['n_reviews']} reviews into {args.out_dir}: "
+        print(f"explained {manifest['n_reviews']} reviews into {out_dir}: "
               f"{manifest['seconds_this_run']:.1f} s this run")
         if args.timing_out:
             atomic_write_json(args.timing_out, {k: v for k, v in manifest.items() if k != "background_train_rows"})

@@ -43,7 +43,7 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
     ids, labels = ids[rows], labels[rows]
     settings = {"split": split, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
                 "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
-                "checkpoint_epoch": ckpt.config.get("epoch")}
+                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint()}
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())

@@ -30,14 +30,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from torch_imdb.explain.backends import TokenAttribution, check_ids
-from torch_imdb.explain.rules import RESCALE_EPS
+from torch_imdb.explain.rules import rescale
 from torch_imdb.model import SentimentLSTM
-
-
-def _rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
-    """Rescale multiplier dy/dz, or the derivative at the reference where |dz| < eps (never NaN)."""
-    small = dz.abs() < RESCALE_EPS
-    return torch.where(small, d_ref, dy / torch.where(small, torch.ones_like(dz), dz))
 
 
 def _pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dgate_r, c_x, c_r, tc_x, tc_r, dtanh_c_r, cprev_x, cprev_r,
@@ -53,10 +47,10 @@ def _pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dgate_r, c_x, c_r, tc_x, tc_r, 
     i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
     # h_t = o * tanh(c_t): Shapley rule on the product, rescale through tanh(c_t).
     g_o = g_h * ((tc_x + tc_r) * 0.5)
-    g_c = g_c + g_h * o_m * _rescale(c_x - c_r, tc_x - tc_r, dtanh_c_r)
+    g_c = g_c + g_h * o_m * rescale(c_x - c_r, tc_x - tc_r, dtanh_c_r)
     # c_t = f * c_{t-1} + i * g: Shapley rule on both products, then rescale through the gates.
     g_gates = torch.cat([g_c * g_m, g_c * ((cprev_x + cprev_r) * 0.5), g_c * i_m, g_o], dim=-1)
-    g_z = g_gates * _rescale(z_x - z_r, act_x - act_r, dgate_r)
+    g_z = g_gates * rescale(z_x - z_r, act_x - act_r, dgate_r)
     # Token t's share: grad_z . W_ih (x_t - r_t), from the per-row projections.
     attr = (g_z * (proj_x - proj_r)).sum(-1)
     return g_z, g_c * f_m, attr
@@ -152,7 +146,7 @@ class FastDeepShap:
         X, R = (slice(None), None), (None, slice(None))  # broadcast a review / background row over pairs
         # Output sigmoid: rescale on the logit, times the output weights.
         s_x, s_r = torch.sigmoid(rv.logit), torch.sigmoid(bg.logit)
-        m_out = _rescale(rv.logit[X] - bg.logit[R], s_x[X] - s_r[R], (s_r * (1 - s_r))[R])
+        m_out = rescale(rv.logit[X] - bg.logit[R], s_x[X] - s_r[R], (s_r * (1 - s_r))[R])
         g_h = m_out[..., None] * self.w_out  # (n, B, H)
         g_c = torch.zeros_like(g_h)
         attr = torch.empty(n, B, T, dtype=self.dtype, device=self.device)

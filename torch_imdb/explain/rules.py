@@ -58,23 +58,13 @@ class Product(nn.Module):
         return _ShapleyProduct.apply(a, b) if self.shapley else a * b
 
 
-def rescale_multiplier(x: torch.Tensor, ref: torch.Tensor, fn, dfn) -> torch.Tensor:
-    """DeepLIFT rescale multiplier (fn(x) - fn(ref)) / (x - ref) of an elementwise ``fn``.
+def rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
+    """DeepLIFT rescale multiplier dy/dz of an elementwise nonlinearity y = fn(z).
 
-    Where |x - ref| < RESCALE_EPS it returns ``dfn(ref)``, the derivative at the
-    reference point: that is the gradient shap's hook passes on for the
-    reference half, whose gradient shap multiplies by (x - ref). Never NaN.
+    dz = z_x - z_r and dy = fn(z_x) - fn(z_r); where |dz| < RESCALE_EPS it
+    returns ``d_ref``, the derivative at the reference point: that is the
+    gradient shap's hook passes on for the reference half, whose gradient shap
+    multiplies by (x - r). Never NaN.
     """
-    dx = x - ref
-    small = dx.abs() < RESCALE_EPS
-    safe = torch.where(small, torch.ones_like(dx), dx)
-    return torch.where(small, dfn(ref), (fn(x) - fn(ref)) / safe)
-
-
-def dsigmoid(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 - s)
-
-
-def dtanh(z: torch.Tensor) -> torch.Tensor:
-    return 1 - torch.tanh(z) ** 2
+    small = dz.abs() < RESCALE_EPS
+    return torch.where(small, d_ref, dy / torch.where(small, torch.ones_like(dz), dz))
