@@ -79,3 +79,17 @@ def tiny_checkpoint(tmp_path_factory):
     cfg = TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu")
     write_metrics(root / "ck" / "metrics.json", fit(cfg, root / "ck", log=lambda *_: None))
     return root / "ck", data
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint(tmp_path_factory):
+    """(checkpoint folder, data path): one epoch on 300 real reviews, for the per-stage integration tests."""
+    path = os.environ.get("TORCH_IMDB_DATA")
+    if not path or not Path(path).exists():
+        pytest.skip("integration test: set TORCH_IMDB_DATA to the IMDB copy (e.g. ../shared/data/imdb)")
+    from torch_imdb.training import TrainConfig, fit
+
+    ck = tmp_path_factory.mktemp("real") / "ck"
+    fit(TrainConfig(epochs=1, data=path, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
+        ck, log=lambda *_: None)
+    return ck, path

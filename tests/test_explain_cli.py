@@ -102,3 +102,27 @@ def test_all_test_streams_and_resumes(tiny_checkpoint, tmp_path):
     np.testing.assert_array_equal(read_attributions(out)["values"], got["values"])
     with pytest.raises(UsageError, match="other settings"):
         explain_split(ckpt, ds, out, background=6, chunk_reviews=25, compile=False, log=lambda *_: None)
+
+
+def test_real_data_explain(real_checkpoint, tmp_path):
+    """Integration: sampled real reviews, all three engines, words matching each review's last 80 words."""
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import OOV_WORD, load_imdb, tokenize
+
+    ck, data = real_checkpoint
+    assert explain_main(["--checkpoint", str(ck), "--data", data, "--out", str(tmp_path), "--background", "5",
+                         "--reviews", "2", "--engines", "shap,captum,fast", "--no-plain-lstm"]) == 0
+    summary = json.loads((tmp_path / "explain_summary.json").read_text())
+    for name in ("shap", "captum", "fast"):
+        assert summary["engines"][name]["max_abs_completeness_residual"] < 1e-5
+    assert summary["agreement"]["shap_vs_fast"]["max_abs_diff"] < 1e-5
+    test = load_imdb(data)["test"]
+    vocab = load_checkpoint(ck).vocab
+    index = vocab.index()
+    with open(tmp_path / "explain_attributions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for n, review in enumerate(summary["reviews"]):
+        row = int(review["source"][len("test[") : -1])
+        words = [w if w in index else OOV_WORD for w in tokenize(test[row]["text"])][-80:]
+        shown = [r["word"] for r in rows if int(r["review"]) == n and r["word"] not in ("<pad>", "<start>")]
+        assert shown == words[-len(shown):] and len(shown) == min(80, len(words))

@@ -57,3 +57,17 @@ def test_attributions_from_another_checkpoint_are_refused(tiny_checkpoint, tmp_p
     (other / "manifest.json").write_text(json.dumps({"complete": True, "vocab_fingerprint": "not-this-one"}))
     with pytest.raises(UsageError, match="not made with the checkpoint's vocabulary"):
         words_main(["--checkpoint", str(ck), "--data", str(data), "--attributions", str(other), "--out", str(tmp_path)])
+
+
+def test_real_data_words(real_checkpoint, tmp_path):
+    """Integration: word importance from a seeded sample of real test reviews."""
+    ck, data = real_checkpoint
+    assert words_main(["--checkpoint", str(ck), "--data", data, "--sample", "30", "--background", "5",
+                       "--min-count", "3", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "word_importance.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    words = [r for r in rows if r["kind"] == "word"]
+    assert len(words) > 20 and all(int(r["occurrences"]) >= 3 for r in words)
+    means = [float(r["mean"]) for r in words]
+    assert means == sorted(means, reverse=True)
+    assert {r["word"] for r in rows if r["kind"] == "special"} <= {"<pad>", "<start>", "<unk>"}
