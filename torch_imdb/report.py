@@ -189,7 +189,7 @@ def build_report(results: str | Path, out: str | Path) -> Path:
     if not results.is_dir():
         raise UsageError(f"results folder {results} does not exist; run the project's commands first (see README)")
     explain_html, has_js = explanation_section(results)
-    body = [f"<h1>torch-imdb: an LSTM on IMDB, explained exactly</h1>",
+    body = ["<h1>torch-imdb: an LSTM on IMDB, explained exactly</h1>",
             "<h2>Training</h2>", training_section(results),
             "<h2>Explanations: shap.DeepExplainer vs Captum DeepLiftShap on the twin</h2>", explain_html,
             "<h2>What explanations cost</h2>", benchmark_section(results),

@@ -11,7 +11,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,6 @@ class PreparedData:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str = ""
-    notes: dict = field(default_factory=dict)
 
 
 def prepare_data(cfg: TrainConfig, cache_dir: str | Path | None = None) -> PreparedData:
