@@ -61,7 +61,7 @@ def tiny_model() -> SentimentLSTM:
     return model.eval()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data() -> str:
     path = os.environ.get("TORCH_IMDB_DATA")
     if not path or not Path(path).exists():
@@ -82,14 +82,11 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_checkpoint(tmp_path_factory):
+def real_checkpoint(real_data, tmp_path_factory):
     """(checkpoint folder, data path): one epoch on 300 real reviews, for the per-stage integration tests."""
-    path = os.environ.get("TORCH_IMDB_DATA")
-    if not path or not Path(path).exists():
-        pytest.skip("integration test: set TORCH_IMDB_DATA to the IMDB copy (e.g. ../shared/data/imdb)")
     from torch_imdb.training import TrainConfig, fit
 
     ck = tmp_path_factory.mktemp("real") / "ck"
-    fit(TrainConfig(epochs=1, data=path, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
+    fit(TrainConfig(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
         ck, log=lambda *_: None)
-    return ck, path
+    return ck, real_data

@@ -13,6 +13,9 @@ from torch_imdb.errors import UsageError  # noqa: E402
 from torch_imdb.explain.__main__ import main as explain_main  # noqa: E402
 from torch_imdb.report import build_report  # noqa: E402
 
+needs_chromium = pytest.mark.skipif(
+    find_chromium() is None, reason="chromium is not installed (apt-get install chromium): the browser check is skipped")
+
 
 @pytest.fixture(scope="module")
 def report(tiny_checkpoint, tmp_path_factory):
@@ -41,8 +44,7 @@ def test_missing_results_folder(tmp_path):
         build_report(tmp_path / "none", tmp_path / "r.html")
 
 
-@pytest.mark.skipif(find_chromium() is None,
-                    reason="chromium is not installed (apt-get install chromium): the browser check is skipped")
+@needs_chromium
 def test_force_plots_render_in_a_real_browser(report, tmp_path):
     path, _ = report
     res = check_report(path, screenshot=tmp_path / "shot.png")
@@ -51,8 +53,7 @@ def test_force_plots_render_in_a_real_browser(report, tmp_path):
     assert (tmp_path / "shot.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(find_chromium() is None,
-                    reason="chromium is not installed (apt-get install chromium): the browser check is skipped")
+@needs_chromium
 def test_committed_report_renders():
     committed = Path(__file__).resolve().parents[1] / "results" / "report.html"
     if not committed.exists():

@@ -26,12 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch_imdb.data import N_RESERVED, OOV_ID, PAD_ID, START_ID, Vocab
+from torch_imdb.data import N_RESERVED, Vocab
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
-
-SPECIAL = {PAD_ID: "<pad>", START_ID: "<start>", OOV_ID: "<unk>"}
-
 
 @dataclass
 class WordStat:
@@ -74,7 +71,7 @@ def word_importance(ids: np.ndarray, values: np.ndarray, vocab: Vocab, min_count
         mean = total[tok] / n
         var = max(total_sq[tok] / n - mean**2, 0.0) * n / max(n - 1, 1)
         half = 1.96 * np.sqrt(var / n)
-        rows.append(WordStat(SPECIAL.get(int(tok)) or vocab.word(int(tok)), int(tok), "special" if special else "word",
+        rows.append(WordStat(vocab.word(int(tok)), int(tok), "special" if special else "word",
                              n, int(in_reviews[tok]), float(mean), float(total_abs[tok] / n), float(np.sqrt(var)),
                              float(mean - half), float(mean + half)))
     words = sorted((r for r in rows if r.kind == "word"), key=lambda r: -r.mean)
@@ -163,12 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
+    from torch_imdb.explain.all_test import default_out_dir
 
     args = build_parser().parse_args(argv)
     if args.min_count < 1 or args.top < 1:
         raise UsageError("--min-count and --top must be at least 1")
     ckpt = load_checkpoint(args.checkpoint)
-    attributions = args.attributions or Path(args.checkpoint) / "all_test"
+    attributions = args.attributions or default_out_dir(args.checkpoint)
     ids, values, meta = attributions_for_words(ckpt, load_imdb(args.data), attributions, args.sample,
                                                args.background, args.seed, Path(args.checkpoint) / "cache")
     stats = word_importance(ids, values, ckpt.vocab, args.min_count)

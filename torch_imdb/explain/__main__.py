@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_imdb(args.data)
     cache = Path(args.checkpoint) / "cache"
     if args.all_test:
-        from torch_imdb.explain.all_test import explain_split
+        from torch_imdb.explain.all_test import default_out_dir, explain_split
         from torch_imdb.io import atomic_write_json
 
-        out_dir = args.out_dir or str(Path(args.checkpoint) / "all_test")
+        out_dir = args.out_dir or default_out_dir(args.checkpoint)
         manifest = explain_split(ckpt, dataset, out_dir, background=args.background, seed=args.seed,
                                  limit=args.limit, compile=not args.no_compile, cache_dir=cache)
         manifest["machine"] = machine_info()

@@ -25,6 +25,11 @@ from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
 
+def default_out_dir(checkpoint: str | Path) -> Path:
+    """Where ``--all-test`` writes, and ``python -m torch_imdb.words`` reads, by default: CHECKPOINT/all_test."""
+    return Path(checkpoint) / "all_test"
+
+
 def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "test", background: int = 100,
                   seed: int = 0, chunk_reviews: int = 500, limit: int = 0, compile: bool = True,
                   cache_dir: str | Path | None = None, log=print) -> dict:
