@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_savefig, atomic_write_json
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
 
 ENGINE_NAMES = ("shap", "captum", "fast", "fast-compiled")
 
@@ -73,13 +73,13 @@ class PeakRSS:
         return self.peak - self.start
 
 
-def load_inputs(args) -> tuple[SentimentLSTM, np.ndarray, np.ndarray, dict]:
+def load_inputs(args) -> tuple[SentimentRNN, np.ndarray, np.ndarray, dict]:
     """The model, a pool of background ids and of review ids, and what they are."""
     max_b = max(args.backgrounds + [args.sweep_background])
     max_n = max(args.reviews_sweep + [args.reviews])
     if args.quick:
         torch.manual_seed(args.seed)
-        model = SentimentLSTM(ModelConfig(vocab_size=200, embed_dim=16, hidden=16)).eval()
+        model = SentimentRNN(ModelConfig(vocab_size=200, embed_dim=16, hidden=16)).eval()
         g = np.random.default_rng(args.seed)
         return model, g.integers(0, 200, (max_b, 12)), g.integers(0, 200, (max_n, 12)), {
             "model": "random-init small model (quick mode): vocab 200, E=H=16, T=12", "trained": False}
@@ -96,7 +96,7 @@ def load_inputs(args) -> tuple[SentimentLSTM, np.ndarray, np.ndarray, dict]:
         return ckpt.model, bg, ids, {"model": f"trained checkpoint {ckpt_dir} (epoch {ckpt.config.get('epoch')})",
                                      "trained": True, "T": ckpt.maxlen}
     torch.manual_seed(args.seed)
-    model = SentimentLSTM(ModelConfig()).eval()
+    model = SentimentRNN(ModelConfig()).eval()
     g = np.random.default_rng(args.seed)
     return model, g.integers(0, 20000, (max_b, 80)), g.integers(0, 20000, (max_n, 80)), {
         "model": f"RANDOM-INIT model of the trained shape (no checkpoint at {ckpt_dir}): vocab 20000, E=H=128, T=80",

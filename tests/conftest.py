@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
 
 POSITIVE = ["superb", "wonderful", "delight"]
 NEGATIVE = ["awful", "boring", "dreadful"]
@@ -52,9 +52,9 @@ def planted_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_model() -> SentimentLSTM:
+def tiny_model() -> SentimentRNN:
     torch.manual_seed(0)
-    model = SentimentLSTM(ModelConfig(vocab_size=40, embed_dim=8, hidden=6))
+    model = SentimentRNN(ModelConfig(vocab_size=40, embed_dim=8, hidden=6))
     with torch.no_grad():  # larger weights than Keras' init, so the function is far from linear
         for p in model.parameters():
             p.mul_(3.0)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, plain_lstm_failures
+from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, plain_rnn_failures
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_no_nan_when_input_equals_reference(tiny_model, batch):
 
 def test_plain_nn_lstm_breaks_both_libraries(tiny_model, batch):
     ids, bg = batch
-    report = plain_lstm_failures(tiny_model, ids, bg)
+    report = plain_rnn_failures(tiny_model, ids, bg)
     assert report["shap_max_abs_residual"] > 1e-4
     assert report["captum_max_abs_delta"] > 1e-4
 

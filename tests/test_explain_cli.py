@@ -16,7 +16,7 @@ def run(ck, data, out, *extra):
 def test_text_end_to_end(tiny_checkpoint, tmp_path, capsys):
     ck, data = tiny_checkpoint
     assert run(ck, data, tmp_path, "--background", "8", "--text", "w1 w2 superb w3 wonderful",
-               "--text", "w4 awful w5 boring", "--no-plain-lstm") == 0
+               "--text", "w4 awful w5 boring", "--no-plain-rnn") == 0
     summary = json.loads((tmp_path / "explain_summary.json").read_text())
     assert summary["config"]["reviews"] == 2
     assert summary["engines"]["shap"]["max_abs_completeness_residual"] < 1e-5
@@ -44,7 +44,7 @@ def test_sampled_reviews_with_all_engines(tiny_checkpoint, tmp_path):
     assert run(ck, data, tmp_path, "--background", "6", "--reviews", "3", "--engines", "shap,captum,fast") == 0
     summary = json.loads((tmp_path / "explain_summary.json").read_text())
     assert summary["agreement"]["shap_vs_fast"]["max_abs_diff"] < 1e-5
-    assert summary["plain_nn_lstm"]["captum_max_abs_delta"] > 0
+    assert summary["plain_nn_rnn"]["captum_max_abs_delta"] > 0
     sources = [r["source"] for r in summary["reviews"]]
     assert len(set(sources)) == 3 and all(s.startswith("test[") for s in sources)
 
@@ -52,7 +52,7 @@ def test_sampled_reviews_with_all_engines(tiny_checkpoint, tmp_path):
 def test_only_unknown_words_is_finite(tiny_checkpoint, tmp_path):
     ck, data = tiny_checkpoint
     assert run(ck, data, tmp_path, "--background", "4", "--engines", "shap", "--text", "qqq zzz xxx",
-               "--no-plain-lstm") == 0
+               "--no-plain-rnn") == 0
     summary = json.loads((tmp_path / "explain_summary.json").read_text())
     assert np.isfinite(summary["reviews"][0]["output"])
     assert {t["word"] for t in summary["reviews"][0]["top5_shap"]} <= {"<unk>", "<start>"}
@@ -111,7 +111,7 @@ def test_real_data_explain(real_checkpoint, tmp_path):
 
     ck, data = real_checkpoint
     assert explain_main(["--checkpoint", str(ck), "--data", data, "--out", str(tmp_path), "--background", "5",
-                         "--reviews", "2", "--engines", "shap,captum,fast", "--no-plain-lstm"]) == 0
+                         "--reviews", "2", "--engines", "shap,captum,fast", "--no-plain-rnn"]) == 0
     summary = json.loads((tmp_path / "explain_summary.json").read_text())
     for name in ("shap", "captum", "fast"):
         assert summary["engines"][name]["max_abs_completeness_residual"] < 1e-5

@@ -4,16 +4,16 @@ import torch
 
 from torch_imdb.explain.backends import ShapDeepExplainer
 from torch_imdb.explain.fast import FastDeepShap
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
 
 
 def random_case(E, H, T, N, B, seed):
     torch.manual_seed(seed)
-    model = SentimentLSTM(ModelConfig(vocab_size=60, embed_dim=E, hidden=H)).eval()
+    model = SentimentRNN(ModelConfig(vocab_size=60, embed_dim=E, hidden=H)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(2.5)
-        model.lstm.bias_hh_l0.normal_()
+        model.rnn.bias_hh_l0.normal_()
     ids = torch.randint(0, 60, (N, T))
     bg = torch.randint(0, 60, (B, T))
     ids[:, : T // 3] = 0

@@ -6,7 +6,7 @@ import torch
 from torch_imdb.explain.backends import ShapDeepExplainer
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.explain.rules import Product, rescale
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
 
 
 def sig(v):
@@ -40,11 +40,11 @@ def test_rescale_never_nan_and_falls_back_to_gradient():
 
 def one_unit_model():
     """A one-step LSTM with one unit and two embedding dimensions, weights set by hand."""
-    model = SentimentLSTM(ModelConfig(vocab_size=4, embed_dim=2, hidden=1, dropout=0, recurrent_dropout=0)).double()
+    model = SentimentRNN(ModelConfig(vocab_size=4, embed_dim=2, hidden=1, dropout=0, recurrent_dropout=0)).double()
     with torch.no_grad():
         model.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.5, -2.0]], dtype=torch.float64))
-        model.lstm.weight_ih_l0.copy_(torch.tensor([[0.7, -0.4], [0.2, 0.9], [-1.1, 0.5], [0.6, 0.3]], dtype=torch.float64))
-        model.lstm.bias_ih_l0.copy_(torch.tensor([0.1, 1.0, -0.2, 0.3], dtype=torch.float64))
+        model.rnn.weight_ih_l0.copy_(torch.tensor([[0.7, -0.4], [0.2, 0.9], [-1.1, 0.5], [0.6, 0.3]], dtype=torch.float64))
+        model.rnn.bias_ih_l0.copy_(torch.tensor([0.1, 1.0, -0.2, 0.3], dtype=torch.float64))
         model.fc.weight.fill_(2.5)
         model.fc.bias.fill_(-0.4)
     return model.eval()
@@ -87,9 +87,10 @@ def test_hand_computed_one_step_one_unit():
     # per-dimension split, which completeness alone does not fix: shap's raw values per embedding dim
     import shap
 
-    from torch_imdb.explain.twin import LSTMTwin
+    from torch_imdb.explain.backends import explainable_model
+    from torch_imdb.explain.twin import shapley_products
 
-    twin = LSTMTwin.from_model(model, 1)
-    with twin.shapley_products():
-        phis = shap.DeepExplainer(twin, twin.embed(bg)).shap_values(twin.embed(ids))
+    twin = explainable_model(model, 1, torch.float64)
+    with shapley_products(twin):
+        phis = shap.DeepExplainer(twin, model.embedding(bg)).shap_values(model.embedding(ids))
     np.testing.assert_allclose(np.asarray(phis)[0, 0, :, 0], per_dim, atol=1e-12)

@@ -1,28 +1,167 @@
+"""The explainable twin against nn.LSTM / nn.GRU, and shap and Captum on whole user models through the transform."""
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from torch_imdb.explain.backends import CaptumDeepLiftShap
-from torch_imdb.explain.twin import LSTMStep, LSTMTwin
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer
+from torch_imdb.explain.twin import ExplainableRNN, LSTMStep, make_explainable
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-@pytest.mark.parametrize("E,H,T", [(3, 2, 1), (8, 6, 5), (16, 12, 20), (32, 32, 80)])
-def test_twin_equals_trained_model(E, H, T):
-    torch.manual_seed(E + T)
-    model = SentimentLSTM(ModelConfig(vocab_size=50, embed_dim=E, hidden=H)).eval()
+class UserModel(nn.Module):
+    """What a user might bring: [embedding ->] LSTM/GRU -> Linear -> sigmoid | logits | identity."""
+
+    def __init__(self, cell: str, layers: int, bidirectional: bool, tokens: bool, head: str) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 4) if tokens else None
+        self.rnn = CELLS[cell](4, 3, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        self.directions = 2 if bidirectional else 1
+        self.fc = nn.Linear(3 * self.directions, 3 if head == "logits" else 1)
+        self.out = nn.Sigmoid() if head == "sigmoid" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        _, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h
+        return self.out(self.fc(torch.cat(list(h[-self.directions :]), dim=1)))
+
+
+def random_inputs(tokens: bool, seed: int, n: int = 2, b: int = 3, T: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    if tokens:
+        return torch.randint(0, 20, (n, T), generator=g), torch.randint(0, 20, (b, T), generator=g)
+    return torch.randn(n, T, 4, generator=g, dtype=torch.float64), torch.randn(b, T, 4, generator=g, dtype=torch.float64)
+
+
+def scaled(model: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
     with torch.no_grad():
-        model.lstm.bias_hh_l0.normal_()  # the twin must fold both biases
-    ids = torch.randint(0, 50, (7, T))
-    twin = LSTMTwin.from_model(model, T)
-    expected = model.predict_proba(ids)
-    torch.testing.assert_close(twin(twin.embed(ids))[:, 0], expected, atol=2e-7, rtol=1e-6)
+        for p in model.parameters():
+            p.mul_(2.0)  # far from linear, so a wrong rule shows
+    return model.double().eval()
 
 
-def test_twin_rejects_other_lengths(tiny_model):
-    twin = LSTMTwin.from_model(tiny_model, 5)
-    with pytest.raises(ValueError, match="5 steps"):
-        twin(torch.zeros(2, 4, 8))
+MATRIX = [(cell, layers, bi, tokens, head) for cell in CELLS for layers in (1, 2) for bi in (False, True)
+          for tokens in (True, False) for head in ("sigmoid", "logits", "identity")]
+
+
+def case_id(case):
+    cell, layers, bi, tokens, head = case
+    return f"{cell}-{layers}l-{'bi' if bi else 'uni'}-{'ids' if tokens else 'float'}-{head}"
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=case_id)
+def test_matrix_shap_and_captum_exact_on_the_whole_model(case):
+    cell, layers, bi, tokens, head = case
+    seed = abs(hash(case_id(case))) % 1000
+    torch.manual_seed(seed)
+    model = scaled(UserModel(cell, layers, bi, tokens, head), seed)
+    x, bg = random_inputs(tokens, seed)
+    twin = make_explainable(model, steps=5)
+    assert isinstance(twin.rnn, ExplainableRNN) and isinstance(model.rnn, CELLS[cell]), "the original is untouched"
+    torch.testing.assert_close(twin(x), model(x), atol=1e-10, rtol=0)
+    target = 2 if head == "logits" else 0
+    s = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=target)  # shap's additivity check is on
+    c = CaptumDeepLiftShap(model, torch.float64, per_call=2).attribute(x, bg, target=target)
+    assert s.values.shape == ((2, 5) if tokens else (2, 5, 4))
+    np.testing.assert_allclose(s.outputs, model(x)[:, target].detach().numpy(), atol=1e-10)
+    assert np.abs(s.residual).max() < 1e-6 and np.abs(c.residual).max() < 1e-6
+    assert c.extra["max_abs_delta"].max() < 1e-5
+    assert np.abs(s.values - c.values).max() < 1e-5
+    assert np.abs(s.values).max() > 1e-3, "a vacuous explanation would pass the checks above"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_drop_in_same_outputs_with_states_and_unbatched(cell, batch_first):
+    torch.manual_seed(3)
+    rnn = CELLS[cell](4, 3, num_layers=2, bidirectional=True, batch_first=batch_first).double().eval()
+    twin = ExplainableRNN(rnn, steps=9)
+    assert dict(twin.named_parameters()).keys() == dict(rnn.named_parameters()).keys()
+    x = torch.randn(6, 7, 4, dtype=torch.float64)  # (T, batch) or (batch, T): both are 6 x 7
+    h0 = torch.randn(4, 7 if not batch_first else 6, 3, dtype=torch.float64)
+    hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+    for args in [(x,), (x, hx), (x[:, 0] if not batch_first else x[0],)]:
+        expected, got = rnn(*args), twin(*args)
+        flat = lambda o: [o[0], *(o[1] if isinstance(o[1], tuple) else (o[1],))]  # noqa: E731
+        for e, g in zip(flat(expected), flat(got)):
+            assert e.shape == g.shape
+            torch.testing.assert_close(g, e, atol=1e-10, rtol=0)
+
+
+def test_hand_computed_one_step_gru():
+    """One unit, one step, one feature, h0 = 0: the DeepLIFT rules applied by hand, rule by rule."""
+    gru = nn.GRU(1, 1, batch_first=True).double()
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(torch.tensor([[0.8], [-1.3], [1.7]], dtype=torch.float64))  # r, z, n
+        gru.bias_ih_l0.copy_(torch.tensor([0.2, -0.1, 0.3], dtype=torch.float64))
+        gru.bias_hh_l0.copy_(torch.tensor([-0.4, 0.5, 0.9], dtype=torch.float64))  # b_hn = 0.9 sits inside r * (W_hn h + b_hn)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = gru
+
+        def forward(self, x):
+            return self.rnn(x)[1][0]
+
+    x, ref = 1.1, -0.6
+    sig, tanh = lambda v: 1 / (1 + np.exp(-v)), np.tanh  # noqa: E731
+    w_r, w_z, w_n = 0.8, -1.3, 1.7
+    pre = {v: dict(r=w_r * v + 0.2 - 0.4, z=w_z * v - 0.1 + 0.5) for v in (x, ref)}
+    r = {v: sig(pre[v]["r"]) for v in (x, ref)}
+    z = {v: sig(pre[v]["z"]) for v in (x, ref)}
+    a_n = 0.9  # W_hn h + b_hn with h = 0: the same for input and reference
+    zn = {v: w_n * v + 0.3 + r[v] * a_n for v in (x, ref)}
+    n = {v: tanh(zn[v]) for v in (x, ref)}
+    h = {v: (1 - z[v]) * n[v] for v in (x, ref)}
+    m_r = (r[x] - r[ref]) / (pre[x]["r"] - pre[ref]["r"])  # rescale rule, sigmoid r
+    m_z = (z[x] - z[ref]) / (pre[x]["z"] - pre[ref]["z"])  # rescale rule, sigmoid z
+    m_n = (n[x] - n[ref]) / (zn[x] - zn[ref])  # rescale rule, tanh n
+    # Shapley rule on r * a_n (a_n constant): Δ = Δr * a_n
+    d_zn = w_n + m_r * w_r * a_n  # per unit Δx
+    # Shapley rule on (1 - z) * n: Δ = -Δz * mean(n) + Δn * mean(1 - z); z * h with h = 0 adds nothing
+    per_unit = -m_z * w_z * (n[x] + n[ref]) / 2 + m_n * d_zn * (2 - z[x] - z[ref]) / 2
+    phi = per_unit * (x - ref)
+    assert abs(phi - (h[x] - h[ref])) < 1e-12  # the hand rules are complete
+    inputs = torch.tensor([[[x]]], dtype=torch.float64)
+    baselines = torch.tensor([[[ref]], [[ref]]], dtype=torch.float64)
+    for engine in (ShapDeepExplainer(Head(), torch.float64), CaptumDeepLiftShap(Head(), torch.float64)):
+        res = engine.attribute(inputs, baselines)
+        assert abs(res.values[0, 0, 0] - phi) < 1e-12, engine.method
+        assert abs(res.outputs[0] - h[x]) < 1e-12
+
+
+def test_refusals_are_one_line():
+    with pytest.raises(UsageError, match="proj_size"):
+        ExplainableRNN(nn.LSTM(4, 3, proj_size=2), steps=5)
+    twin = ExplainableRNN(nn.GRU(4, 3, batch_first=True), steps=5)
+    packed = pack_padded_sequence(torch.randn(2, 5, 4), torch.tensor([5, 3]), batch_first=True)
+    with pytest.raises(UsageError, match="PackedSequence"):
+        twin(packed)
+    with pytest.raises(UsageError, match="at most 5 steps"):
+        twin(torch.randn(2, 6, 4))
+    dropout_twin = ExplainableRNN(nn.LSTM(4, 3, num_layers=2, dropout=0.3, batch_first=True).train(), steps=5)
+    with pytest.raises(UsageError, match="eval"):
+        dropout_twin(torch.randn(2, 5, 4))
+    dropout_twin.eval()(torch.randn(2, 5, 4))  # in eval mode the dropout is off and nothing is refused
+    with pytest.raises(UsageError, match="no nn.LSTM or nn.GRU"):
+        make_explainable(nn.Sequential(nn.Linear(4, 1)), steps=5)
+    with pytest.raises(UsageError, match="RNN"):
+        make_explainable(nn.Sequential(nn.RNN(4, 3)), steps=5)
+
+
+def test_target_out_of_range_is_clear():
+    model = scaled(UserModel("gru", 1, False, True, "logits"), 0)
+    x, bg = random_inputs(True, 0)
+    with pytest.raises(UsageError, match="target 3"):
+        ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=3)
 
 
 def test_shared_input_trap_regression(tiny_model, monkeypatch):

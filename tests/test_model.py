@@ -1,30 +1,64 @@
+import pytest
 import torch
+from torch import nn
 
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
+
+ARCHS = [dict(), dict(cell="gru"), dict(layers=2, bidirectional=True), dict(cell="gru", layers=2, bidirectional=True)]
 
 
-def make(**kw) -> SentimentLSTM:
+def make(**kw) -> SentimentRNN:
     torch.manual_seed(0)
-    return SentimentLSTM(ModelConfig(vocab_size=30, embed_dim=5, hidden=4, **kw))
+    return SentimentRNN(ModelConfig(vocab_size=30, embed_dim=5, hidden=4, **kw))
 
 
-def test_output_shapes():
-    model = make().eval()
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: ModelConfig(**a).describe())
+def test_output_shapes(arch):
+    model = make(**arch).eval()
     ids = torch.randint(0, 30, (7, 11))
     assert model(ids).shape == (7,)
     p = model.predict_proba(ids, batch_size=3)
     assert p.shape == (7,) and ((p > 0) & (p < 1)).all()
+    assert model.fc.in_features == 4 * (2 if arch.get("bidirectional") else 1)
 
 
-def test_keras_initialisation():
-    model = make()
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: ModelConfig(**a).describe())
+def test_head_reads_the_last_layers_final_states(arch):
+    """Forward direction: the output at the last step; reverse: the output at the first step."""
+    model = make(**arch).eval()
+    ids = torch.randint(0, 30, (5, 9))
+    out, _ = model.rnn(model.embedding(ids))
     H = 4
-    b = model.lstm.bias_ih_l0.detach()
-    assert torch.equal(b[H : 2 * H], torch.ones(H)) and b[:H].abs().sum() == 0 and b[2 * H :].abs().sum() == 0
-    assert not model.lstm.bias_hh_l0.requires_grad and model.lstm.bias_hh_l0.abs().sum() == 0
-    w = model.lstm.weight_hh_l0.detach()  # (4H, H) with orthonormal columns
-    torch.testing.assert_close(w.t() @ w, torch.eye(H), atol=1e-5, rtol=0)
+    expected = out[:, -1, :H] if not arch.get("bidirectional") else torch.cat([out[:, -1, :H], out[:, 0, H:]], 1)
+    torch.testing.assert_close(model.encode(model.embedding(ids)), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: ModelConfig(**a).describe())
+def test_train_path_equals_fused_path_without_dropout(arch):
+    model = make(dropout=0.0, recurrent_dropout=1e-9, **arch)  # a rate > 0 takes the Keras-dropout path
+    ids = torch.randint(0, 30, (4, 8))
+    fused = model.eval()(ids)
+    torch.testing.assert_close(model.train()(ids), fused, atol=1e-5, rtol=1e-5)
+
+
+def test_keras_initialisation_lstm():
+    model = make(layers=2, bidirectional=True)
+    H = 4
+    for sfx in ("_l0", "_l1_reverse"):
+        b = getattr(model.rnn, "bias_ih" + sfx).detach()
+        assert torch.equal(b[H : 2 * H], torch.ones(H)) and b[:H].abs().sum() == 0 and b[2 * H :].abs().sum() == 0
+        bias_hh = getattr(model.rnn, "bias_hh" + sfx)
+        assert not bias_hh.requires_grad and bias_hh.abs().sum() == 0
+        w = getattr(model.rnn, "weight_hh" + sfx).detach()  # (4H, H) with orthonormal columns
+        torch.testing.assert_close(w.t() @ w, torch.eye(H), atol=1e-5, rtol=0)
     assert model.embedding.weight.abs().max() <= 0.05
+
+
+def test_keras_initialisation_gru_keeps_both_biases_trainable():
+    model = make(cell="gru")
+    assert isinstance(model.rnn, nn.GRU)
+    assert model.rnn.bias_hh_l0.requires_grad and model.rnn.bias_ih_l0.requires_grad
+    assert model.rnn.bias_ih_l0.abs().sum() == 0 and model.rnn.bias_hh_l0.abs().sum() == 0
 
 
 def test_eval_mode_is_deterministic_and_train_mode_drops():
@@ -40,42 +74,13 @@ def test_eval_mode_is_deterministic_and_train_mode_drops():
     assert not torch.allclose(a, b)
 
 
-def test_dropout_paths_match_nn_lstm_when_rates_are_zero():
-    model = make(dropout=0.0, recurrent_dropout=0.0)
-    ids = torch.randint(0, 30, (4, 8))
-    model.eval()
-    ref = model(ids)
-    from torch_imdb.keras_lstm import keras_dropout_lstm
-
-    lstm = model.lstm
-    h = keras_dropout_lstm(model.embedding(ids), lstm.weight_ih_l0, lstm.weight_hh_l0,
-                           lstm.bias_ih_l0 + lstm.bias_hh_l0, 0.0, 0.0)
-    torch.testing.assert_close(model.fc(h).squeeze(-1), ref, atol=1e-6, rtol=1e-5)
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="cell"):
+        ModelConfig(cell="rnn")
+    with pytest.raises(ValueError, match="dropout_masks"):
+        ModelConfig(dropout_masks="per-step")
 
 
-def test_one_dropout_mask_per_sequence(monkeypatch):
-    """Both masks are drawn once per sequence: the recurrence sees the same mask at every step."""
-    from torch_imdb import keras_lstm
-
-    seen = {}
-    real = keras_lstm._MaskedLSTM.apply
-
-    def spy(xproj, w_hh, mask):
-        seen["mask"] = mask
-        return real(xproj, w_hh, mask)
-
-    calls = []
-    real_dropout = keras_lstm.F.dropout
-
-    def count_dropout(t, p, training):
-        calls.append(tuple(t.shape))
-        return real_dropout(t, p, training)
-
-    monkeypatch.setattr(keras_lstm._MaskedLSTM, "apply", spy)
-    monkeypatch.setattr(keras_lstm.F, "dropout", count_dropout)
-    model = make(dropout=0.5, recurrent_dropout=0.5).train()
-    model(torch.randint(0, 30, (3, 12)))
-    # exactly two masks: inputs (batch, 1, E) shared over all 12 steps, state (batch, H)
-    assert calls == [(3, 1, 5), (3, 4)]
-    assert seen["mask"].shape == (3, 4)
-    assert set(seen["mask"].unique().tolist()) <= {0.0, 2.0}
+def test_describe():
+    assert ModelConfig().describe() == "LSTM(128)"
+    assert ModelConfig(cell="gru", layers=2, bidirectional=True, hidden=64).describe() == "2-layer bidirectional GRU(64)"

@@ -16,14 +16,14 @@ import torch
 from torch_imdb.data import Vocab
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from torch_imdb.model import ModelConfig, SentimentLSTM
+from torch_imdb.model import ModelConfig, SentimentRNN
 
 WEIGHTS, VOCAB, CONFIG = "model.pt", "vocab.json", "config.json"
 
 
 @dataclass
 class Checkpoint:
-    model: SentimentLSTM
+    model: SentimentRNN
     vocab: Vocab
     config: dict  # the full training config (maxlen, seed, ...), as saved
 
@@ -32,7 +32,7 @@ class Checkpoint:
         return int(self.config["maxlen"])
 
 
-def save_checkpoint(folder: str | Path, model: SentimentLSTM, vocab: Vocab, config: dict) -> None:
+def save_checkpoint(folder: str | Path, model: SentimentRNN, vocab: Vocab, config: dict) -> None:
     """Write weights, vocabulary and config; each file atomically, config last (it marks completion)."""
     folder = Path(folder)
     if vocab.size != model.config.vocab_size:
@@ -62,12 +62,14 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         vocab = Vocab.from_json((folder / VOCAB).read_text())
         model_config = ModelConfig(**config["model"])
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-    except (ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
+        # checkpoints from before the GRU existed named the recurrent module "lstm"
+        state = {("rnn." + k[5:] if k.startswith("lstm.") else k): v for k, v in state.items()}
+    except (ValueError, KeyError, TypeError, RuntimeError, EOFError, AttributeError) as exc:
         raise UsageError(f"checkpoint in {folder} is unreadable ({type(exc).__name__}: {exc}); re-run training") from None
     if vocab.size != model_config.vocab_size or config.get("vocab_fingerprint") != vocab.fingerprint():
         raise UsageError(f"checkpoint in {folder}: vocab.json has {vocab.size} ids but the model was trained with "
                          f"{model_config.vocab_size}; vocab.json and model.pt come from different runs")
-    model = SentimentLSTM(model_config)
+    model = SentimentRNN(model_config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:

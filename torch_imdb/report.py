@@ -133,9 +133,9 @@ def explanation_section(results: Path) -> tuple[str, bool]:
     rows = [[pair, f"{a['max_abs_diff']:.2e}", f"{a['mean_abs_diff']:.2e}", f"{a['correlation']:.9f}"]
             for pair, a in summary["agreement"].items()]
     parts.append(_table(["pair", "max |diff|", "mean |diff|", "correlation"], rows))
-    plain = summary.get("plain_nn_lstm")
+    plain = summary.get("plain_nn_rnn")
     if plain:
-        parts.append(f"<p>The same libraries on the plain <code>nn.LSTM</code>: shap's additivity check "
+        parts.append(f"<p>The same libraries on the plain <code>nn.{html.escape(plain.get('module', 'LSTM'))}</code>: shap's additivity check "
                      f"{html.escape(plain['shap_additivity_check'][:70])} (max residual {plain['shap_max_abs_residual']:.3g}); "
                      f"Captum's max |convergence delta| {plain['captum_max_abs_delta']:.3g}.</p>")
     for n in sorted(reviews):

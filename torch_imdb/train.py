@@ -20,9 +20,14 @@ HELP = {
     "max_features": "vocabulary size: ids 0-2 reserved, the most frequent words from id 3",
     "maxlen": "tokens per review ('pre' padding and truncation: the last words are kept)",
     "embed_dim": "embedding width",
-    "hidden": "LSTM units",
-    "dropout": "Keras LSTM input dropout (one mask per sequence)",
-    "recurrent_dropout": "Keras LSTM recurrent-state dropout (one mask per sequence)",
+    "hidden": "recurrent units per direction",
+    "dropout": "Keras input dropout of each recurrent layer (masks fixed over a sequence)",
+    "recurrent_dropout": "Keras recurrent-state dropout (masks fixed over a sequence)",
+    "dropout_masks": "per-gate: one mask per gate, as Keras 2's default implementation=1 (the original); "
+                     "shared: one mask for all gates (Keras implementation=2)",
+    "arch": "recurrent cell: lstm or gru (PyTorch's equations; the weights load into nn.LSTM / nn.GRU)",
+    "layers": "stacked recurrent layers",
+    "bidirectional": "run each layer in both directions; the head reads both final states",
     "lr": "Adam learning rate",
     "seed": "seed for initialisation, dropout, shuffling and the validation slice",
     "val_fraction": "hold out this seeded fraction of the TRAIN split and keep the best validation epoch",
@@ -41,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+            continue
         kind = {int: int, float: float}.get(type(default), str)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=HELP[f.name])
+        p.add_argument(flag, type=kind, default=default, help=HELP[f.name])
     p.add_argument("--out", default="artifacts", help="checkpoint folder (weights, vocab.json, config.json)")
     p.add_argument("--metrics-out", default=None, help="also write the metrics JSON here (e.g. results/train_metrics.json)")
     return p

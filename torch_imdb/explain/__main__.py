@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=None,
                    help="explain this review instead of sampled ones (repeat for several)")
     p.add_argument("--out", default=None, help="output folder (default: results/, or artifacts/explain_text with --text)")
-    p.add_argument("--no-plain-lstm", action="store_true", help="skip running the libraries on the plain nn.LSTM")
+    p.add_argument("--no-plain-rnn", action="store_true",
+                   help="skip running the libraries on the plain nn.LSTM / nn.GRU (the negative control)")
     p.add_argument("--all-test", action="store_true",
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
     p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--engines: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(ENGINES)}")
     out = Path(args.out or ("artifacts/explain_text" if args.text else "results"))
     ex = explain_reviews(ckpt, dataset, args.background, args.reviews, args.seed, engines, texts=args.text,
-                         cache_dir=cache, with_plain_lstm=not args.no_plain_lstm)
+                         cache_dir=cache, with_plain_rnn=not args.no_plain_rnn)
     summary = summarize(ex, machine_info())
     write_csv(out / "explain_attributions.csv", ex)
     write_summary(out / "explain_summary.json", summary)
@@ -90,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     for n, r in enumerate(summary["reviews"][:3]):
         top = ", ".join(f"{t['word']} {t['value']:+.3f}" for t in r[f"top5_{engines[0]}"])
         print(f"review {n} ({r['source']}, P={r['output']:.3f}): {top}")
-    if ex.plain_lstm:
-        print(f"plain nn.LSTM: shap additivity {ex.plain_lstm['shap_additivity_check'][:60]}; "
-              f"max residual {ex.plain_lstm['shap_max_abs_residual']:.3g}; "
-              f"Captum max |delta| {ex.plain_lstm['captum_max_abs_delta']:.3g}")
+    if ex.plain_rnn:
+        print(f"plain nn.{ex.plain_rnn['module']}: shap additivity {ex.plain_rnn['shap_additivity_check'][:60]}; "
+              f"max residual {ex.plain_rnn['shap_max_abs_residual']:.3g}; "
+              f"Captum max |delta| {ex.plain_rnn['captum_max_abs_delta']:.3g}")
     print(f"wrote {out}/explain_attributions.csv, explain_summary.json, force_plot.html/.png, token_attributions.png")
     return 0
 

@@ -18,7 +18,7 @@ import torch
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, TokenAttribution, plain_lstm_failures
+from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, Attribution, plain_rnn_failures
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
@@ -45,9 +45,9 @@ class Explanation:
     labels: list  # true label per review (None for user text)
     sources: list[str]  # where each review came from ("test[123]" or "--text")
     background_rows: list[int]
-    results: dict[str, TokenAttribution]
+    results: dict[str, Attribution]
     config: dict = field(default_factory=dict)
-    plain_lstm: dict | None = None
+    plain_rnn: dict | None = None
 
 
 def encode_texts(texts: list[str], vocab: Vocab, maxlen: int) -> np.ndarray:
@@ -77,7 +77,7 @@ def sample_test_reviews(ckpt: Checkpoint, dataset, size: int, seed: int,
 
 def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: int = 10, seed: int = 0,
                     engines: tuple[str, ...] = ("shap", "captum"), texts: list[str] | None = None,
-                    cache_dir: str | Path | None = None, with_plain_lstm: bool = True) -> Explanation:
+                    cache_dir: str | Path | None = None, with_plain_rnn: bool = True) -> Explanation:
     """Sample, encode and explain; see the module docstring.
 
     Background: ``background`` rows of the train split drawn with ``seed``;
@@ -95,10 +95,11 @@ def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: i
     results = {}
     for name in engines:
         results[name] = make_engine(name, ckpt.model).attribute(x, bg)
-    plain = plain_lstm_failures(ckpt.model, x, bg) if with_plain_lstm else None
+    plain = plain_rnn_failures(ckpt.model, x, bg) if with_plain_rnn else None
     config = {"background": background, "reviews": len(ids), "seed": seed, "engines": list(engines),
               "background_seed": seed, "reviews_seed": seed + 1, "maxlen": ckpt.maxlen,
-              "checkpoint_epoch": ckpt.config.get("epoch"), "checkpoint_seed": ckpt.config.get("seed")}
+              "checkpoint_epoch": ckpt.config.get("epoch"), "checkpoint_seed": ckpt.config.get("seed"),
+              "architecture": ckpt.model.config.describe(), "model": ckpt.model.config.to_dict()}
     return Explanation(ids, [ckpt.vocab.decode(r) for r in ids], labels, sources, [int(r) for r in bg_rows],
                        results, config, plain)
 
@@ -138,7 +139,7 @@ def summarize(ex: Explanation, machine: dict | None = None) -> dict:
             entry[f"residual_{name}"] = float(r.residual[n])
         reviews.append(entry)
     return {"config": ex.config, "expected_value": first.expected_value, "engines": per_engine,
-            "agreement": agreement, "plain_nn_lstm": ex.plain_lstm, "reviews": reviews,
+            "agreement": agreement, "plain_nn_rnn": ex.plain_rnn, "reviews": reviews,
             "background_train_rows": ex.background_rows, "machine": machine or {}}
 
 

@@ -29,9 +29,10 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from torch_imdb.explain.backends import TokenAttribution, check_ids
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.backends import Attribution, check_ids
 from torch_imdb.explain.rules import rescale
-from torch_imdb.model import SentimentLSTM
+from torch_imdb.model import SentimentRNN
 
 
 def _pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dgate_r, c_x, c_r, tc_x, tc_r, dtanh_c_r, cprev_x, cprev_r,
@@ -83,16 +84,20 @@ class FastDeepShap:
 
     method = "fast"
 
-    def __init__(self, model: SentimentLSTM, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
+    def __init__(self, model: SentimentRNN, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False) -> None:
-        lstm = model.lstm
+        cfg = model.config
+        if cfg.cell != "lstm" or cfg.layers != 1 or cfg.bidirectional:
+            raise UsageError(f"the fast engine covers a 1-layer LSTM; this model is a {cfg.describe()}: explain it "
+                             "with the shap or captum engine (the explainable twin)")
+        lstm = model.rnn
         self.model = model
         self.dtype = dtype
         self.device = model.embedding.weight.device
         cast = lambda t: t.detach().to(dtype)  # noqa: E731
         self.embedding = cast(model.embedding.weight)
         self.w_ih, self.w_hh = cast(lstm.weight_ih_l0), cast(lstm.weight_hh_l0)
-        self.bias = cast(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        self.b_ih, self.b_hh = cast(lstm.bias_ih_l0), cast(lstm.bias_hh_l0)
         self.w_out, self.b_out = cast(model.fc.weight[0]), cast(model.fc.bias[0])
         self.H = self.w_hh.shape[1]
         self.chunk_pairs = chunk_pairs
@@ -116,7 +121,8 @@ class FastDeepShap:
         c = torch.zeros(T + 1, n, H, dtype=self.dtype, device=self.device)
         h = torch.zeros(n, H, dtype=self.dtype, device=self.device)
         for t in range(T):
-            zt = torch.addmm(proj[:, t] + self.bias, h, self.w_hh.t(), out=z[t])
+            # summed in the twin's order ((W_ih x + b_ih) + (W_hh h + b_hh)), so float64 results match to the last bits
+            zt = torch.add(proj[:, t] + self.b_ih, torch.addmm(self.b_hh, h, self.w_hh.t()), out=z[t])
             a = act[t]
             torch.sigmoid(zt, out=a)
             torch.tanh(zt[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
@@ -183,10 +189,13 @@ class FastDeepShap:
     def expected_value(self, baselines: torch.Tensor) -> float:
         return float(torch.sigmoid(self._background(baselines).logit).double().mean())
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor) -> TokenAttribution:
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> Attribution:
+        """Values (N, T) for token ids (N, T) against (B, T); ``target`` must be 0 (the one output)."""
+        if target != 0:
+            raise UsageError(f"target {target} is not an output of this model (it has 1)")
         t0 = time.perf_counter()
         parts = list(self.iter_attribute(inputs, baselines))
         values = np.concatenate([p[1] for p in parts])
         outputs = np.concatenate([p[2] for p in parts])
         seconds = time.perf_counter() - t0
-        return TokenAttribution(self.method, values, outputs, self.expected_value(baselines), seconds)
+        return Attribution(self.method, values, outputs, self.expected_value(baselines), seconds)
