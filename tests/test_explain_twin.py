@@ -180,3 +180,21 @@ def test_shared_input_trap_regression(tiny_model, monkeypatch):
     bad = CaptumDeepLiftShap(tiny_model, torch.float64).attribute(ids, bg)
     assert bad.extra["max_abs_delta"].max() > 1e-4
     assert np.abs(bad.values - good.values).max() > 1e-4
+
+
+def test_readme_explain_your_own_model_runs(capsys):
+    """The README's example, run as written: shap and Captum agree and add up on a 2-layer bidirectional GRU."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Explain your own model") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    shap_res, captum_res = namespace["by_shap"], namespace["by_captum"]
+    assert shap_res.values.shape == (4, 20)
+    assert np.abs(shap_res.values - captum_res.values).max() < 1e-5
+    assert np.abs(shap_res.residual).max() < 1e-5 and np.abs(captum_res.residual).max() < 1e-5
+    assert "(4, 20)" in capsys.readouterr().out

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.twin import EmbeddingOrVectors, make_explainable, shapley_products
+from torch_imdb.explain.twin import EmbeddingOrVectors, make_explainable
 from torch_imdb.model import SentimentRNN
 
 
@@ -151,7 +151,7 @@ class ShapDeepExplainer(_LibraryExplainer):
 
         twin, x, bg, tokens = self._prepare(inputs, baselines, target)
         t0 = time.perf_counter()
-        with shapley_products(twin), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # shap warns once per unknown module ("unrecognized nn.Module": our Products and the
             # pass-through embedding) and passes its gradient through unchanged: the rule is in its backward.
             warnings.filterwarnings("ignore", message="unrecognized nn.Module")
@@ -184,7 +184,7 @@ class CaptumDeepLiftShap(_LibraryExplainer):
         twin, x, bg, tokens = self._prepare(inputs, baselines, target)
         values, deltas = [], []
         t0 = time.perf_counter()
-        with shapley_products(twin), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*hooks.*")
             dls = DeepLiftShap(twin)
             for k in range(0, len(x), self.per_call):

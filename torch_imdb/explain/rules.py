@@ -44,15 +44,15 @@ class _ShapleyProduct(torch.autograd.Function):
 
 
 class Product(nn.Module):
-    """``a * b``; with ``shapley = True`` its backward pass applies the Shapley rule.
+    """``a * b`` whose backward pass applies the Shapley rule (the twin exists to be explained).
 
-    Outside attribution (``shapley = False``) it is a plain product with the
-    ordinary gradient, so the twin can be run and trained like any module.
+    With ``shapley = False`` it is a plain product with the ordinary gradient,
+    for when the twin should be differentiated like the original module.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shapley: bool = True) -> None:
         super().__init__()
-        self.shapley = False
+        self.shapley = shapley
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _ShapleyProduct.apply(a, b) if self.shapley else a * b

@@ -28,9 +28,6 @@ accepts already-embedded input, so the libraries can start at the embedding outp
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -207,7 +204,9 @@ def make_explainable(model: nn.Module, steps: int) -> nn.Module:
     Every ``nn.LSTM`` / ``nn.GRU`` submodule becomes an :class:`ExplainableRNN`
     for sequences of up to ``steps`` steps; every ``nn.Embedding`` becomes an
     :class:`EmbeddingOrVectors`, so the copy takes token ids (to predict) or their
-    embeddings (to explain). The original model is not changed.
+    embeddings (to explain). The original model is not changed. The copy's
+    gradients are DeepLIFT multipliers (the Shapley rule on every product), which is
+    what the libraries need and not what training needs.
     """
     if isinstance(model, (nn.LSTM, nn.GRU)):
         return ExplainableRNN(model, steps).eval()
@@ -215,16 +214,3 @@ def make_explainable(model: nn.Module, steps: int) -> nn.Module:
     if not _swap(twin, steps):
         raise UsageError(f"{type(model).__name__} holds no nn.LSTM or nn.GRU; shap and Captum explain it as it is")
     return twin
-
-
-@contextmanager
-def shapley_products(model: nn.Module) -> Iterator[nn.Module]:
-    """Within this block every :class:`Product` in ``model`` applies the Shapley rule in backward."""
-    products = [m for m in model.modules() if isinstance(m, Product)]
-    for m in products:
-        m.shapley = True
-    try:
-        yield model
-    finally:
-        for m in products:
-            m.shapley = False
