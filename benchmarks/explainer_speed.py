@@ -84,7 +84,7 @@ def load_inputs(args) -> tuple[SentimentRNN, np.ndarray, np.ndarray, dict]:
         return model, g.integers(0, 200, (max_b, 12)), g.integers(0, 200, (max_n, 12)), {
             "model": "random-init small model (quick mode): vocab 200, E=H=16, T=12", "trained": False}
     ckpt_dir = Path(args.checkpoint)
-    if (ckpt_dir / "model.pt").exists():
+    if (ckpt_dir / "config.json").exists():
         from torch_imdb.checkpoint import load_checkpoint
         from torch_imdb.data import load_imdb
         from torch_imdb.explain.compare import sample_background, sample_test_reviews
@@ -166,7 +166,9 @@ def run(args) -> dict:
     ref = {p["engine"]: p["seconds_per_review"] for p in points
            if p["background"] == args.sweep_background and p["reviews"] == args.reviews}
     ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
-    return {"what": what, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+    from torch_imdb.checkpoint import model_fingerprint
+
+    return {"weights_fingerprint": model_fingerprint(model), "what": what, "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "machine": machine_info(), "versions": versions(), "warmup_seconds": warm, "points": points,
             "fits": fits, "agreement": check,
             "at_reference_point": {"background": args.sweep_background, "reviews": args.reviews,

@@ -148,3 +148,47 @@ def test_real_data_explain(real_checkpoint, tmp_path):
         words = [w if w in index else OOV_WORD for w in tokenize(test[row]["text"])][-80:]
         shown = [r["word"] for r in rows if int(r["review"]) == n and r["word"] not in ("<pad>", "<start>")]
         assert shown == words[-len(shown):] and len(shown) == min(80, len(words))
+
+
+def test_retrained_checkpoint_never_mixes_attributions(planted_data, tmp_path, capsys):
+    """The trust issue's scenario: resume after retraining into the same folder must not mix two models."""
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.explain.all_test import read_attributions
+    from torch_imdb.train import main as train_main
+    from torch_imdb.words import main as words_main
+
+    ck = tmp_path / "ck"
+    train = ["--epochs", "1", "--maxlen", "16", "--embed-dim", "8", "--hidden", "6", "--data", str(planted_data),
+             "--out", str(ck)]
+    explain = ["--checkpoint", str(ck), "--data", str(planted_data), "--all-test", "--limit", "150", "--no-compile",
+               "--background", "5", "--chunk-reviews", "50"]
+    outside = tmp_path / "elsewhere"
+    assert train_main(train) == 0
+    first = load_checkpoint(ck).fingerprint
+    assert explain_main(explain) == 0
+    assert explain_main(explain + ["--out-dir", str(outside)]) == 0
+    (ck / "all_test" / "chunk-00001.parquet").unlink()  # as an interrupted run leaves it
+    (outside / "chunk-00001.parquet").unlink()
+    assert train_main(train + ["--lr", "0.01"]) == 0
+    second = load_checkpoint(ck).fingerprint
+    assert second != first
+    # training moved the old model's attributions aside, named by their fingerprint
+    assert (ck / f"all_test.weights-{first}" / "manifest.json").exists() and not (ck / "all_test").exists()
+    assert f"moved to {ck / f'all_test.weights-{first}'}" in capsys.readouterr().out
+    # the same command recomputes cleanly: every chunk of the new weights
+    assert explain_main(explain) == 0
+    got = read_attributions(ck / "all_test", fingerprint=second)
+    assert len(got["row"]) == 150
+    # a folder outside the checkpoint is refused in one line, not resumed
+    with pytest.raises(UsageError, match="other weights"):
+        explain_main(explain + ["--out-dir", str(outside)])
+    # readers refuse attributions of other weights, and chunks of two models in one folder
+    with pytest.raises(UsageError, match="other weights"):
+        words_main(["--checkpoint", str(ck), "--data", str(planted_data), "--attributions",
+                    str(ck / f"all_test.weights-{first}"), "--min-count", "1", "--out", str(tmp_path / "w")])
+    import shutil
+
+    shutil.copy(outside / "chunk-00002.parquet", ck / "all_test" / "chunk-00002.parquet")
+    with pytest.raises(UsageError, match="computed from other weights"):
+        read_attributions(ck / "all_test")
+    assert not (tmp_path / "w").exists()

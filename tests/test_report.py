@@ -1,17 +1,14 @@
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from check_report import check_report, find_chromium  # noqa: E402
-
-from torch_imdb.errors import UsageError  # noqa: E402
-from torch_imdb.explain.__main__ import main as explain_main  # noqa: E402
-from torch_imdb.report import build_report  # noqa: E402
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.__main__ import main as explain_main
+from torch_imdb.report import build_report, plain_numbers
+from torch_imdb.report_check import check_report, find_chromium, passed, token_problems
 
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None, reason="chromium is not installed (apt-get install chromium): the browser check is skipped")
@@ -28,15 +25,45 @@ def report(tiny_checkpoint, tmp_path_factory):
     return build_report(res, res / "report.html"), res
 
 
-def test_report_is_self_contained(report):
+def test_report_is_self_contained_and_shows_the_summary_numbers(report):
     path, res = report
     page = path.read_text()
+    summary = json.loads((res / "explain_summary.json").read_text())
     assert page.count('class="force"') == 3  # one force plot per explained review
     assert "SHAP" in page and "<script" in page  # shap's JS inlined
     assert not re.search(r"""(src|href)=["']https?://""", page), "nothing is fetched from the network"
     assert "data:image/png;base64," in page
-    assert "shap_vs_captum" in page
     assert "No benchmark" in page  # a missing input is named, with the command that makes it
+    # the numbers on the page are the summary's, to the digits shown
+    for name, e in summary["engines"].items():
+        assert f"<td class=\"l\">{name}</td><td class=\"\">{e['seconds']:.2f}</td>" \
+               f"<td class=\"\">{e['max_abs_completeness_residual']:.2e}</td>" in page
+    a = summary["agreement"]["shap_vs_captum"]
+    assert f"<td class=\"\">{a['max_abs_diff']:.2e}</td><td class=\"\">{a['mean_abs_diff']:.2e}</td>" in page
+    for r in summary["reviews"]:
+        assert f"P(positive) = {r['output']:.3f}" in page
+    assert summary["weights_fingerprint"] in page
+    assert "np.float" not in page, "numpy reprs in shap's colours are not CSS"
+
+
+def test_plain_numbers_makes_shap_colours_css():
+    assert plain_numbers("rgba(np.float64(255.0), np.float32(13.0), 87.0, np.float64(1.0))") == "rgba(255.0, 13.0, 87.0, 1.0)"
+
+
+def test_report_refuses_outputs_of_two_models(report, tmp_path):
+    _, res = report
+    mixed = tmp_path / "mixed"
+    shutil.copytree(res, mixed)
+    summary = json.loads((mixed / "explain_summary.json").read_text())
+    summary["weights_fingerprint"] = "0123456789abcdef"
+    (mixed / "explain_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UsageError, match="mixes outputs of different weights"):
+        build_report(mixed, mixed / "report.html")
+    assert not (mixed / "report.html").exists() or (mixed / "report.html").read_text() == (res / "report.html").read_text()
+    del summary["weights_fingerprint"]
+    (mixed / "explain_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UsageError, match="records no weights fingerprint"):
+        build_report(mixed, mixed / "r2.html")
 
 
 def test_missing_results_folder(tmp_path):
@@ -44,21 +71,44 @@ def test_missing_results_folder(tmp_path):
         build_report(tmp_path / "none", tmp_path / "r.html")
 
 
+def test_token_colour_rules():
+    red, blue, clear = {"r": 255, "g": 13, "b": 87, "a": 0.8}, {"r": 30, "g": 136, "b": 229, "a": 0.5}, {"r": 0, "g": 0, "b": 0, "a": 0}
+    ok = [{"id": "_tp_x_ind_0", "value": 0.3, "color": red}, {"id": "_tp_x_ind_1", "value": -0.2, "color": blue},
+          {"id": "_tp_x_ind_2", "value": 0.0, "color": clear},
+          {"id": "_tp_x_ind_3", "value": 0.001, "color": clear}]  # below 1% of 0.3: transparent by design
+    assert token_problems(ok) == []
+    bad = [{"id": "_tp_y_ind_0", "value": 0.3, "color": blue}, {"id": "_tp_y_ind_1", "value": -0.2, "color": clear},
+           {"id": "_tp_y_ind_2", "value": 0.1, "color": None}, {"id": "_tp_y_ind_3", "value": 0.004, "color": clear}]
+    assert len(token_problems(bad)) == 4
+
+
 @needs_chromium
-def test_force_plots_render_in_a_real_browser(report, tmp_path):
+def test_report_as_a_person_sees_it(report, tmp_path):
     path, _ = report
     res = check_report(path, screenshot=tmp_path / "shot.png")
     assert res["force_plots"] == 3 and res["rendered"] == 3, res
-    assert res["script_errors"] == []
+    assert res["nonzero_tokens"] > 10 and res["token_problems"] == [], res
+    assert res["script_errors"] == [] and passed(res)
     assert (tmp_path / "shot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_chromium
+def test_browser_check_fails_on_uncoloured_text_plots(report, tmp_path):
+    """The check must catch the numpy-2 colours this project once shipped."""
+    path, _ = report
+    page = path.read_text()
+    broken = re.sub(r"background: rgba\(([^)]*)\)", lambda m: "background: rgba(" + ", ".join(
+        f"np.float64({v.strip()})" for v in m.group(1).split(",")) + ")", page)
+    assert broken != page
+    (tmp_path / "broken.html").write_text(broken)
+    res = check_report(tmp_path / "broken.html")
+    assert res["token_problems"] and not passed(res)
 
 
 @needs_chromium
 def test_committed_report_renders():
     committed = Path(__file__).resolve().parents[1] / "results" / "report.html"
-    if not committed.exists():
-        pytest.skip("results/report.html is not committed yet (python -m torch_imdb.report)")
     summary = json.loads((committed.parent / "explain_summary.json").read_text())
     res = check_report(committed)
     assert res["force_plots"] == len(summary["reviews"]) == res["rendered"]
-    assert res["script_errors"] == []
+    assert passed(res), res

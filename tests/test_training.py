@@ -51,7 +51,9 @@ def test_cli_writes_checkpoint_and_metrics(planted_data, tmp_path, capsys):
     m = json.loads(metrics_out.read_text())
     assert m["config"]["maxlen"] == 16 and m["machine"]["cpu_count"] >= 1 and len(m["epochs"]) == 1
     assert "Test accuracy" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} >= {"model.pt", "vocab.json", "config.json", "metrics.json"}
+    fingerprint = load_checkpoint(out).fingerprint
+    assert m["weights_fingerprint"] == fingerprint
+    assert {p.name for p in out.iterdir()} >= {f"model-{fingerprint}.pt", "config.json", "metrics.json"}
 
 
 @pytest.mark.parametrize("option,bad", [

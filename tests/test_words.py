@@ -54,8 +54,8 @@ def test_attributions_from_another_checkpoint_are_refused(tiny_checkpoint, tmp_p
     ck, data = tiny_checkpoint
     other = tmp_path / "other"
     other.mkdir()
-    (other / "manifest.json").write_text(json.dumps({"complete": True, "vocab_fingerprint": "not-this-one"}))
-    with pytest.raises(UsageError, match="not made with the checkpoint's vocabulary"):
+    (other / "manifest.json").write_text(json.dumps({"complete": True, "weights_fingerprint": "not-this-one"}))
+    with pytest.raises(UsageError, match="come from other weights"):
         words_main(["--checkpoint", str(ck), "--data", str(data), "--attributions", str(other), "--out", str(tmp_path)])
 
 

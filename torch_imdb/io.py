@@ -1,6 +1,8 @@
-"""Atomic artifact writes: write to a temporary file beside the target, then rename.
+"""Atomic, durable artifact writes: write a temporary file beside the target, fsync, rename, fsync the folder.
 
-An interrupted run can leave a stray ``*.tmp`` file, never a half-written artifact.
+An interrupted run can leave a stray ``*.tmp`` file, never a half-written
+artifact; the fsyncs make the new file survive a crash of the machine (not only
+of the process) once the rename is done.
 """
 
 from __future__ import annotations
@@ -25,10 +27,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; artifacts get the usual permissions
     try:
         yield Path(tmp)
+        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, target)
+        _fsync(target.parent)  # and so is the rename
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +37,37 @@ th { background: #f5f5f5; } td.l, th.l { text-align: left; }
 img { max-width: 100%; } .note { color: #a60; } .review { margin: 1.2em 0 2em; }
 .force { min-height: 150px; } code { background: #f4f4f4; padding: 0 .2em; }
 """
+
+
+def plain_numbers(page: str) -> str:
+    """``np.float64(30.0)`` -> ``30.0``: shap's text plot writes numpy reprs into its CSS colours under numpy 2,
+    which no browser parses (the tokens would show no colour)."""
+    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", page)
+
+
+# Derived outputs of the one model the report is about, and the command that makes each.
+MODEL_OUTPUTS = {"train_metrics.json": "python -m torch_imdb.train --metrics-out results/train_metrics.json",
+                 "explain_summary.json": "python -m torch_imdb.explain --engines shap,captum,fast",
+                 "explainer_speed.json": "python benchmarks/explainer_speed.py",
+                 "all_test_timing.json": "python -m torch_imdb.explain --all-test --timing-out results/all_test_timing.json",
+                 "word_importance.json": "python -m torch_imdb.words"}
+
+
+def model_fingerprint_of(results: Path) -> str | None:
+    """The one weights fingerprint that the results' files share; a one-line error if they mix models."""
+    found = {}
+    for name, command in MODEL_OUTPUTS.items():
+        data = _read_json(results / name)
+        if data is None:
+            continue
+        if not data.get("weights_fingerprint"):
+            raise UsageError(f"{results / name} records no weights fingerprint; regenerate it with `{command}`")
+        found[name] = data["weights_fingerprint"]
+    if len(set(found.values())) > 1:
+        listing = ", ".join(f"{k} {v}" for k, v in found.items())
+        raise UsageError(f"{results} mixes outputs of different weights ({listing}); regenerate the stale ones "
+                         "from one checkpoint")
+    return next(iter(found.values()), None)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -88,9 +120,12 @@ def training_section(results: Path) -> str:
     fig.tight_layout()
     img = _fig_img(fig, "training curves")
     plt.close(fig)
-    rows = [[name, m["n_train"], m["checkpoint_epoch"], m["selected_by"], f"{m['final_test_loss']:.4f}",
-             f"{m['final_test_accuracy']:.4f}", f"{m['mean_train_seconds_per_epoch']:.1f}"] for name, m in runs]
-    return img + _table(["run", "train reviews", "checkpoint epoch", "chosen by", "test loss", "test accuracy",
+    rows = [[name, m.get("weights_fingerprint", "?"), m["n_train"], m["checkpoint_epoch"], m["selected_by"],
+             f"{m['final_test_loss']:.4f}", f"{m['final_test_accuracy']:.4f}", f"{m['mean_train_seconds_per_epoch']:.1f}"]
+            for name, m in runs]
+    note = ("<p>The early-stop run is a different model (its own weights); it is shown for its training curve only, "
+            "every other section explains the default run's weights.</p>") if len(runs) > 1 else ""
+    return img + note + _table(["run", "weights", "train reviews", "checkpoint epoch", "chosen by", "test loss", "test accuracy",
                          "train s/epoch"], rows)
 
 
@@ -144,7 +179,7 @@ def explanation_section(results: Path) -> tuple[str, bool]:
         plot = force_plot(ev, values, r["words"], ids)
         vals, labels = merge_padding(values, r["words"], ids)
         tokens = np.array([w + " " for w in labels])  # shap joins tokens as given: each carries its space
-        text = shap.plots.text(shap.Explanation(values=vals, base_values=ev, data=tokens), display=False)
+        text = plain_numbers(shap.plots.text(shap.Explanation(values=vals, base_values=ev, data=tokens), display=False))
         parts.append(f'<div class="review"><h3>{html.escape(r["source"])} — label {meta["label"]}, '
                      f'P(positive) = {meta["output"]:.3f}</h3><div class="force">{plot.html()}</div>{text}</div>')
     return "\n".join(parts), True
@@ -188,8 +223,11 @@ def build_report(results: str | Path, out: str | Path) -> Path:
     results = Path(results)
     if not results.is_dir():
         raise UsageError(f"results folder {results} does not exist; run the project's commands first (see README)")
+    fingerprint = model_fingerprint_of(results)
     explain_html, has_js = explanation_section(results)
     body = ["<h1>torch-imdb: an LSTM on IMDB, explained exactly</h1>",
+            f"<p>Every section below comes from the weights with fingerprint <code>{fingerprint}</code> "
+            "(checked across the files it reads).</p>",
             "<h2>Training</h2>", training_section(results),
             "<h2>Explanations: shap.DeepExplainer vs Captum DeepLiftShap on the twin</h2>", explain_html,
             "<h2>What explanations cost</h2>", benchmark_section(results),

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from torch_imdb.checkpoint import save_checkpoint
+from torch_imdb.checkpoint import save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_write_json
@@ -160,6 +160,32 @@ def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor
     return loss_sum / seen, correct / seen
 
 
+# Outputs that commands derive from a checkpoint and keep inside its folder by default.
+DERIVED_OUTPUTS = ("all_test", "explain_text")
+
+
+def move_aside_derived(out_dir: Path, log=print) -> list[Path]:
+    """Rename derived outputs in ``out_dir`` to ``NAME.weights-<old fingerprint>`` before new weights are trained there.
+
+    They were computed from the weights about to be replaced; kept under their
+    fingerprint they can never be resumed or read as the new model's.
+    """
+    old = saved_fingerprint(out_dir) or "unknown"
+    moved = []
+    for name in DERIVED_OUTPUTS:
+        path = out_dir / name
+        if not path.exists():
+            continue
+        dest, k = out_dir / f"{name}.weights-{old}", 1
+        while dest.exists():
+            k += 1
+            dest = out_dir / f"{name}.weights-{old}.{k}"
+        path.rename(dest)
+        log(f"{path} holds outputs of the previous weights ({old}): moved to {dest}")
+        moved.append(dest)
+    return moved
+
+
 def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None, log=print) -> dict:
     """Train a model per ``cfg``, save its checkpoint to ``out_dir``, return the metrics dict.
 
@@ -171,6 +197,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     out_dir = Path(out_dir)
     if data is None:
         data = prepare_data(cfg, cache_dir=out_dir / "cache")
+    move_aside_derived(out_dir, log)
     torch.manual_seed(cfg.seed)
     x_all = torch.from_numpy(data.x_train)
     y_all = torch.from_numpy(data.y_train)
@@ -213,7 +240,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         score = row["val_loss"] if cfg.monitor == "val_loss" else -row["val_acc"]
         if best is None or score < best:
             best, best_epoch, since_best = score, epoch, 0
-            save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": epoch})
+            fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": epoch})
         else:
             since_best += 1
             if cfg.patience and since_best >= cfg.patience:
@@ -221,7 +248,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
                 break
     if x_val is None:
         best_epoch = history[-1]["epoch"]
-        save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": best_epoch})
+        fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": best_epoch})
     final = next(r for r in history if r["epoch"] == best_epoch)
     log(f"Test score: {final['test_loss']:.4f}")
     log(f"Test accuracy: {final['test_acc']:.4f}" + (f" (checkpoint of epoch {best_epoch}, best {cfg.monitor})"
@@ -238,6 +265,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         "mean_train_seconds_per_epoch": float(np.mean([r["train_seconds"] for r in history])),
         "machine": machine_info(device),
         "checkpoint": str(out_dir),
+        "weights_fingerprint": fingerprint,
     }
 
 

@@ -124,20 +124,18 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     manifest = Path(attributions) / "manifest.json" if attributions else None
     if manifest is not None and manifest.exists() and json.loads(manifest.read_text()).get("complete"):
         meta = json.loads(manifest.read_text())
-        if meta.get("vocab_fingerprint") != ckpt.vocab.fingerprint():
-            raise UsageError(f"attributions in {attributions} were not made with the checkpoint's vocabulary; re-run "
-                             "`python -m torch_imdb.explain --all-test` for this checkpoint or pass --attributions")
-        got = read_attributions(attributions)
+        got = read_attributions(attributions, fingerprint=ckpt.fingerprint)
         return got["ids"], got["values"], {"source": f"{attributions} (python -m torch_imdb.explain --all-test)",
                                            "reviews": int(len(got["ids"])), "background": meta["background"],
-                                           "seed": meta["seed"]}
+                                           "seed": meta["seed"], "weights_fingerprint": ckpt.fingerprint}
     _, bg = sample_background(ckpt, dataset, background, seed, cache_dir)
     rows, ids, _ = sample_test_reviews(ckpt, dataset, sample, seed, cache_dir)
     t0 = time.perf_counter()
     engine = FastDeepShap(ckpt.model, compile=sample >= 500, progress=True)
     values = engine.attribute(torch.from_numpy(ids), torch.from_numpy(bg)).values
     return ids, values, {"source": f"fast engine on a seeded sample of {sample} test reviews", "reviews": int(sample),
-                         "background": background, "seed": seed, "seconds": time.perf_counter() - t0}
+                         "background": background, "seed": seed, "seconds": time.perf_counter() - t0,
+                         "weights_fingerprint": ckpt.fingerprint}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_top_words(out / "word_importance.png", stats, args.top,
                    title=f"{meta['reviews']} test reviews, background {meta['background']}, words seen >= {args.min_count} times")
     n_words = sum(s.kind == "word" for s in stats)
-    atomic_write_json(out / "word_importance.json", {**meta, "min_count": args.min_count, "words": n_words,
+    atomic_write_json(out / "word_importance.json", {"weights_fingerprint": ckpt.fingerprint, **meta, "min_count": args.min_count, "words": n_words,
                                                       "special": [asdict(s) for s in stats if s.kind == "special"]})
     words = [s for s in stats if s.kind == "word"]
     print(f"{n_words} words seen >= {args.min_count} times in {meta['reviews']} reviews ({meta['source']})")

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
     p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
     p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
+    p.add_argument("--chunk-reviews", type=int, default=500,
+                   help="with --all-test: reviews per parquet chunk (what a restart can lose)")
     p.add_argument("--no-compile", action="store_true", help="with --all-test: run the fast engine without torch.compile")
     p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
     return p
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out_dir = args.out_dir or default_out_dir(args.checkpoint)
         manifest = explain_split(ckpt, dataset, out_dir, background=args.background, seed=args.seed,
-                                 limit=args.limit, compile=not args.no_compile, cache_dir=cache)
+                                 limit=args.limit, compile=not args.no_compile, cache_dir=cache,
+                                 chunk_reviews=args.chunk_reviews)
         manifest["machine"] = machine_info()
         print(f"explained {manifest['n_reviews']} reviews into {out_dir}: "
               f"{manifest['seconds_this_run']:.1f} s this run")

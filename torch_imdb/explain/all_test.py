@@ -2,7 +2,9 @@
 
 Each chunk of reviews becomes ``chunk-XXXXX.parquet`` (written atomically);
 a restart skips chunks already on disk, so an interrupted run loses at most one
-chunk. ``manifest.json`` records the seed, background rows and the timing.
+chunk. ``manifest.json`` records the seed, background rows, the timing and the
+weights fingerprint; every chunk carries the fingerprint in its parquet metadata,
+and neither a restart nor a reader combines chunks of different weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
 
+FINGERPRINT_KEY = "torch_imdb.weights_fingerprint"
+
+
 def default_out_dir(checkpoint: str | Path) -> Path:
     """Where ``--all-test`` writes, and ``python -m torch_imdb.words`` reads, by default: CHECKPOINT/all_test."""
     return Path(checkpoint) / "all_test"
@@ -39,6 +44,8 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
     ``output`` (P(positive)), ``ids`` (T int32) and ``values`` (T float32).
     Returns the manifest dict (also written to ``out_dir/manifest.json``).
     """
+    if chunk_reviews < 1:
+        raise UsageError(f"--chunk-reviews must be at least 1, got {chunk_reviews}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
@@ -48,18 +55,26 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
     ids, labels = ids[rows], labels[rows]
     settings = {"split": split, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
                 "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
-                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint()}
+                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
+                "weights_fingerprint": ckpt.fingerprint}
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
+        if old.get("weights_fingerprint") != ckpt.fingerprint:
+            raise UsageError(f"{out} holds attributions of other weights (fingerprint {old.get('weights_fingerprint')}, "
+                             f"the checkpoint's is {ckpt.fingerprint}); use another --out-dir or delete it to start over")
         if {k: old.get(k) for k in settings} != settings:
             raise UsageError(f"{out} holds a run with other settings; use another --out-dir or delete it to start over")
+    elif list(out.glob("chunk-*.parquet")):
+        raise UsageError(f"{out} holds attribution chunks but no manifest; use another --out-dir or delete it to start over")
     atomic_write_json(manifest_path, {**settings, "complete": False})
 
     engine = FastDeepShap(ckpt.model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
     bg = torch.from_numpy(bg_ids)
     chunks = list(range(0, len(rows), chunk_reviews))
     done = [k for k in chunks if (out / f"chunk-{k // chunk_reviews:05d}.parquet").exists()]
+    for k in done:
+        chunk_fingerprint(out / f"chunk-{k // chunk_reviews:05d}.parquet", expected=ckpt.fingerprint)
     if done:
         log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
     t0 = time.perf_counter()
@@ -77,7 +92,7 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
             "residual": pa.array(result.residual.astype(np.float32)),
             "ids": pa.array(list(ids[sl].astype(np.int32)), type=pa.list_(pa.int32())),
             "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
-        })
+        }).replace_schema_metadata({FINGERPRINT_KEY: ckpt.fingerprint})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         computed += len(result.values)
@@ -90,11 +105,32 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
     return manifest
 
 
-def read_attributions(out_dir: str | Path) -> dict[str, np.ndarray]:
-    """Load all chunks of :func:`explain_split` into arrays: row, label, output, residual, ids (N, T), values (N, T)."""
-    files = sorted(Path(out_dir).glob("chunk-*.parquet"))
+def chunk_fingerprint(path: Path, expected: str | None = None) -> str:
+    """The weights fingerprint a chunk was computed with; a one-line error if it is not ``expected``."""
+    meta = pq.read_schema(path).metadata or {}
+    found = meta.get(FINGERPRINT_KEY.encode(), b"").decode() or None
+    if expected is not None and found != expected:
+        raise UsageError(f"{path} was computed from other weights (fingerprint {found}, expected {expected}); "
+                         f"delete {path.parent} or use another --out-dir to start over")
+    return found
+
+
+def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, np.ndarray]:
+    """Load all chunks of :func:`explain_split` into arrays: row, label, output, residual, ids (N, T), values (N, T).
+
+    Every chunk must carry the manifest's weights fingerprint (and ``fingerprint``, when given).
+    """
+    out = Path(out_dir)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    expected = manifest.get("weights_fingerprint")
+    if fingerprint is not None and expected != fingerprint:
+        raise UsageError(f"attributions in {out_dir} come from other weights (fingerprint {expected}, the checkpoint's "
+                         f"is {fingerprint}); re-run `python -m torch_imdb.explain --all-test` for this checkpoint")
+    files = sorted(out.glob("chunk-*.parquet"))
     if not files:
         raise UsageError(f"no attribution chunks in {out_dir}; run `python -m torch_imdb.explain --all-test` first")
+    for f in files:
+        chunk_fingerprint(f, expected=expected)
     table = pa.concat_tables(pq.read_table(f) for f in files)
     cols = {k: table[k].to_numpy() for k in ("row", "label", "output", "residual")}
     cols["ids"] = np.stack(table["ids"].to_numpy(zero_copy_only=False))

@@ -99,7 +99,8 @@ def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: i
     config = {"background": background, "reviews": len(ids), "seed": seed, "engines": list(engines),
               "background_seed": seed, "reviews_seed": seed + 1, "maxlen": ckpt.maxlen,
               "checkpoint_epoch": ckpt.config.get("epoch"), "checkpoint_seed": ckpt.config.get("seed"),
-              "architecture": ckpt.model.config.describe(), "model": ckpt.model.config.to_dict()}
+              "architecture": ckpt.model.config.describe(), "model": ckpt.model.config.to_dict(),
+              "weights_fingerprint": ckpt.fingerprint}
     return Explanation(ids, [ckpt.vocab.decode(r) for r in ids], labels, sources, [int(r) for r in bg_rows],
                        results, config, plain)
 
@@ -138,7 +139,8 @@ def summarize(ex: Explanation, machine: dict | None = None) -> dict:
             entry[f"top5_{name}"] = top_tokens(r.values[n], ex.words[n], ex.ids[n])
             entry[f"residual_{name}"] = float(r.residual[n])
         reviews.append(entry)
-    return {"config": ex.config, "expected_value": first.expected_value, "engines": per_engine,
+    return {"weights_fingerprint": ex.config.get("weights_fingerprint"), "config": ex.config,
+            "expected_value": first.expected_value, "engines": per_engine,
             "agreement": agreement, "plain_nn_rnn": ex.plain_rnn, "reviews": reviews,
             "background_train_rows": ex.background_rows, "machine": machine or {}}
 
