@@ -101,7 +101,7 @@ def test_missing_checkpoint(tmp_path):
 def test_all_test_streams_and_resumes(tiny_checkpoint, tmp_path):
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.all_test import explain_split, read_attributions
+    from torch_imdb.explain.corpus import explain_split, read_attributions
     from torch_imdb.explain.fast import FastDeepShap
 
     ck, data = tiny_checkpoint
@@ -153,7 +153,7 @@ def test_real_data_explain(real_checkpoint, tmp_path):
 def test_retrained_checkpoint_never_mixes_attributions(planted_data, tmp_path, capsys):
     """The trust issue's scenario: resume after retraining into the same folder must not mix two models."""
     from torch_imdb.checkpoint import load_checkpoint
-    from torch_imdb.explain.all_test import read_attributions
+    from torch_imdb.explain.corpus import read_attributions
     from torch_imdb.train import main as train_main
     from torch_imdb.words import main as words_main
 
@@ -192,3 +192,60 @@ def test_retrained_checkpoint_never_mixes_attributions(planted_data, tmp_path, c
     with pytest.raises(UsageError, match="computed from other weights"):
         read_attributions(ck / "all_test")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "parquet", "jsonl"])
+def test_input_file_explains_every_usable_row(tiny_checkpoint, tmp_path, capsys, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ck, data = tiny_checkpoint
+    texts = ["w1 superb w2", "", "w3 awful w4 boring", "   ", "wonderful"]
+    path = tmp_path / f"reviews.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(texts) + "\n")
+    elif fmt == "csv":
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "text"])
+            w.writerows(enumerate(texts))
+    elif fmt == "parquet":
+        pq.write_table(pa.table({"text": texts}), path)
+    else:
+        path.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    out = tmp_path / "out"
+    assert explain_main(["--checkpoint", str(ck), "--data", str(data), "--input", str(path), "--out-dir", str(out),
+                         "--background", "5", "--no-compile"]) == 0
+    err = capsys.readouterr().err
+    assert "row 1: no text" in err and "row 3: no text" in err and len(err.strip().splitlines()) == 2
+    with open(out / "tokens.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted({int(r["row"]) for r in rows}) == [0, 2, 4]
+    by_row = {k: [r for r in rows if int(r["row"]) == k] for k in (0, 2, 4)}
+    assert [r["word"] for r in by_row[2] if r["word"] not in ("<start>", "<pad>")] == ["w3", "awful", "w4", "boring"]
+    assert all(len(toks) == 16 for toks in by_row.values())  # every position, padding included
+    # each review's values add up to its output minus the expected value (completeness, per the manifest)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for k, toks in by_row.items():
+        total = sum(float(r["value"]) for r in toks)
+        assert abs(total - (float(toks[0]["output"]) - manifest["expected_value"])) < 1e-4
+    with open(out / "word_summary.csv") as fh:
+        words = {r["word"]: r for r in csv.DictReader(fh)}
+    assert float(words["superb"]["mean"]) > 0 > float(words["awful"]["mean"])
+    assert manifest["skipped_rows"] == 2 and manifest["weights_fingerprint"]
+
+
+def test_input_file_errors(tiny_checkpoint, tmp_path):
+    ck, data = tiny_checkpoint
+    base = ["--checkpoint", str(ck), "--data", str(data), "--out-dir", str(tmp_path / "o"), "--no-compile"]
+    with pytest.raises(UsageError, match="not a file"):
+        explain_main(base + ["--input", str(tmp_path / "missing.txt")])
+    (tmp_path / "a.csv").write_text("review\nfoo\n")
+    with pytest.raises(UsageError, match="no `text` column"):
+        explain_main(base + ["--input", str(tmp_path / "a.csv")])
+    (tmp_path / "b.txt").write_text("\n  \n")
+    with pytest.raises(UsageError, match="no row with text"):
+        explain_main(base + ["--input", str(tmp_path / "b.txt")])
+    (tmp_path / "c.xlsx").write_text("x")
+    with pytest.raises(UsageError, match="unknown format"):
+        explain_main(base + ["--input", str(tmp_path / "c.xlsx")])

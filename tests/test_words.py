@@ -6,7 +6,32 @@ import pytest
 from conftest import NEGATIVE, POSITIVE
 from torch_imdb.data import Vocab
 from torch_imdb.words import main as words_main
-from torch_imdb.words import word_importance
+from torch_imdb.words import log_count_ratios, shrink, spearman, word_importance
+
+
+def test_shrinkage_is_closer_to_the_truth_and_pulls_noisy_means_most():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0.0, 0.1, 2000)
+    noise = np.where(np.arange(2000) % 2 == 0, 0.1**2, 0.5**2)  # half the words seen often, half rarely
+    means = truth + rng.normal(0.0, np.sqrt(noise))
+    est = shrink(list(means), list(noise))
+    assert np.mean((est - truth) ** 2) < 0.5 * np.mean((means - truth) ** 2)
+    pull = np.abs(est - means) / np.maximum(np.abs(means - est.mean()), 1e-12)
+    assert pull[1::2].mean() > pull[0::2].mean()  # noisy means move further
+    assert np.allclose(shrink([0.3, 0.3001], [1.0, 1.0]), np.mean([0.3, 0.3001]))  # no spread beyond noise: pooled
+
+
+def test_spearman_and_log_count_ratio():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)  # ties get average ranks
+    vocab = Vocab.build(["good bad plot plot"])
+    ratios = log_count_ratios(["good plot", "good good plot", "bad plot"], [1, 1, 0], vocab)
+    index = vocab.index()
+    assert ratios[index["good"]] > 0 > ratios[index["bad"]]
+    # (2 + 1) / (4 + V) vs (1 + 1) / (2 + V) for "plot": both reviews' shares of the word, smoothed
+    V = vocab.size
+    assert ratios[index["plot"]] == pytest.approx(np.log(3 / (5 + V)) - np.log(2 / (2 + V)))
 
 
 def test_grouping_by_word_with_specials_apart():
@@ -43,7 +68,10 @@ def test_planted_words_come_out_on_top(tmp_path):
     assert top3 == set(POSITIVE) and bottom3 == set(NEGATIVE)
     assert all(float(r["mean"]) > 0 for r in rows[:3]) and all(float(r["mean"]) < 0 for r in rows[-3:])
     assert (out / "word_importance.png").read_bytes()[:4] == b"\x89PNG"
-    assert '"seed": 0' in (out / "word_importance.json").read_text()
+    meta = __import__("json").loads((out / "word_importance.json").read_text())
+    assert meta["seed"] == 0 and set(meta["top_positive"][:3]) == set(POSITIVE)
+    # the planted words' attributions agree with their model-free polarity in the train split
+    assert meta["agreement_with_log_count_ratio"]["all"]["spearman_shrunk"] > 0.2
 
 
 def test_attributions_from_another_checkpoint_are_refused(tiny_checkpoint, tmp_path):

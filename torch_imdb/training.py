@@ -161,7 +161,7 @@ def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor
 
 
 # Outputs that commands derive from a checkpoint and keep inside its folder by default.
-DERIVED_OUTPUTS = ("all_test", "explain_text")
+DERIVED_OUTPUTS = ("all_test", "explain_text", "explain_input")
 
 
 def move_aside_derived(out_dir: Path, log=print) -> list[Path]:

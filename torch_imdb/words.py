@@ -8,9 +8,23 @@ results/word_importance.csv, .png and .json (settings and seed).
 Summing SHAP values by *position* means nothing for text (position 0 is a
 different word in every review), so the global view groups by word: for each
 vocabulary word, how often it occurs, in how many reviews, its mean
-attribution, mean |attribution|, and a 95% interval for the mean (normal
-approximation with the standard error over occurrences). Padding, the start
-marker and out-of-vocabulary are reported separately, never ranked as words.
+attribution, mean |attribution|, a 95% interval for the mean (normal
+approximation with the standard error over occurrences), and two rankings a
+reader can trust:
+
+- ``shrunk``: an empirical-Bayes estimate of the word's mean. A word seen 20
+  times has a noisy mean; the estimate pulls each mean towards the mean over all
+  words by how noisy it is (normal prior, its variance from the spread of the
+  word means minus their average noise), so rare words rank high only when their
+  evidence is strong. The ranking and the figure use it; the plain mean stays in the CSV.
+- ``total``: the sum of the word's attributions over the corpus, how much it
+  moved predictions in all: frequent words with steady effects lead it.
+
+Padding, the start marker and out-of-vocabulary are reported separately, never
+ranked as words. The ranking is checked against a reference that involves no
+model: each word's log-count ratio between positive and negative TRAIN reviews
+(add-one smoothed), with the Spearman correlation reported overall and for
+frequent words.
 """
 
 from __future__ import annotations
@@ -42,6 +56,8 @@ class WordStat:
     std: float
     ci_low: float
     ci_high: float
+    shrunk: float = 0.0  # empirical-Bayes mean, what the ranking uses
+    total: float = 0.0  # summed attribution over the corpus
 
 
 def word_importance(ids: np.ndarray, values: np.ndarray, vocab: Vocab, min_count: int = 20) -> list[WordStat]:
@@ -74,8 +90,71 @@ def word_importance(ids: np.ndarray, values: np.ndarray, vocab: Vocab, min_count
         rows.append(WordStat(vocab.word(int(tok)), int(tok), "special" if special else "word",
                              n, int(in_reviews[tok]), float(mean), float(total_abs[tok] / n), float(np.sqrt(var)),
                              float(mean - half), float(mean + half)))
-    words = sorted((r for r in rows if r.kind == "word"), key=lambda r: -r.mean)
+    words = [r for r in rows if r.kind == "word"]
+    for r, m in zip(words, shrink([r.mean for r in words], [r.std**2 / r.occurrences for r in words])):
+        r.shrunk = float(m)
+    for r in rows:
+        r.total = r.mean * r.occurrences
+    words.sort(key=lambda r: -r.shrunk)
     return words + [r for r in rows if r.kind == "special"]
+
+
+def shrink(means: list[float], noise: list[float]) -> np.ndarray:
+    """Empirical-Bayes (normal-normal) estimates of true means from noisy means with known noise variances.
+
+    Prior N(mu, tau2) with mu the precision-weighted mean and tau2 = max(var(means) - mean(noise), 0)
+    (method of moments); each mean moves towards mu by noise / (noise + tau2).
+    """
+    m, v = np.asarray(means, dtype=np.float64), np.maximum(np.asarray(noise, dtype=np.float64), 1e-30)
+    if len(m) < 2:
+        return m
+    tau2 = max(float(m.var() - v.mean()), 0.0)
+    mu = float(np.average(m, weights=1 / (v + tau2))) if tau2 > 0 else float(np.average(m, weights=1 / v))
+    return mu + (m - mu) * (tau2 / (tau2 + v))
+
+
+def log_count_ratios(texts, labels, vocab: Vocab) -> np.ndarray:
+    """Per token id: log of the word's add-one-smoothed frequency in positive over negative reviews (no model).
+
+    Counts run over the whole text of each review, tokenized as the model's input is.
+    """
+    from torch_imdb.data import tokenize
+
+    index = vocab.index()
+    counts = np.ones((2, vocab.size))  # add-one smoothing
+    for text, label in zip(texts, labels):
+        for w in tokenize(text):
+            k = index.get(w)
+            if k is not None:
+                counts[int(label), k] += 1
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    return np.log(freq[1]) - np.log(freq[0])
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=r)
+        return (sums / counts)[inverse]
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def agreement_with_reference(stats: list[WordStat], ratios: np.ndarray, frequent: int = 200) -> dict:
+    """Spearman correlation of each ranking score with the model-free log-count ratio, overall and for frequent words."""
+    words = [s for s in stats if s.kind == "word"]
+    out = {"reference": "log-count ratio of each word between positive and negative train reviews (add-one smoothed)",
+           "frequent_min_occurrences": frequent}
+    for subset, group in (("all", words), ("frequent", [s for s in words if s.occurrences >= frequent])):
+        ref = ratios[[s.token_id for s in group]]
+        out[subset] = {"words": len(group), **({f"spearman_{key}": spearman([getattr(s, key) for s in group], ref)
+                                                 for key in ("shrunk", "mean", "total")} if len(group) > 2 else {})}
+    return out
 
 
 def write_csv(path: str | Path, stats: list[WordStat]) -> None:
@@ -87,7 +166,7 @@ def write_csv(path: str | Path, stats: list[WordStat]) -> None:
 
 
 def plot_top_words(path: str | Path, stats: list[WordStat], k: int = 20, title: str = "") -> None:
-    """Top ``k`` positive and top ``k`` negative words by mean attribution, with their 95% intervals."""
+    """Top ``k`` words each way by the shrunk mean (with the raw mean's 95% interval), and by total effect."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,29 +174,39 @@ def plot_top_words(path: str | Path, stats: list[WordStat], k: int = 20, title: 
 
     words = [s for s in stats if s.kind == "word"]
     top, bottom = words[:k], words[::-1][:k]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.28 * k + 1.6))
+    by_total = sorted(words, key=lambda s: -s.total)
+    total = by_total[: k // 2] + by_total[::-1][: k // 2][::-1]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 0.28 * k + 1.9))
     for ax, group, color, label in ((axes[0], top, "#ff0051", "raise P(positive)"),
                                     (axes[1], bottom, "#008bfb", "lower P(positive)")):
         y = np.arange(len(group))[::-1]
-        means = np.array([s.mean for s in group])
-        err = np.array([[s.mean - s.ci_low for s in group], [s.ci_high - s.mean for s in group]])
-        ax.barh(y, means, xerr=err, color=color, alpha=0.85, capsize=2, error_kw={"lw": 0.8})
+        ax.barh(y, [s.shrunk for s in group], color=color, alpha=0.85, label="shrunk mean (ranks)")
+        ax.errorbar([s.mean for s in group], y, xerr=[[s.mean - s.ci_low for s in group], [s.ci_high - s.mean for s in group]],
+                    fmt="o", color="k", ms=3, lw=0.8, capsize=2, label="raw mean, 95% interval")
         ax.set_yticks(y)
         ax.set_yticklabels([f"{s.word} ({s.occurrences})" for s in group], fontsize=9)
         ax.axvline(0, color="k", lw=0.6)
-        ax.set_xlabel("mean attribution to P(positive), 95% interval")
-        ax.set_title(f"top {k} words that {label}", fontsize=10)
+        ax.set_xlabel("attribution to P(positive) per occurrence")
+        ax.set_title(f"top {k} words that {label}\n(ranked by empirical-Bayes shrunk mean; (n) = occurrences)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right" if color == "#ff0051" else "lower left")
+    y = np.arange(len(total))[::-1]
+    axes[2].barh(y, [s.total for s in total], color=["#ff0051" if s.total > 0 else "#008bfb" for s in total], alpha=0.85)
+    axes[2].set_yticks(y)
+    axes[2].set_yticklabels([f"{s.word} ({s.occurrences})" for s in total], fontsize=9)
+    axes[2].axvline(0, color="k", lw=0.6)
+    axes[2].set_xlabel("summed attribution over all reviews")
+    axes[2].set_title(f"total effect: the {k // 2} words that moved predictions most, each way", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    atomic_savefig(path, fig, dpi=120)
+    atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
 
 
 def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sample: int, background: int, seed: int,
                            cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Token ids and values (N, T): from a finished ``--all-test`` folder, else a fresh seeded sample."""
-    from torch_imdb.explain.all_test import read_attributions
+    from torch_imdb.explain.corpus import read_attributions
     from torch_imdb.explain.compare import sample_background, sample_test_reviews
     from torch_imdb.explain.fast import FastDeepShap
 
@@ -151,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
     p.add_argument("--min-count", type=int, default=20, help="leave out words seen fewer times")
     p.add_argument("--top", type=int, default=20, help="words per side in the figure")
+    p.add_argument("--frequent", type=int, default=200,
+                   help="words seen at least this often count as frequent in the agreement with the log-count ratio")
     p.add_argument("--out", default="results", help="folder for word_importance.csv/.png/.json")
     return p
 
@@ -158,29 +249,47 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.all_test import default_out_dir
+    from torch_imdb.explain.corpus import default_out_dir
 
     args = build_parser().parse_args(argv)
     if args.min_count < 1 or args.top < 1:
         raise UsageError("--min-count and --top must be at least 1")
     ckpt = load_checkpoint(args.checkpoint)
     attributions = args.attributions or default_out_dir(args.checkpoint)
-    ids, values, meta = attributions_for_words(ckpt, load_imdb(args.data), attributions, args.sample,
+    dataset = load_imdb(args.data)
+    ids, values, meta = attributions_for_words(ckpt, dataset, attributions, args.sample,
                                                args.background, args.seed, Path(args.checkpoint) / "cache")
     stats = word_importance(ids, values, ckpt.vocab, args.min_count)
     if sum(s.kind == "word" for s in stats) < 2:
         raise UsageError(f"fewer than 2 words occur at least {args.min_count} times; lower --min-count or explain more reviews")
+    train = dataset["train"]
+    reference = agreement_with_reference(stats, log_count_ratios(train["text"], train["label"], ckpt.vocab),
+                                         args.frequent)
     out = Path(args.out)
     write_csv(out / "word_importance.csv", stats)
     plot_top_words(out / "word_importance.png", stats, args.top,
                    title=f"{meta['reviews']} test reviews, background {meta['background']}, words seen >= {args.min_count} times")
     n_words = sum(s.kind == "word" for s in stats)
-    atomic_write_json(out / "word_importance.json", {"weights_fingerprint": ckpt.fingerprint, **meta, "min_count": args.min_count, "words": n_words,
-                                                      "special": [asdict(s) for s in stats if s.kind == "special"]})
     words = [s for s in stats if s.kind == "word"]
+    by_total = sorted(words, key=lambda s: -s.total)
+    atomic_write_json(out / "word_importance.json", {
+        "weights_fingerprint": ckpt.fingerprint, **meta, "checkpoint": str(args.checkpoint),
+        "checkpoint_epoch": ckpt.config.get("epoch"), "min_count": args.min_count, "words": n_words,
+        "ranking": "empirical-Bayes shrunk mean (column shrunk); the plain mean is the column mean",
+        "agreement_with_log_count_ratio": reference,
+        "top_positive": [s.word for s in words[: args.top]], "top_negative": [s.word for s in words[::-1][: args.top]],
+        "top_total_positive": [s.word for s in by_total[: args.top]],
+        "top_total_negative": [s.word for s in by_total[::-1][: args.top]],
+        "special": [asdict(s) for s in stats if s.kind == "special"]})
     print(f"{n_words} words seen >= {args.min_count} times in {meta['reviews']} reviews ({meta['source']})")
-    print("most positive: " + ", ".join(f"{s.word} {s.mean:+.4f}" for s in words[:8]))
-    print("most negative: " + ", ".join(f"{s.word} {s.mean:+.4f}" for s in words[::-1][:8]))
+    print("most positive (shrunk mean): " + ", ".join(f"{s.word} {s.shrunk:+.4f}" for s in words[:8]))
+    print("most negative (shrunk mean): " + ", ".join(f"{s.word} {s.shrunk:+.4f}" for s in words[::-1][:8]))
+    print("largest total effect: " + ", ".join(f"{s.word} {s.total:+.1f}" for s in by_total[:4] + by_total[::-1][:4]))
+    for subset in ("all", "frequent"):
+        r = reference[subset]
+        if "spearman_shrunk" in r:
+            print(f"Spearman with the log-count ratio, {subset} words ({r['words']}): shrunk {r['spearman_shrunk']:.3f}, "
+                  f"mean {r['spearman_mean']:.3f}, total {r['spearman_total']:.3f}")
     print(f"wrote {out}/word_importance.csv, .png, .json")
     return 0
 

@@ -4,7 +4,7 @@
 - :mod:`.rules`: the Shapley product rule and the rescale multiplier;
 - :mod:`.backends`: shap.DeepExplainer and Captum DeepLiftShap on the explainable copy;
 - :mod:`.fast`: the project's own engine, same values without hooks;
-- :mod:`.compare`, :mod:`.all_test`: what ``python -m torch_imdb.explain`` runs.
+- :mod:`.compare`, :mod:`.corpus`: what ``python -m torch_imdb.explain`` runs.
 
 Every engine has ``attribute(inputs, baselines, target=0) -> Attribution`` with
 token ids (N, T) and (B, T), or float sequences (N, T, F) and (B, T, F).

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: results/, or artifacts/explain_text with --text)")
     p.add_argument("--no-plain-rnn", action="store_true",
                    help="skip running the libraries on the plain nn.LSTM / nn.GRU (the negative control)")
+    p.add_argument("--input", default=None,
+                   help="explain every review in this file with the fast engine: one per line (.txt), or the `text` "
+                        "column of a .csv, .parquet or .jsonl file; writes parquet chunks, tokens.csv and "
+                        "word_summary.csv to --out-dir (default: CHECKPOINT/explain_input)")
     p.add_argument("--all-test", action="store_true",
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
     p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
@@ -47,13 +51,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def explain_input(args, ckpt, dataset, cache: Path) -> int:
+    """--input: read the file, explain every usable row, write chunks, the token table and the word summary."""
+    import numpy as np
+
+    from torch_imdb.explain.corpus import explain_ids, read_attributions
+    from torch_imdb.explain.texts import read_texts, write_token_table
+    from torch_imdb.words import word_importance
+    from torch_imdb.words import write_csv as write_words
+
+    rows, texts, problems = read_texts(args.input)
+    for line in problems:
+        print(f"warning: {args.input}: {line}", file=sys.stderr)
+    if not texts:
+        raise UsageError(f"--input {args.input} holds no row with text; nothing to explain")
+    out = Path(args.out_dir or Path(args.checkpoint) / "explain_input")
+    ids = ckpt.vocab.encode_many(texts, ckpt.maxlen)
+    source = {"input": str(Path(args.input).resolve()), "input_rows": len(rows) + len(problems),
+              "skipped_rows": len(problems)}
+    manifest = explain_ids(ckpt, dataset, ids, rows, np.full(len(rows), -1), out, source, args.background, args.seed,
+                           args.chunk_reviews, not args.no_compile, cache)
+    got = read_attributions(out, fingerprint=ckpt.fingerprint)
+    n_tokens = write_token_table(out / "tokens.csv", ckpt, got)
+    write_words(out / "word_summary.csv", word_importance(got["ids"], got["values"], ckpt.vocab, min_count=1))
+    print(f"explained {manifest['n_reviews']} reviews ({len(problems)} rows skipped) into {out}: "
+          f"{n_tokens} tokens in tokens.csv, words in word_summary.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_imdb(args.data)
     cache = Path(args.checkpoint) / "cache"
+    if args.input:
+        return explain_input(args, ckpt, dataset, cache)
     if args.all_test:
-        from torch_imdb.explain.all_test import default_out_dir, explain_split
+        from torch_imdb.explain.corpus import default_out_dir, explain_split
         from torch_imdb.io import atomic_write_json
 
         out_dir = args.out_dir or default_out_dir(args.checkpoint)

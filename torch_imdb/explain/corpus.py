@@ -40,20 +40,31 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
                   cache_dir: str | Path | None = None, log=print) -> dict:
     """Attribute every review of ``split`` (or a seeded sample of ``limit``) and stream to ``out_dir``.
 
-    Rows of each parquet chunk: ``row`` (index in the split), ``label``,
-    ``output`` (P(positive)), ``ids`` (T int32) and ``values`` (T float32).
-    Returns the manifest dict (also written to ``out_dir/manifest.json``).
+    See :func:`explain_ids` for the output. ``row`` is the index in the split.
+    """
+    data = dataset[split]
+    rows = np.arange(len(data)) if not limit else np.sort(sample_indices(len(data), limit, seed + 1, what="--limit"))
+    ids, labels = encode_split(data, ckpt.vocab, ckpt.maxlen, cache_dir)
+    return explain_ids(ckpt, dataset, ids[rows], rows, labels[rows], out_dir, {"split": split}, background, seed,
+                       chunk_reviews, compile, cache_dir, log)
+
+
+def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray, out_dir: str | Path,
+                source: dict, background: int = 100, seed: int = 0, chunk_reviews: int = 500, compile: bool = True,
+                cache_dir: str | Path | None = None, log=print) -> dict:
+    """Attribute encoded reviews ids (N, T) against ``background`` train reviews drawn with ``seed``, in chunks.
+
+    Rows of each parquet chunk: ``row`` (the caller's id of the review), ``label``
+    (-1 when unknown), ``output`` (P(positive)), ``residual``, ``ids`` (T int32) and
+    ``values`` (T float32). ``source`` describes the input and joins the settings a
+    restart must match. Returns the manifest dict (also written to ``out_dir/manifest.json``).
     """
     if chunk_reviews < 1:
         raise UsageError(f"--chunk-reviews must be at least 1, got {chunk_reviews}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
-    data = dataset[split]
-    rows = np.arange(len(data)) if not limit else np.sort(sample_indices(len(data), limit, seed + 1, what="--limit"))
-    ids, labels = encode_split(data, ckpt.vocab, ckpt.maxlen, cache_dir)
-    ids, labels = ids[rows], labels[rows]
-    settings = {"split": split, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
+    settings = {**source, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
                 "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
                 "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
                 "weights_fingerprint": ckpt.fingerprint}
@@ -79,7 +90,7 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
         log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
     t0 = time.perf_counter()
     computed = 0
-    for start in tqdm(chunks, desc=f"explaining {split}", unit="chunk", disable=None):
+    for start in tqdm(chunks, desc="explaining", unit="chunk", disable=None):
         path = out / f"chunk-{start // chunk_reviews:05d}.parquet"
         if path.exists():
             continue
