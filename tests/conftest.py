@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from torch_imdb.model import ModelConfig, SentimentRNN
 
@@ -90,3 +91,51 @@ def real_checkpoint(real_data, tmp_path_factory):
     fit(TrainConfig(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
         ck, log=lambda *_: None)
     return ck, real_data
+
+
+# ---- the model matrix shared by the twin's and the fast engine's tests
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class UserModel(nn.Module):
+    """What a user might bring: [embedding ->] LSTM/GRU -> Linear -> sigmoid | logits | identity."""
+
+    def __init__(self, cell: str, layers: int, bidirectional: bool, tokens: bool, head: str) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 4) if tokens else None
+        self.rnn = CELLS[cell](4, 3, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        self.directions = 2 if bidirectional else 1
+        self.fc = nn.Linear(3 * self.directions, 3 if head == "logits" else 1)
+        self.out = nn.Sigmoid() if head == "sigmoid" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        _, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h
+        return self.out(self.fc(torch.cat(list(h[-self.directions :]), dim=1)))
+
+
+def random_inputs(tokens: bool, seed: int, n: int = 2, b: int = 3, T: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    if tokens:
+        return torch.randint(0, 20, (n, T), generator=g), torch.randint(0, 20, (b, T), generator=g)
+    return torch.randn(n, T, 4, generator=g, dtype=torch.float64), torch.randn(b, T, 4, generator=g, dtype=torch.float64)
+
+
+def scaled(model: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)  # far from linear, so a wrong rule shows
+    return model.double().eval()
+
+
+MATRIX = [(cell, layers, bi, tokens, head) for cell in CELLS for layers in (1, 2) for bi in (False, True)
+          for tokens in (True, False) for head in ("sigmoid", "logits", "identity")]
+
+
+def case_id(case):
+    cell, layers, bi, tokens, head = case
+    return f"{cell}-{layers}l-{'bi' if bi else 'uni'}-{'ids' if tokens else 'float'}-{head}"

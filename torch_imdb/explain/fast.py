@@ -1,21 +1,26 @@
-"""An exact DeepSHAP engine for the LSTM, with no module hooks.
+"""An exact DeepSHAP engine for LSTM and GRU models, with no module hooks.
 
-It computes the values shap.DeepExplainer gives on the twin (rescale rule for
-sigmoid/tanh with shap's near-zero fallback, the Shapley rule for the gate
-products, linear maps exact, averaged over the background) by doing only the
-work that differs between (review, background) pairs:
+It computes the values shap.DeepExplainer gives on the explainable twin
+(rescale rule for sigmoid/tanh with shap's near-zero fallback, the Shapley rule
+for the products inside the cells, linear maps exact, averaged over the
+background) by doing only the work that differs between (input, background) pairs:
 
 - the background's forward pass runs once and is cached across calls;
-- each review's forward pass runs once, not B times;
-- the backward pass of multipliers runs on all (review x background) pairs of
-  a chunk at once, as (n, B, ...) broadcasts of per-row quantities;
-- per-token attributions come straight from the input-projection difference:
-  for token t, sum_e grad_x[e] (x_t - r_t)[e] = grad_z . W_ih (x_t - r_t), and
-  W_ih x_t is a per-row quantity, so no (pairs, T, E) tensor is formed.
+- each input's forward pass runs once, not B times;
+- the backward pass of multipliers runs on all (input x background) pairs of a
+  chunk at once, as (n, B, ...) broadcasts of per-row quantities, layer by layer
+  from the head down, each direction in its own time order;
+- for token ids, a token's attribution comes straight from the input-projection
+  difference: sum_e grad_x[e] (x_t - r_t)[e] = grad_z . (W_ih x_t - W_ih r_t), and
+  W_ih x_t is a per-row quantity, so no (pairs, T, E) tensor is formed. Float
+  inputs (N, T, F) get one value per step and feature.
 
-The multipliers follow shap exactly: shap multiplies the gradient of the
-*reference* half by (x - r), so the near-zero fallback uses the derivative at
-the reference point.
+Models: an ``nn.LSTM`` / ``nn.GRU`` (batch_first, any layers, either direction)
+on token ids through an ``nn.Embedding`` or on float sequences, with a
+``Linear`` head on the final hidden state (both directions concatenated) and a
+sigmoid, class-logit or identity output: :class:`~torch_imdb.model.SentimentRNN`
+directly, anything else through :meth:`FastDeepShap.from_parts`. The cells'
+equations and rules live in :mod:`.cells`, shared with the twin.
 """
 
 from __future__ import annotations
@@ -26,176 +31,236 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import Attribution, check_ids
+from torch_imdb.explain.backends import Attribution, check_ids, check_sequences
+from torch_imdb.explain.cells import gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace
 from torch_imdb.explain.rules import rescale
+from torch_imdb.keras_dropout import cell_name
 from torch_imdb.model import SentimentRNN
 
+OUTPUTS = ("sigmoid", "logits", "identity")
+TRANSFORM_HINT = ("explain it with shap or Captum through the transform (ShapDeepExplainer / CaptumDeepLiftShap, "
+                  "or make_explainable), which covers any model built around nn.LSTM / nn.GRU")
 
-def _pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dgate_r, c_x, c_r, tc_x, tc_r, dtanh_c_r, cprev_x, cprev_r,
-               proj_x, proj_r):
-    """One time step of the multiplier backward pass, for all pairs at once.
 
-    g_h, g_c (n, B, H): multipliers of h_t and c_t. Per-row quantities come as
-    (n, 1, .) for reviews (_x) and (1, B, .) for the background (_r). Returns the
-    multipliers of the gate pre-activations (n, B, 4H), of c_{t-1} (n, B, H), and
-    token t's attribution (n, B).
+@dataclass
+class RNNParts:
+    """What the fast engine explains: [embedding ->] rnn -> final states -> head -> output.
+
+    rnn: a batch_first ``nn.LSTM`` / ``nn.GRU``; head: ``nn.Linear`` on the final hidden
+    state (D*H); embedding: ``nn.Embedding`` for token ids, None for float inputs;
+    output: "sigmoid" (one output, explained as a probability), "logits" or "identity".
     """
-    H = g_h.shape[-1]
-    i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
-    # h_t = o * tanh(c_t): Shapley rule on the product, rescale through tanh(c_t).
-    g_o = g_h * ((tc_x + tc_r) * 0.5)
-    g_c = g_c + g_h * o_m * rescale(c_x - c_r, tc_x - tc_r, dtanh_c_r)
-    # c_t = f * c_{t-1} + i * g: Shapley rule on both products, then rescale through the gates.
-    g_gates = torch.cat([g_c * g_m, g_c * ((cprev_x + cprev_r) * 0.5), g_c * i_m, g_o], dim=-1)
-    g_z = g_gates * rescale(z_x - z_r, act_x - act_r, dgate_r)
-    # Token t's share: grad_z . W_ih (x_t - r_t), from the per-row projections.
-    attr = (g_z * (proj_x - proj_r)).sum(-1)
-    return g_z, g_c * f_m, attr
+
+    rnn: nn.Module
+    head: nn.Linear
+    embedding: nn.Embedding | None = None
+    output: str = "identity"
+
+
+def model_parts(model) -> RNNParts:
+    """The parts of a model the engine can explain, or a one-line error naming the transform."""
+    parts = RNNParts(model.rnn, model.fc, model.embedding, "sigmoid") if isinstance(model, SentimentRNN) else model
+    if not isinstance(parts, RNNParts):
+        raise UsageError(f"the fast engine takes a SentimentRNN or FastDeepShap.from_parts(...), not a "
+                         f"{type(model).__name__}; {TRANSFORM_HINT}")
+    rnn, head = parts.rnn, parts.head
+    if not isinstance(rnn, (nn.LSTM, nn.GRU)) or getattr(rnn, "proj_size", 0) or not rnn.batch_first:
+        raise UsageError(f"the fast engine needs a batch_first nn.LSTM / nn.GRU without proj_size, got {rnn!r}; "
+                         + TRANSFORM_HINT)
+    D = 2 if rnn.bidirectional else 1
+    if not isinstance(head, nn.Linear) or head.in_features != D * rnn.hidden_size:
+        raise UsageError(f"the fast engine needs an nn.Linear head on the final hidden state ({D * rnn.hidden_size} "
+                         f"features), got {head!r}; " + TRANSFORM_HINT)
+    if parts.output not in OUTPUTS or (parts.output == "sigmoid" and head.out_features != 1):
+        raise UsageError(f"output must be one of {', '.join(OUTPUTS)} (sigmoid with one output), got {parts.output!r}")
+    if parts.embedding is not None and parts.embedding.embedding_dim != rnn.input_size:
+        raise UsageError("the embedding's width differs from the recurrent layer's input size")
+    return parts
 
 
 @dataclass
 class Trace:
-    """Forward quantities of n sequences, everything the backward pass reads.
+    """Forward pass of n rows: per layer, per direction, a cell trace; the head's logits (n, K); the input."""
 
-    proj (n, T, 4H): W_ih x_t (no bias); z (T, n, 4H): gate pre-activations;
-    act (T, n, 4H): sigmoid(i), sigmoid(f), tanh(g), sigmoid(o); c (T+1, n, H): cells
-    from c_0 = 0; tc (T, n, H): tanh(c_t); logit (n,): output pre-sigmoid.
-    """
-
-    proj: torch.Tensor
-    z: torch.Tensor
-    act: torch.Tensor
-    c: torch.Tensor
-    tc: torch.Tensor
-    logit: torch.Tensor
+    layers: list[list]
+    logits: torch.Tensor
+    x: torch.Tensor  # (n, T, E or F): the first layer's input
 
 
 class FastDeepShap:
-    """DeepLIFT-SHAP values of the twin for an Embedding -> LSTM -> Linear -> sigmoid model.
+    """DeepLIFT-SHAP values of an LSTM/GRU model, equal to shap.DeepExplainer's on the explainable twin.
 
-    ``chunk_pairs`` bounds how many (review, background) pairs are processed at
-    once (memory grows linearly with it). Works on the model's device; ``dtype``
-    float64 is for verification.
+    ``chunk_pairs`` bounds how many (input, background) pairs are processed at
+    once (memory grows linearly with it, and with layers and directions). Works on
+    the model's device; ``dtype`` float64 is for verification.
     """
 
     method = "fast"
 
-    def __init__(self, model: SentimentRNN, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
+    def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False) -> None:
-        cfg = model.config
-        if cfg.cell != "lstm" or cfg.layers != 1 or cfg.bidirectional:
-            raise UsageError(f"the fast engine covers a 1-layer LSTM; this model is a {cfg.describe()}: explain it "
-                             "with the shap or captum engine (the explainable twin)")
-        lstm = model.rnn
-        self.model = model
-        self.dtype = dtype
-        self.device = model.embedding.weight.device
-        cast = lambda t: t.detach().to(dtype)  # noqa: E731
-        self.embedding = cast(model.embedding.weight)
-        self.w_ih, self.w_hh = cast(lstm.weight_ih_l0), cast(lstm.weight_hh_l0)
-        self.b_ih, self.b_hh = cast(lstm.bias_ih_l0), cast(lstm.bias_hh_l0)
-        self.w_out, self.b_out = cast(model.fc.weight[0]), cast(model.fc.bias[0])
-        self.H = self.w_hh.shape[1]
+        parts = model_parts(model)
+        rnn = parts.rnn
+        self.parts, self.dtype = parts, dtype
+        self.cell = cell_name(rnn)
+        self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
+        self.device = rnn.weight_hh_l0.device
+        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        self.weights = []
+        for layer in range(self.L):
+            per_dir = []
+            for d in range(self.D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                per_dir.append(tuple(cast(getattr(rnn, name + sfx, None))
+                                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+            self.weights.append(per_dir)
+        self.embedding = cast(parts.embedding.weight) if parts.embedding is not None else None
+        self.w_out, self.b_out = cast(parts.head.weight), cast(parts.head.bias)
+        self.n_outputs = parts.head.out_features
         self.chunk_pairs = chunk_pairs
         self.progress = progress
         # torch.compile fuses a step's ~40 elementwise passes into a few kernels (first call
         # compiles, ~30 s); shapes are kept fixed by padding the last chunk, so it compiles once.
         self.compiled = compile
-        self._step = torch.compile(_pair_step, dynamic=False) if compile else _pair_step
+        wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
+        self._lstm_step, self._lstm_step_tokens, self._gru_step = map(wrap, (lstm_pair_step, lstm_pair_step_tokens,
+                                                                             gru_pair_step))
         self._bg_key: torch.Tensor | None = None
         self._bg: Trace | None = None
 
+    @classmethod
+    def from_parts(cls, rnn: nn.Module, head: nn.Linear, embedding: nn.Embedding | None = None,
+                   output: str = "identity", **options) -> "FastDeepShap":
+        """The engine for any [embedding ->] nn.LSTM/nn.GRU -> Linear(final state) -> output model."""
+        return cls(RNNParts(rnn, head, embedding, output), **options)
+
+    @property
+    def tokens(self) -> bool:
+        return self.embedding is not None
+
+    def check_inputs(self, inputs: torch.Tensor, baselines: torch.Tensor) -> None:
+        if self.tokens:
+            check_ids(inputs, baselines, self.embedding.shape[0])
+        else:
+            check_sequences(inputs, baselines)
+            if inputs.shape[2] != self.parts.rnn.input_size:
+                raise UsageError(f"inputs have {inputs.shape[2]} features but the model takes {self.parts.rnn.input_size}")
+
     @torch.no_grad()
-    def trace(self, ids: torch.Tensor) -> Trace:
-        """Forward pass of ids (n, T) keeping what the multipliers need."""
-        x = F.embedding(ids.to(self.device), self.embedding)
-        proj = F.linear(x, self.w_ih)
-        n, T, G = proj.shape
-        H = self.H
-        z = torch.empty(T, n, G, dtype=self.dtype, device=self.device)
-        act = torch.empty_like(z)
-        c = torch.zeros(T + 1, n, H, dtype=self.dtype, device=self.device)
-        h = torch.zeros(n, H, dtype=self.dtype, device=self.device)
-        for t in range(T):
-            # summed in the twin's order ((W_ih x + b_ih) + (W_hh h + b_hh)), so float64 results match to the last bits
-            zt = torch.add(proj[:, t] + self.b_ih, torch.addmm(self.b_hh, h, self.w_hh.t()), out=z[t])
-            a = act[t]
-            torch.sigmoid(zt, out=a)
-            torch.tanh(zt[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
-            i, f, g, o = a.split(H, dim=1)
-            torch.addcmul(f * c[t], i, g, out=c[t + 1])
-            h = o * torch.tanh(c[t + 1])
-        tc = torch.tanh(c[1:])
-        return Trace(proj, z, act, c, tc, h @ self.w_out + self.b_out)
+    def trace(self, inputs: torch.Tensor) -> Trace:
+        """Forward pass of inputs (n, T) ids or (n, T, F) floats, keeping what the multipliers need."""
+        x = inputs.to(self.device)
+        x = F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype)
+        run = lstm_trace if self.cell == "lstm" else gru_trace
+        layers, out = [], x
+        for layer in range(self.L):
+            per_dir = [run(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
+            layers.append(per_dir)
+            out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
+        T = x.shape[1]
+        final = torch.cat([tr.h[:, T - 1 if d == 0 else 0] for d, tr in enumerate(layers[-1])], dim=1)
+        return Trace(layers, F.linear(final, self.w_out, self.b_out), x)
 
     def _background(self, baselines: torch.Tensor) -> Trace:
         if self._bg_key is None or self._bg_key.shape != baselines.shape or not torch.equal(self._bg_key, baselines.cpu()):
             self._bg_key, self._bg = baselines.cpu().clone(), self.trace(baselines)
         return self._bg
 
-    def _gate_derivative(self, tr: Trace) -> torch.Tensor:
-        """d act / d z at the trace's points (T, n, 4H): s(1-s) for sigmoids, 1-g^2 for tanh."""
-        d = tr.act * (1 - tr.act)
-        H = self.H
-        d[..., 2 * H : 3 * H] = 1 - tr.act[..., 2 * H : 3 * H] ** 2
-        return d
+    def _output(self, logits: torch.Tensor, target: int) -> torch.Tensor:
+        """The explained output (n,) at ``target``: P = sigmoid(logit), or the logit itself."""
+        return torch.sigmoid(logits[:, target]) if self.parts.output == "sigmoid" else logits[:, target]
 
     @torch.no_grad()
-    def _pairs(self, rv: Trace, bg: Trace, bg_dgate: torch.Tensor) -> torch.Tensor:
-        """Per-token attributions (n, B, T) for every pair of n reviews and B backgrounds."""
-        n, T, G = rv.proj.shape
-        B = bg.proj.shape[0]
-        X, R = (slice(None), None), (None, slice(None))  # broadcast a review / background row over pairs
-        # Output sigmoid: rescale on the logit, times the output weights.
-        s_x, s_r = torch.sigmoid(rv.logit), torch.sigmoid(bg.logit)
-        m_out = rescale(rv.logit[X] - bg.logit[R], s_x[X] - s_r[R], (s_r * (1 - s_r))[R])
-        g_h = m_out[..., None] * self.w_out  # (n, B, H)
-        g_c = torch.zeros_like(g_h)
-        attr = torch.empty(n, B, T, dtype=self.dtype, device=self.device)
-        bg_dtanh_c = 1 - bg.tc**2
-        for t in range(T - 1, -1, -1):
-            g_z, g_c, attr[:, :, t] = self._step(
-                g_h, g_c, rv.act[t][X], bg.act[t][R], rv.z[t][X], bg.z[t][R], bg_dgate[t][R],
-                rv.c[t + 1][X], bg.c[t + 1][R], rv.tc[t][X], bg.tc[t][R], bg_dtanh_c[t][R],
-                rv.c[t][X], bg.c[t][R], rv.proj[:, t][X], bg.proj[:, t][R])
-            g_h = g_z @ self.w_hh
-        return attr
+    def _pairs(self, rv: Trace, bg: Trace, target: int) -> torch.Tensor:
+        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats."""
+        X, R = (slice(None), None), (None, slice(None))  # broadcast an input / background row over pairs
+        lx, lr = rv.logits[:, target], bg.logits[:, target]
+        if self.parts.output == "sigmoid":  # rescale on the logit
+            s_r = torch.sigmoid(lr)
+            m_out = rescale(lx[X] - lr[R], torch.sigmoid(lx)[X] - s_r[R], (s_r * (1 - s_r))[R])
+        else:
+            m_out = torch.ones(len(lx), len(lr), dtype=self.dtype, device=self.device)
+        g_final = m_out[..., None] * self.w_out[target]  # (n, B, D*H)
+        n, T = rv.x.shape[:2]
+        B, H = len(lr), self.H
+        attr = torch.zeros(n, B, T, dtype=self.dtype, device=self.device) if self.tokens else None
+        g_above = None  # multipliers of the current layer's outputs (n, B, T, D*H) from the layer above
+        for layer in range(self.L - 1, -1, -1):
+            first = layer == 0
+            g_in = None
+            if not (first and self.tokens):
+                width = rv.x.shape[2] if first else self.D * H
+                g_in = torch.zeros(n, B, T, width, dtype=self.dtype, device=self.device)
+            for d in range(self.D):
+                w_ih, w_hh = self.weights[layer][d][:2]
+                tx, tr = rv.layers[layer][d], bg.layers[layer][d]
+                g_h = g_final[..., d * H : (d + 1) * H] if layer == self.L - 1 else torch.zeros(n, B, H, dtype=self.dtype,
+                                                                                              device=self.device)
+                g_c = torch.zeros_like(g_h)
+                for s in range(T - 1, -1, -1):
+                    t = T - 1 - s if d else s
+                    if g_above is not None:
+                        g_h = g_h + g_above[:, :, t, d * H : (d + 1) * H]
+                    if self.cell == "lstm":
+                        args = (g_h, g_c, tx.act[s][X], tr.act[s][R], tx.z[s][X], tr.z[s][R], tr.dact[s][R],
+                                tx.c[s + 1][X], tr.c[s + 1][R], tx.tc[s][X], tr.tc[s][R], tr.dtc[s][R],
+                                tx.c[s][X], tr.c[s][R])
+                        if g_in is None:
+                            g_proj, g_c, a = self._lstm_step_tokens(*args, tx.xproj[:, t][X], tr.xproj[:, t][R])
+                            attr[:, :, t] += a
+                        else:
+                            g_proj, g_c = self._lstm_step(*args)
+                        g_h = g_proj @ w_hh
+                    else:
+                        g_proj, g_a, g_h = self._gru_step(g_h, tx.act[s][X], tr.act[s][R], tx.pre[s][X], tr.pre[s][R],
+                                                          tr.dact[s][R], tx.a_n[s][X], tr.a_n[s][R], tx.hprev[s][X],
+                                                          tr.hprev[s][R])
+                        g_h = g_h + g_a @ w_hh
+                        if g_in is None:
+                            attr[:, :, t] += (g_proj * (tx.xproj[:, t][X] - tr.xproj[:, t][R])).sum(-1)
+                    if g_in is not None:
+                        g_in[:, :, t] += g_proj @ w_ih
+            g_above = g_in
+        if self.tokens:
+            return attr
+        return g_above * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
-    def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yield (start, values (n, T) float64, outputs (n,)) for consecutive chunks of reviews.
+    def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor,
+                       target: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield (start, values (n, T[, F]) float64, outputs (n,)) for consecutive chunks of inputs.
 
-        Memory stays bounded by ``chunk_pairs`` whatever the number of reviews.
+        Memory stays bounded by ``chunk_pairs`` whatever the number of inputs.
         """
-        check_ids(inputs, baselines, self.model.config.vocab_size)
+        self.check_inputs(inputs, baselines)
+        if not 0 <= target < self.n_outputs:
+            raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
         bg = self._background(baselines)
-        bg_dgate = self._gate_derivative(bg)
         per_chunk = max(1, self.chunk_pairs // len(baselines))
-        bar = tqdm(total=len(inputs), unit="review", desc="fast DeepSHAP", disable=not self.progress)
+        bar = tqdm(total=len(inputs), unit="input", desc="fast DeepSHAP", disable=not self.progress)
         for start in range(0, len(inputs), per_chunk):
-            ids = inputs[start : start + per_chunk]
-            n = len(ids)
+            chunk = inputs[start : start + per_chunk]
+            n = len(chunk)
             if self.compiled and n < per_chunk and len(inputs) > per_chunk:
-                ids = torch.cat([ids, ids[-1:].expand(per_chunk - n, -1)])  # same shape: no recompile
-            rv = self.trace(ids)
-            values = self._pairs(rv, bg, bg_dgate).mean(dim=1)[:n]
+                chunk = torch.cat([chunk, chunk[-1:].expand(per_chunk - n, *chunk.shape[1:])])  # same shape: no recompile
+            rv = self.trace(chunk)
+            values = self._pairs(rv, bg, target).mean(dim=1)[:n]
             bar.update(n)
-            yield start, values.double().cpu().numpy(), torch.sigmoid(rv.logit[:n]).double().cpu().numpy()
+            yield start, values.double().cpu().numpy(), self._output(rv.logits[:n], target).double().cpu().numpy()
         bar.close()
 
-    def expected_value(self, baselines: torch.Tensor) -> float:
-        return float(torch.sigmoid(self._background(baselines).logit).double().mean())
+    def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
+        return float(self._output(self._background(baselines).logits, target).double().mean())
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> Attribution:
-        """Values (N, T) for token ids (N, T) against (B, T); ``target`` must be 0 (the one output)."""
-        if target != 0:
-            raise UsageError(f"target {target} is not an output of this model (it has 1)")
+        """Values (N, T) for token ids (N, T) against (B, T), or (N, T, F) for float sequences, at output ``target``."""
         t0 = time.perf_counter()
-        parts = list(self.iter_attribute(inputs, baselines))
+        parts = list(self.iter_attribute(inputs, baselines, target))
         values = np.concatenate([p[1] for p in parts])
         outputs = np.concatenate([p[2] for p in parts])
         seconds = time.perf_counter() - t0
-        return Attribution(self.method, values, outputs, self.expected_value(baselines), seconds)
+        return Attribution(self.method, values, outputs, self.expected_value(baselines, target), seconds)

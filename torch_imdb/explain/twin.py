@@ -34,46 +34,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.rules import Product
+from torch_imdb.explain.cells import GRUStep, LSTMStep
 from torch_imdb.keras_dropout import cell_name
-
-
-class LSTMStep(nn.Module):
-    """One LSTM time step's nonlinear pieces: 3 sigmoids, 2 tanhs, 3 products."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sig_i, self.sig_f, self.sig_o = nn.Sigmoid(), nn.Sigmoid(), nn.Sigmoid()
-        self.tanh_g, self.tanh_c = nn.Tanh(), nn.Tanh()
-        self.fc_prod, self.ig_prod, self.oc_prod = Product(), Product(), Product()
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (batch, 4H) pre-activations in gate order i, f, g, o; c (batch, H) previous cell."""
-        zi, zf, zg, zo = z.chunk(4, dim=1)  # each chunk is a distinct view, used once
-        c = self.fc_prod(self.sig_f(zf), c) + self.ig_prod(self.sig_i(zi), self.tanh_g(zg))
-        h = self.oc_prod(self.sig_o(zo), self.tanh_c(c.clone()))
-        return h, c
-
-
-class GRUStep(nn.Module):
-    """One GRU time step (PyTorch's equations): 2 sigmoids, 1 tanh, 3 products.
-
-    r = σ(x_r + a_r), z = σ(x_z + a_z), n = tanh(x_n + r·a_n), h' = (1-z)·n + z·h,
-    where x_* = W_i* x + b_i* and a_* = W_h* h + b_h*.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sig_r, self.sig_z, self.tanh_n = nn.Sigmoid(), nn.Sigmoid(), nn.Tanh()
-        self.rn_prod, self.zn_prod, self.zh_prod = Product(), Product(), Product()
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """x, a (batch, 3H) input and recurrent projections in gate order r, z, n; h (batch, H)."""
-        xr, xz, xn = x.chunk(3, dim=1)
-        ar, az, an = a.chunk(3, dim=1)
-        r, z = self.sig_r(xr + ar), self.sig_z(xz + az)
-        n = self.tanh_n(xn + self.rn_prod(r, an))
-        return self.zn_prod(1 - z, n) + self.zh_prod(z, h)
 
 
 def _refuse(rnn: nn.Module) -> None:

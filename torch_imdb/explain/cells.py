@@ -1,0 +1,203 @@
+"""Each recurrent cell's equations, once, in the three forms explanation needs.
+
+For the LSTM (gates i, f, g, o) and the GRU (gates r, z, n; PyTorch's equations):
+
+- ``LSTMStep`` / ``GRUStep``: one time step built from ``nn.Sigmoid`` / ``nn.Tanh`` /
+  :class:`~torch_imdb.explain.rules.Product` modules, what the explainable twin
+  unrolls so that shap and Captum apply their rules;
+- ``lstm_trace`` / ``gru_trace``: the same step on plain tensors for a batch of
+  rows, keeping every intermediate the multipliers need (the fast engine's forward);
+- ``lstm_pair_step`` / ``gru_pair_step``: one step of the DeepLIFT multiplier
+  backward pass for all (input, reference) pairs at once, applying exactly the
+  rules the twin's modules carry: rescale for sigmoid and tanh (with shap's
+  fallback to the derivative at the reference), the Shapley rule for products.
+
+Per-row quantities enter the pair steps as (n, 1, .) for inputs and (1, B, .) for
+references and broadcast to (n, B, .). "Pair mean" is (value_x + value_r) / 2.
+Pre-activations are summed as the twin sums them, ``(W_ih x + b_ih) + (W_hh h + b_hh)``,
+so float64 results agree to the last bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from torch_imdb.explain.rules import Product, rescale
+
+# ---------------------------------------------------------------- LSTM: i, f, g, o
+
+
+class LSTMStep(nn.Module):
+    """One LSTM time step's nonlinear pieces: 3 sigmoids, 2 tanhs, 3 products."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sig_i, self.sig_f, self.sig_o = nn.Sigmoid(), nn.Sigmoid(), nn.Sigmoid()
+        self.tanh_g, self.tanh_c = nn.Tanh(), nn.Tanh()
+        self.fc_prod, self.ig_prod, self.oc_prod = Product(), Product(), Product()
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (batch, 4H) pre-activations in gate order i, f, g, o; c (batch, H) previous cell."""
+        zi, zf, zg, zo = z.chunk(4, dim=1)  # each chunk is a distinct view, used once
+        c = self.fc_prod(self.sig_f(zf), c) + self.ig_prod(self.sig_i(zi), self.tanh_g(zg))
+        # tanh(c.clone()): Captum hooks the module's input tensor; c also feeds the next step
+        h = self.oc_prod(self.sig_o(zo), self.tanh_c(c.clone()))
+        return h, c
+
+
+@dataclass
+class LSTMTrace:
+    """Forward quantities of one layer and direction over n rows, in processing order s = 0..T-1.
+
+    xproj (n, T, 4H): W_ih x_t + b_ih in TIME order; z, act (T, n, 4H): pre-activations and
+    sigmoid(i), sigmoid(f), tanh(g), sigmoid(o); dact (T, n, 4H): their derivatives;
+    c (T+1, n, H) from c_0 = 0; tc, dtc (T, n, H): tanh(c_s) and 1 - tanh^2; h (n, T, H) outputs in time order.
+    """
+
+    xproj: torch.Tensor
+    z: torch.Tensor
+    act: torch.Tensor
+    dact: torch.Tensor
+    c: torch.Tensor
+    tc: torch.Tensor
+    dtc: torch.Tensor
+    h: torch.Tensor
+
+
+def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> LSTMTrace:
+    """Run one LSTM layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0."""
+    xproj = F.linear(x, w_ih, b_ih)
+    n, T, G = xproj.shape
+    H = G // 4
+    z = x.new_empty(T, n, G)
+    act = torch.empty_like(z)
+    c = x.new_zeros(T + 1, n, H)
+    out = x.new_empty(n, T, H)
+    h = x.new_zeros(n, H)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        zt = torch.add(xproj[:, t], F.linear(h, w_hh, b_hh), out=z[s])
+        a = act[s]
+        torch.sigmoid(zt, out=a)
+        torch.tanh(zt[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
+        i, f, g, o = a.split(H, dim=1)
+        torch.addcmul(f * c[s], i, g, out=c[s + 1])
+        h = out[:, t] = o * torch.tanh(c[s + 1])
+    dact = act * (1 - act)
+    dact[..., 2 * H : 3 * H] = 1 - act[..., 2 * H : 3 * H] ** 2
+    tc = torch.tanh(c[1:])
+    return LSTMTrace(xproj, z, act, dact, c, tc, 1 - tc * tc, out)
+
+
+def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r):
+    """Multipliers at one step: from those of h_s and c_s (n, B, H) to the gate pre-activations (n, B, 4H) and c_{s-1}."""
+    H = g_h.shape[-1]
+    i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
+    # h = o * tanh(c): Shapley rule on the product, rescale through tanh(c).
+    g_o = g_h * ((tc_x + tc_r) * 0.5)
+    g_c = g_c + g_h * o_m * rescale(c_x - c_r, tc_x - tc_r, dtc_r)
+    # c = f * c_prev + i * g: Shapley rule on both products, then rescale through the gates.
+    g_act = torch.cat([g_c * g_m, g_c * ((cprev_x + cprev_r) * 0.5), g_c * i_m, g_o], dim=-1)
+    g_z = g_act * rescale(z_x - z_r, act_x - act_r, dact_r)
+    return g_z, g_c * f_m
+
+
+def lstm_pair_step_tokens(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r,
+                          proj_x, proj_r):
+    """:func:`lstm_pair_step` plus the token's share grad_z . W_ih (x - r), from the per-row projections (n, B)."""
+    g_z, g_c = lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r)
+    return g_z, g_c, (g_z * (proj_x - proj_r)).sum(-1)
+
+
+# ---------------------------------------------------------------- GRU: r, z, n
+
+
+class GRUStep(nn.Module):
+    """One GRU time step (PyTorch's equations): 2 sigmoids, 1 tanh, 3 products.
+
+    r = σ(x_r + a_r), z = σ(x_z + a_z), n = tanh(x_n + r·a_n), h' = (1-z)·n + z·h,
+    where x_* = W_i* x + b_i* and a_* = W_h* h + b_h*.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sig_r, self.sig_z, self.tanh_n = nn.Sigmoid(), nn.Sigmoid(), nn.Tanh()
+        self.rn_prod, self.zn_prod, self.zh_prod = Product(), Product(), Product()
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x, a (batch, 3H) input and recurrent projections in gate order r, z, n; h (batch, H)."""
+        xr, xz, xn = x.chunk(3, dim=1)
+        ar, az, an = a.chunk(3, dim=1)
+        r, z = self.sig_r(xr + ar), self.sig_z(xz + az)
+        n = self.tanh_n(xn + self.rn_prod(r, an))
+        return self.zn_prod(1 - z, n) + self.zh_prod(z, h)
+
+
+@dataclass
+class GRUTrace:
+    """Forward quantities of one GRU layer/direction over n rows, in processing order s = 0..T-1.
+
+    xproj (n, T, 3H): W_ih x_t + b_ih in TIME order; pre (T, n, 3H): pre-activations of r, z, n
+    (x_n + r a_n for n); act, dact (T, n, 3H): sigmoid(r), sigmoid(z), tanh(n) and derivatives;
+    a_n (T, n, H): W_hn h + b_hn; hprev (T, n, H); h (n, T, H) outputs in time order.
+    """
+
+    xproj: torch.Tensor
+    pre: torch.Tensor
+    act: torch.Tensor
+    dact: torch.Tensor
+    a_n: torch.Tensor
+    hprev: torch.Tensor
+    h: torch.Tensor
+
+
+def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> GRUTrace:
+    """Run one GRU layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0."""
+    xproj = F.linear(x, w_ih, b_ih)
+    n_rows, T, G = xproj.shape
+    H = G // 3
+    pre = x.new_empty(T, n_rows, G)
+    act = torch.empty_like(pre)
+    a_n = x.new_empty(T, n_rows, H)
+    hprev = x.new_empty(T, n_rows, H)
+    out = x.new_empty(n_rows, T, H)
+    h = x.new_zeros(n_rows, H)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        hprev[s] = h
+        xr, xz, xn = xproj[:, t].chunk(3, dim=1)
+        ar, az, an = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        a_n[s] = an
+        torch.add(xr, ar, out=pre[s, :, :H])
+        torch.add(xz, az, out=pre[s, :, H : 2 * H])
+        torch.sigmoid(pre[s, :, : 2 * H], out=act[s, :, : 2 * H])
+        r, z = act[s, :, :H], act[s, :, H : 2 * H]
+        torch.add(xn, r * an, out=pre[s, :, 2 * H :])
+        nt = torch.tanh(pre[s, :, 2 * H :], out=act[s, :, 2 * H :])
+        h = out[:, t] = (1 - z) * nt + z * h
+    dact = act * (1 - act)
+    dact[..., 2 * H :] = 1 - act[..., 2 * H :] ** 2
+    return GRUTrace(xproj, pre, act, dact, a_n, hprev, out)
+
+
+def gru_pair_step(g_h, act_x, act_r, pre_x, pre_r, dact_r, an_x, an_r, hprev_x, hprev_r):
+    """Multipliers at one step: from that of h_s (n, B, H) to the input-projection multipliers (n, B, 3H),
+    the recurrent-projection ones (n, B, 3H) and h_{s-1}'s direct share g_h * mean(z) (n, B, H)."""
+    H = g_h.shape[-1]
+    r_m, z_m, n_m = ((act_x + act_r) * 0.5).split(H, dim=-1)
+    m = rescale(pre_x - pre_r, act_x - act_r, dact_r)  # rescale multipliers of r, z, n
+    m_r, m_z, m_n = m.split(H, dim=-1)
+    # h' = (1-z)*n + z*h: Shapley rule on both products.
+    g_n = g_h * (1 - z_m)
+    g_z = g_h * (((hprev_x + hprev_r) * 0.5) - n_m)
+    # n = tanh(x_n + r * a_n): rescale, then Shapley on r * a_n.
+    g_pre_n = g_n * m_n
+    g_pre_r = g_pre_n * ((an_x + an_r) * 0.5) * m_r
+    g_pre_z = g_z * m_z
+    g_x = torch.cat([g_pre_r, g_pre_z, g_pre_n], dim=-1)
+    g_a = torch.cat([g_pre_r, g_pre_z, g_pre_n * r_m], dim=-1)
+    return g_x, g_a, g_h * z_m
