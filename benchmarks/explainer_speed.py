@@ -93,7 +93,8 @@ def load_inputs(args) -> tuple[SentimentRNN, np.ndarray, np.ndarray, dict]:
         ds = load_imdb(args.data)
         _, bg = sample_background(ckpt, ds, max_b, args.seed, ckpt_dir / "cache")
         _, ids, _ = sample_test_reviews(ckpt, ds, max_n, args.seed, ckpt_dir / "cache")
-        return ckpt.model, bg, ids, {"model": f"trained checkpoint {ckpt_dir} (epoch {ckpt.config.get('epoch')})",
+        return ckpt.model, bg, ids, {"model": f"trained {ckpt.model.config.describe()} {ckpt_dir} (epoch {ckpt.config.get('epoch')})",
+                                     "architecture": ckpt.model.config.describe(),
                                      "trained": True, "T": ckpt.maxlen}
     torch.manual_seed(args.seed)
     model = SentimentRNN(ModelConfig()).eval()

@@ -120,3 +120,54 @@ def test_unsupported_models_name_the_transform():
         FastDeepShap.from_parts(rnn, torch.nn.Linear(3, 1))
     with pytest.raises(UsageError, match="sigmoid with one output"):
         FastDeepShap.from_parts(rnn, torch.nn.Linear(6, 2), output="sigmoid")
+
+
+@pytest.mark.parametrize("case", [("gru", 2, True, True, "logits"), ("lstm", 1, False, False, "identity"),
+                                  ("lstm", 2, True, True, "sigmoid")], ids=case_id)
+def test_shap_explanation_adds_up_and_plots(case, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    cell, layers, bi, tokens, head = case
+    model = scaled(UserModel(*case), 7)
+    x, bg = random_inputs(tokens, 7, n=3, b=4)
+    engine = fast_for(model, dtype=torch.float64)
+    words = [[f"w{int(i)}" for i in row] for row in x] if tokens else None
+    target = None if head == "logits" else 0
+    exp = engine.explain(x, bg, target=target, words=words, feature_names=["a", "b", "c", "d"] if not tokens else None)
+    out = model(x).detach().numpy()
+    out = out if target is None else out[:, :1]
+    summed = exp.values.sum(axis=1) + exp.base_values
+    np.testing.assert_allclose(summed if target is None else summed[:, None], out, atol=1e-10)
+    assert exp.values.shape[:2] == ((3, 5) if tokens else (3, 20))
+    one = exp[0] if target == 0 else exp[0, :, 2]
+    if tokens:
+        html = shap.plots.text(one, display=False)
+        assert all(w in html for w in words[0])
+    shap.plots.bar(one, show=False)
+    shap.plots.waterfall(one, show=False)
+    shap.plots.force(one, matplotlib=True, show=False)
+    plt.close("all")
+
+
+def test_captum_convention():
+    from torch_imdb.explain.fast import FastDeepLiftShap
+
+    model = scaled(UserModel("gru", 1, False, True, "logits"), 3)
+    x, bg = random_inputs(True, 3)
+    dls = FastDeepLiftShap(model_parts_of(model), dtype=torch.float64)
+    with pytest.raises(Exception, match="pass target"):
+        dls.attribute(x, bg)
+    values, delta = dls.attribute(x, bg, target=1, return_convergence_delta=True)
+    assert values.shape == (2, 5) and delta.abs().max() < 1e-10
+    ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=1)
+    assert np.abs(values.numpy() - ref.values).max() < 1e-10
+
+
+def model_parts_of(model):
+    from torch_imdb.explain.fast import RNNParts
+
+    return RNNParts(model.rnn, model.fc, model.embedding, model_head(model))

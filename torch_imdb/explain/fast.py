@@ -264,3 +264,60 @@ class FastDeepShap:
         outputs = np.concatenate([p[2] for p in parts])
         seconds = time.perf_counter() - t0
         return Attribution(self.method, values, outputs, self.expected_value(baselines, target), seconds)
+
+    def explain(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = 0,
+                words: list[list[str]] | None = None, feature_names: list[str] | None = None,
+                output_names: list[str] | None = None):
+        """The attributions as a ``shap.Explanation``, ready for ``shap.plots.text / bar / waterfall / force``.
+
+        Token ids (N, T): values (N, T), data = ``words`` (the token at each position) when given.
+        Float sequences (N, T, F): flattened to (N, T*F) features named ``name@t`` (``feature_names``
+        default f0, f1, ...), data = the input values. ``target=None`` explains every output: values
+        gain a last axis (K) and base_values are (N, K). values.sum() + base_values = the model output.
+        """
+        import shap
+
+        targets = range(self.n_outputs) if target is None else [target]
+        results = [self.attribute(inputs, baselines, k) for k in targets]
+        n, T = inputs.shape[:2]
+        if self.tokens:
+            data = np.array(words, dtype=object) if words is not None else inputs.cpu().numpy()
+            names = [f"t{t}" for t in range(T)]
+            values = [r.values for r in results]
+        else:
+            F_ = inputs.shape[2]
+            fnames = feature_names or [f"f{k}" for k in range(F_)]
+            if len(fnames) != F_:
+                raise UsageError(f"{len(fnames)} feature names for {F_} features")
+            names = [f"{fnames[k]}@t{t}" for t in range(T) for k in range(F_)]
+            data = inputs.detach().cpu().double().numpy().reshape(n, T * F_)
+            values = [r.values.reshape(n, T * F_) for r in results]
+        base = [np.full(n, r.expected_value) for r in results]
+        if target is None:
+            values, base = np.stack(values, axis=-1), np.stack(base, axis=-1)
+        else:
+            values, base = values[0], base[0]
+        labels = output_names or [f"output {k}" for k in targets]
+        return shap.Explanation(values=values, base_values=base, data=data, feature_names=names,
+                                output_names=labels if target is None else labels[0])
+
+
+class FastDeepLiftShap:
+    """Captum's calling convention on the fast engine: ``attribute(inputs, baselines, target=None,
+    return_convergence_delta=False)``, returning a tensor (N, T) per token for ids or (N, T, F) for
+    floats, and with ``return_convergence_delta`` the per-input completeness error (N,)
+    (sum of attributions minus (f(x) - E f)), which Captum calls delta.
+    """
+
+    def __init__(self, model, **options) -> None:
+        self.engine = FastDeepShap(model, **options)
+
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = None,
+                  return_convergence_delta: bool = False):
+        if target is None:
+            if self.engine.n_outputs != 1:
+                raise UsageError(f"the model has {self.engine.n_outputs} outputs: pass target=")
+            target = 0
+        res = self.engine.attribute(inputs, baselines, target)
+        values = torch.from_numpy(res.values)
+        return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values
