@@ -139,3 +139,13 @@ MATRIX = [(cell, layers, bi, tokens, head) for cell in CELLS for layers in (1, 2
 def case_id(case):
     cell, layers, bi, tokens, head = case
     return f"{cell}-{layers}l-{'bi' if bi else 'uni'}-{'ids' if tokens else 'float'}-{head}"
+
+
+def matrix_case(case, n: int = 2, b: int = 3):
+    """(model, inputs, baselines, target) of one matrix case, seeded by its place in MATRIX."""
+    cell, layers, bi, tokens, head = case
+    seed = MATRIX.index(case)
+    torch.manual_seed(seed)
+    model = scaled(UserModel(cell, layers, bi, tokens, head), seed)
+    x, bg = random_inputs(tokens, seed, n=n, b=b)
+    return model, x, bg, 2 if head == "logits" else 0

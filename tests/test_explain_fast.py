@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MATRIX, UserModel, case_id, random_inputs, scaled
+from conftest import MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.explain.backends import ShapDeepExplainer
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.model import ModelConfig, SentimentRNN
@@ -81,13 +81,9 @@ def model_head(model) -> str:
 @pytest.mark.parametrize("case", MATRIX, ids=case_id)
 def test_matrix_fast_equals_shap(case):
     """Every cell x layers x direction x input x head: the fast engine gives shap's values on the twin."""
-    cell, layers, bi, tokens, head = case
-    seed = MATRIX.index(case)
-    torch.manual_seed(seed)
-    model = scaled(UserModel(cell, layers, bi, tokens, head), seed)
-    x, bg = random_inputs(tokens, seed, n=3, b=4)
+    tokens = case[3]
+    model, x, bg, target = matrix_case(case, n=3, b=4)
     x[-1] = bg[0]  # an input equal to a background row: rescale falls back to the gradient
-    target = 2 if head == "logits" else 0
     ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=target)
     fast = fast_for(model, dtype=torch.float64, chunk_pairs=5).attribute(x, bg, target=target)  # chunks of 1 input
     assert fast.values.shape == ref.values.shape

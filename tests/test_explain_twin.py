@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import CELLS, MATRIX, UserModel, case_id, random_inputs, scaled
+from conftest import CELLS, MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer
 from torch_imdb.explain.cells import LSTMStep
@@ -15,15 +15,11 @@ from torch_imdb.explain.twin import ExplainableRNN, make_explainable
 
 @pytest.mark.parametrize("case", MATRIX, ids=case_id)
 def test_matrix_shap_and_captum_exact_on_the_whole_model(case):
-    cell, layers, bi, tokens, head = case
-    seed = MATRIX.index(case)
-    torch.manual_seed(seed)
-    model = scaled(UserModel(cell, layers, bi, tokens, head), seed)
-    x, bg = random_inputs(tokens, seed)
+    cell, _, _, tokens, _ = case
+    model, x, bg, target = matrix_case(case)
     twin = make_explainable(model, steps=5)
     assert isinstance(twin.rnn, ExplainableRNN) and isinstance(model.rnn, CELLS[cell]), "the original is untouched"
     torch.testing.assert_close(twin(x), model(x), atol=1e-10, rtol=0)
-    target = 2 if head == "logits" else 0
     s = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=target)  # shap's additivity check is on
     c = CaptumDeepLiftShap(model, torch.float64, per_call=2).attribute(x, bg, target=target)
     assert s.values.shape == ((2, 5) if tokens else (2, 5, 4))
