@@ -59,16 +59,16 @@ def test_recurrent_variants_explained_by_shap_and_captum(planted_data, tmp_path,
     ck = tmp_path / "ck"
     fit(TrainConfig(epochs=2, lr=5e-3, maxlen=16, embed_dim=8, hidden=6, data=str(planted_data), device="cpu", **arch),
         ck, log=lambda *_: None)
-    assert run(ck, planted_data, tmp_path / "out", "--background", "6", "--reviews", "3") == 0
+    assert run(ck, planted_data, tmp_path / "out", "--background", "6", "--reviews", "3",
+               "--engines", "shap,captum,fast") == 0
     summary = json.loads((tmp_path / "out" / "explain_summary.json").read_text())
     expected = "GRU(6)" if arch.get("arch") == "gru" else "2-layer bidirectional LSTM(6)"
     assert summary["config"]["architecture"] == expected
-    for name in ("shap", "captum"):
+    for name in ("shap", "captum", "fast"):
         assert summary["engines"][name]["max_abs_completeness_residual"] < 1e-5
     assert summary["agreement"]["shap_vs_captum"]["max_abs_diff"] < 1e-5
+    assert summary["agreement"]["shap_vs_fast"]["max_abs_diff"] < 1e-5
     assert summary["plain_nn_rnn"]["module"] == ("GRU" if arch.get("arch") == "gru" else "LSTM")
-    with pytest.raises(UsageError, match="fast engine covers a 1-layer LSTM"):
-        run(ck, planted_data, tmp_path / "out2", "--engines", "fast", "--background", "6")
 
 
 def test_only_unknown_words_is_finite(tiny_checkpoint, tmp_path):

@@ -96,6 +96,10 @@ def test_real_data_words(real_checkpoint, tmp_path):
         rows = list(csv.DictReader(fh))
     words = [r for r in rows if r["kind"] == "word"]
     assert len(words) > 20 and all(int(r["occurrences"]) >= 3 for r in words)
-    means = [float(r["mean"]) for r in words]
-    assert means == sorted(means, reverse=True)
+    shrunk = [float(r["shrunk"]) for r in words]
+    assert shrunk == sorted(shrunk, reverse=True)  # ranked by the shrunk mean
+    for r in words:
+        assert float(r["total"]) == pytest.approx(float(r["mean"]) * int(r["occurrences"]), rel=1e-4, abs=1e-9)
     assert {r["word"] for r in rows if r["kind"] == "special"} <= {"<pad>", "<start>", "<unk>"}
+    meta = __import__("json").loads((tmp_path / "word_importance.json").read_text())
+    assert meta["agreement_with_log_count_ratio"]["all"]["words"] == len(words)
