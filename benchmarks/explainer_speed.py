@@ -31,17 +31,9 @@ from tqdm import tqdm
 
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_savefig, atomic_write_json
+from torch_imdb.cli import checkpoint_options
+from torch_imdb.explain.compare import ENGINES, make_engine
 from torch_imdb.model import ModelConfig, SentimentRNN
-
-ENGINE_NAMES = ("shap", "captum", "fast", "fast-compiled")
-
-
-def make(name: str, model):
-    from torch_imdb.explain.compare import make_engine
-
-    if name == "fast-compiled":
-        return make_engine("fast", model, compile=True)
-    return make_engine(name, model)
 
 
 class PeakRSS:
@@ -139,7 +131,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads) if args.threads else None
     model, bg_pool, ids_pool, what = load_inputs(args)
-    engines = {name: make(name, model) for name in args.engines}
+    engines = {name: make_engine(name, model) for name in args.engines}
     plan = [(b, args.reviews) for b in args.backgrounds]
     plan += [(args.sweep_background, n) for n in args.reviews_sweep if (args.sweep_background, n) not in plan]
     warm = {}
@@ -244,12 +236,10 @@ def int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="artifacts", help="trained checkpoint folder (default: %(default)s)")
-    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA)")
-    p.add_argument("--engines", default=",".join(ENGINE_NAMES),
-                   help=f"comma-separated, from {', '.join(ENGINE_NAMES)} (default: all)")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"comma-separated, from {', '.join(ENGINES)} (default: all)")
     p.add_argument("--backgrounds", type=int_list, default=[10, 25, 50, 100, 200],
                    help="background sizes of the first sweep (default: 10,25,50,100,200)")
     p.add_argument("--reviews", type=int, default=10, help="reviews explained in the background sweep (default: 10)")
@@ -271,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = [e for e in args.engines if e not in ENGINE_NAMES]
+    unknown = [e for e in args.engines if e not in ENGINES]
     if unknown or not args.engines:
-        raise UsageError(f"--engines: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(ENGINE_NAMES)}")
+        raise UsageError(f"--engines: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(ENGINES)}")
     if args.quick:
         args.backgrounds, args.reviews, args.reviews_sweep, args.sweep_background = [4, 8], 2, [1, 2], 8
         args.repeats = min(args.repeats, 2)

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torch_imdb.cli import checkpoint_options, sampling_options
 from torch_imdb.data import N_RESERVED, Vocab
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
@@ -229,15 +230,12 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.words", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
-    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--attributions", default=None,
                    help="folder of `explain --all-test` (default: CHECKPOINT/all_test); used when complete, "
                         "else a sample is explained")
     p.add_argument("--sample", type=int, default=2000, help="test reviews to explain when there is no --attributions")
-    p.add_argument("--background", type=int, default=100, help="background size for the sample")
-    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
     p.add_argument("--min-count", type=int, default=20, help="leave out words seen fewer times")
     p.add_argument("--top", type=int, default=20, help="words per side in the figure")
     p.add_argument("--frequent", type=int, default=200,

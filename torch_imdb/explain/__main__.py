@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from torch_imdb.checkpoint import load_checkpoint
+from torch_imdb.cli import checkpoint_options, sampling_options
 from torch_imdb.data import load_imdb
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.explain.compare import ENGINES, explain_reviews, summarize, write_csv, write_summary
@@ -23,12 +24,9 @@ from torch_imdb.training import machine_info
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.explain", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
-    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
-    p.add_argument("--background", type=int, default=100, help="training reviews in the background (reference) set")
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
-    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
     p.add_argument("--engines", default="shap,captum",
                    help=f"comma-separated engines from {', '.join(ENGINES)}; the first is the reference")
     p.add_argument("--text", action="append", default=None,

@@ -1,0 +1,21 @@
+"""The options the commands share, defined once as argparse parent parsers."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def checkpoint_options() -> argparse.ArgumentParser:
+    """--checkpoint and --data: which trained model, and where the IMDB copy is."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--checkpoint", default="artifacts", help="folder written by torch_imdb.train")
+    p.add_argument("--data", default=None, help="local IMDB copy (default: $TORCH_IMDB_DATA, else the hub)")
+    return p
+
+
+def sampling_options() -> argparse.ArgumentParser:
+    """--background and --seed: the reference set and the seed of every sample drawn."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--background", type=int, default=100, help="training reviews in the background (reference) set")
+    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
+    return p
