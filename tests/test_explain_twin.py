@@ -91,19 +91,29 @@ def test_hand_computed_one_step_gru():
         assert abs(res.outputs[0] - h[x]) < 1e-12
 
 
-def test_refusals_are_one_line():
+def test_refuses_proj_size():
     with pytest.raises(UsageError, match="proj_size"):
         ExplainableRNN(nn.LSTM(4, 3, proj_size=2), steps=5)
+
+
+def test_refuses_packed_sequences():
     twin = ExplainableRNN(nn.GRU(4, 3, batch_first=True), steps=5)
     packed = pack_padded_sequence(torch.randn(2, 5, 4), torch.tensor([5, 3]), batch_first=True)
     with pytest.raises(UsageError, match="PackedSequence"):
         twin(packed)
+
+
+def test_refuses_dropout_in_training_mode():
+    twin = ExplainableRNN(nn.LSTM(4, 3, num_layers=2, dropout=0.3, batch_first=True).train(), steps=5)
+    with pytest.raises(UsageError, match="eval"):
+        twin(torch.randn(2, 5, 4))
+    twin.eval()(torch.randn(2, 5, 4))  # in eval mode the dropout is off and nothing is refused
+
+
+def test_refuses_longer_sequences_and_models_it_cannot_cover():
+    twin = ExplainableRNN(nn.GRU(4, 3, batch_first=True), steps=5)
     with pytest.raises(UsageError, match="at most 5 steps"):
         twin(torch.randn(2, 6, 4))
-    dropout_twin = ExplainableRNN(nn.LSTM(4, 3, num_layers=2, dropout=0.3, batch_first=True).train(), steps=5)
-    with pytest.raises(UsageError, match="eval"):
-        dropout_twin(torch.randn(2, 5, 4))
-    dropout_twin.eval()(torch.randn(2, 5, 4))  # in eval mode the dropout is off and nothing is refused
     with pytest.raises(UsageError, match="no nn.LSTM or nn.GRU"):
         make_explainable(nn.Sequential(nn.Linear(4, 1)), steps=5)
     with pytest.raises(UsageError, match="RNN"):
