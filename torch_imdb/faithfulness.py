@@ -1,0 +1,131 @@
+"""Faithfulness metrics for token attributions: do the tokens an explanation ranks first drive the model?
+
+Plain functions on numpy arrays and a ``predict`` callable (token ids (n, T) ->
+P(positive) (n,)), so they apply to any explainer's values:
+
+- :func:`deletion_curve` / :func:`insertion_curve`: replace the top-k tokens (by
+  attribution toward the predicted class) with padding, or keep only them, for
+  k = 1..K, and record the predicted class's probability; :func:`aopc` is the
+  area over the perturbation curve (Samek et al. 2017; Arras et al. 2019);
+- :func:`comprehensiveness` / :func:`sufficiency`: ERASER's (DeYoung et al. 2020)
+  AOPC over bins of 1, 5, 10, 20 and 50% of the tokens;
+- :func:`rank_agreement`: Spearman correlation, top-k overlap and mean absolute
+  error between two explanations of the same review;
+- :func:`bootstrap_ci`: a percentile interval of a mean over reviews.
+
+No maintained metrics package fits token ids fed to a plain PyTorch model
+(ferret-xai expects a Hugging Face model and tokenizer; Quantus has no NLP
+support), so each metric is written here in a few lines.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from torch_imdb.data import PAD_ID
+from torch_imdb.words import spearman
+
+Predict = Callable[[np.ndarray], np.ndarray]
+ERASER_BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
+
+
+def class_probability(predict: Predict, ids: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """P(predicted class) (n,): P(positive) where the class is positive, 1 - P(positive) elsewhere."""
+    p = np.asarray(predict(ids), dtype=np.float64)
+    return np.where(positive, p, 1.0 - p)
+
+
+def toward_class(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Attributions (n, T) signed toward each review's predicted class."""
+    return np.where(positive[:, None], values, -values)
+
+
+def ranking(ids: np.ndarray, values: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Positions (n, T) of each review from most to least supportive of its predicted class, padding last."""
+    score = toward_class(values, positive).astype(np.float64)
+    score = np.where(ids == PAD_ID, -np.inf, score)
+    return np.argsort(-score, axis=1, kind="stable")
+
+
+def _masked(ids: np.ndarray, order: np.ndarray, counts: np.ndarray, keep: bool) -> np.ndarray:
+    """Copies of ids with the first ``counts[n]`` ranked positions padded out (keep=False) or kept alone (keep=True)."""
+    n, T = ids.shape
+    rank_of = np.empty_like(order)
+    rank_of[np.arange(n)[:, None], order] = np.arange(T)[None, :]
+    chosen = rank_of < counts[:, None]
+    real = ids != PAD_ID
+    drop = (real & ~chosen) if keep else (real & chosen)
+    return np.where(drop, PAD_ID, ids)
+
+
+def deletion_curve(predict: Predict, ids: np.ndarray, values: np.ndarray, max_k: int = 20) -> np.ndarray:
+    """Drop in P(predicted class) (n, max_k) after padding out the top k tokens, k = 1..max_k."""
+    positive = np.asarray(predict(ids)) >= 0.5
+    base = class_probability(predict, ids, positive)
+    order = ranking(ids, values, positive)
+    return np.stack([base - class_probability(predict, _masked(ids, order, np.full(len(ids), k), keep=False), positive)
+                     for k in range(1, max_k + 1)], axis=1)
+
+
+def insertion_curve(predict: Predict, ids: np.ndarray, values: np.ndarray, max_k: int = 20) -> np.ndarray:
+    """Rise in P(predicted class) (n, max_k) when only the top k tokens are kept, over the review with none kept."""
+    positive = np.asarray(predict(ids)) >= 0.5
+    order = ranking(ids, values, positive)
+    empty = class_probability(predict, _masked(ids, order, np.zeros(len(ids), dtype=int), keep=True), positive)
+    return np.stack([class_probability(predict, _masked(ids, order, np.full(len(ids), k), keep=True), positive) - empty
+                     for k in range(1, max_k + 1)], axis=1)
+
+
+def aopc(curve: np.ndarray) -> np.ndarray:
+    """Area over the perturbation curve per review: the mean of a (n, K) curve over k."""
+    return curve.mean(axis=1)
+
+
+def _eraser(predict: Predict, ids: np.ndarray, values: np.ndarray, keep: bool, bins=ERASER_BINS) -> np.ndarray:
+    positive = np.asarray(predict(ids)) >= 0.5
+    base = class_probability(predict, ids, positive)
+    order = ranking(ids, values, positive)
+    lengths = (ids != PAD_ID).sum(axis=1)
+    drops = []
+    for q in bins:
+        counts = np.maximum(1, np.round(q * lengths)).astype(int)
+        drops.append(base - class_probability(predict, _masked(ids, order, counts, keep=keep), positive))
+    return np.mean(drops, axis=0)
+
+
+def comprehensiveness(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS) -> np.ndarray:
+    """ERASER comprehensiveness per review: mean drop in P(predicted class) when the top q% tokens are removed."""
+    return _eraser(predict, ids, values, keep=False, bins=bins)
+
+
+def sufficiency(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS) -> np.ndarray:
+    """ERASER sufficiency per review: mean drop in P(predicted class) when only the top q% tokens are kept (lower is better)."""
+    return _eraser(predict, ids, values, keep=True, bins=bins)
+
+
+def rank_agreement(values: np.ndarray, reference: np.ndarray, ids: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
+    """Per review, over non-padding tokens: Spearman correlation, overlap of the top k by |value|, mean |difference|."""
+    rho, overlap, mae = [], [], []
+    for v, r, row in zip(values, reference, ids):
+        real = row != PAD_ID
+        a, b = v[real], r[real]
+        rho.append(spearman(a, b) if len(a) > 1 and a.std() > 0 and b.std() > 0 else np.nan)
+        kk = min(k, len(a))
+        top_a, top_b = set(np.argsort(-np.abs(a))[:kk]), set(np.argsort(-np.abs(b))[:kk])
+        overlap.append(len(top_a & top_b) / kk if kk else np.nan)
+        mae.append(np.abs(a - b).mean() if len(a) else np.nan)
+    return {"spearman": np.array(rho), f"top{k}_overlap": np.array(overlap), "mae": np.array(mae)}
+
+
+def bootstrap_ci(per_review: np.ndarray, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> dict:
+    """Mean over reviews (NaN left out) with a percentile bootstrap interval, resampling reviews with ``seed``."""
+    x = np.asarray(per_review, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(x.mean()), "low": float(lo), "high": float(hi), "n": int(len(x))}
