@@ -73,12 +73,15 @@ def test_missing_results_folder(tmp_path):
 
 def test_token_colour_rules():
     red, blue, clear = {"r": 255, "g": 13, "b": 87, "a": 0.8}, {"r": 30, "g": 136, "b": 229, "a": 0.5}, {"r": 0, "g": 0, "b": 0, "a": 0}
-    ok = [{"id": "_tp_x_ind_0", "value": 0.3, "color": red}, {"id": "_tp_x_ind_1", "value": -0.2, "color": blue},
-          {"id": "_tp_x_ind_2", "value": 0.0, "color": clear},
-          {"id": "_tp_x_ind_3", "value": 0.001, "color": clear}]  # below 1% of 0.3: transparent by design
+    ok = [{"id": "a", "value": 0.3, "intended_alpha": 0.9, "color": red},
+          {"id": "b", "value": -0.2, "intended_alpha": 0.6, "color": blue},
+          {"id": "c", "value": 0.0, "intended_alpha": 0.0, "color": clear},
+          {"id": "d", "value": 0.001, "intended_alpha": 0.0, "color": clear}]  # transparent by design
     assert token_problems(ok) == []
-    bad = [{"id": "_tp_y_ind_0", "value": 0.3, "color": blue}, {"id": "_tp_y_ind_1", "value": -0.2, "color": clear},
-           {"id": "_tp_y_ind_2", "value": 0.1, "color": None}, {"id": "_tp_y_ind_3", "value": 0.004, "color": clear}]
+    bad = [{"id": "a", "value": 0.3, "intended_alpha": 0.9, "color": blue},
+           {"id": "b", "value": -0.2, "intended_alpha": 0.6, "color": clear},
+           {"id": "c", "value": 0.1, "intended_alpha": 0.3, "color": None},
+           {"id": "d", "value": 0.02, "intended_alpha": None, "color": clear}]  # intended colour unreadable
     assert len(token_problems(bad)) == 4
 
 

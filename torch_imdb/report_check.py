@@ -8,9 +8,9 @@ force plots stop changing, then measures, in the browser's own layout:
 
 - each force plot (``.force``): an SVG with drawn shapes and a non-zero bounding box;
 - each text-plot token (shap's ``_tp_…_ind_N`` elements) whose shown value is
-  non-zero (at least 1% of the plot's largest |value|, below which shap's colour
-  map is transparent by design): a computed background colour that is not
-  transparent, red for a positive value and blue for a negative one;
+  non-zero and which shap meant to colour visibly (alpha >= 0.05 in its inline
+  style; tiny values are transparent by design): a computed background colour
+  that is not transparent, red for a positive value and blue for a negative one;
 - the page height, for a full-page screenshot.
 
 Chromium's ``--dump-dom`` returns the page with the measurements written into
@@ -51,7 +51,11 @@ function __measure() {
   });
   const tokens = [...document.querySelectorAll('[id^="_tp_"]')].filter(e => /_ind_\\d+$/.test(e.id)).map(e => {
     const shown = e.previousElementSibling ? parseFloat(e.previousElementSibling.textContent) : NaN;
-    return {id: e.id, value: shown, color: __rgba(getComputedStyle(e).backgroundColor)};
+    // the colour shap meant, read from the inline style whatever its number format
+    const inline = (e.getAttribute('style') || '').match(/background:\s*rgba\(([^;]*)\)/);
+    const meant = inline ? (inline[1].match(/-?[0-9.]+(e-?[0-9]+)?/g) || []).filter(v => v !== '64' && v !== '32').map(Number) : [];
+    return {id: e.id, value: shown, intended_alpha: meant.length === 4 ? meant[3] : null,
+            color: __rgba(getComputedStyle(e).backgroundColor)};
   });
   return {forces, tokens, height: document.documentElement.scrollHeight, errors: window.__errors};
 }
@@ -68,7 +72,7 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-VISIBLE_FRACTION = 0.01
+VISIBLE_ALPHA = 0.05
 
 
 def find_chromium() -> str | None:
@@ -81,21 +85,15 @@ def _run(chromium: str, args: list[str], url: str) -> subprocess.CompletedProces
                               capture_output=True, text=True, timeout=240)
 
 
-def visible_tokens(tokens: list[dict], floor: float = VISIBLE_FRACTION) -> list[dict]:
-    """Tokens whose shown value is at least ``floor`` of the largest |value| in the same text plot.
+def visible_tokens(tokens: list[dict], floor: float = VISIBLE_ALPHA) -> list[dict]:
+    """Tokens with a non-zero shown value that shap meant to colour visibly (alpha >= ``floor`` in its inline style).
 
-    shap's colour map is transparent at 0 and fully opaque at the plot's largest
-    |value|, in 256 steps, so a value below about 1/256 of it is drawn transparent
-    by design; anything above ``floor`` must be visibly coloured.
+    shap's colour map is transparent at 0 and opaque at the plot's colour limit,
+    so tiny values are drawn (nearly) transparent by design; every token shap
+    meant to colour at all visibly must show that colour in the browser.
     """
-    def plot(t):
-        return t["id"].rsplit("_ind_", 1)[0]
-
-    shown = [t for t in tokens if t["value"] is not None and t["value"] == t["value"]]
-    largest: dict[str, float] = {}
-    for t in shown:
-        largest[plot(t)] = max(largest.get(plot(t), 0.0), abs(t["value"]))
-    return [t for t in shown if t["value"] != 0 and abs(t["value"]) >= floor * largest[plot(t)]]
+    return [t for t in tokens if t["value"] is not None and t["value"] == t["value"] and t["value"] != 0
+            and (t.get("intended_alpha") is None or t["intended_alpha"] >= floor)]
 
 
 def token_problems(tokens: list[dict]) -> list[str]:

@@ -177,29 +177,33 @@ def plot_top_words(path: str | Path, stats: list[WordStat], k: int = 20, title: 
     top, bottom = words[:k], words[::-1][:k]
     by_total = sorted(words, key=lambda s: -s.total)
     total = by_total[: k // 2] + by_total[::-1][: k // 2][::-1]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 0.28 * k + 1.9))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 0.28 * k + 2.3))
     for ax, group, color, label in ((axes[0], top, "#ff0051", "raise P(positive)"),
                                     (axes[1], bottom, "#008bfb", "lower P(positive)")):
         y = np.arange(len(group))[::-1]
-        ax.barh(y, [s.shrunk for s in group], color=color, alpha=0.85, label="shrunk mean (ranks)")
+        ax.barh(y, [s.shrunk for s in group], color=color, alpha=0.85, label="bar: shrunk mean (ranks the words)")
         ax.errorbar([s.mean for s in group], y, xerr=[[s.mean - s.ci_low for s in group], [s.ci_high - s.mean for s in group]],
-                    fmt="o", color="k", ms=3, lw=0.8, capsize=2, label="raw mean, 95% interval")
+                    fmt="o", color="k", ms=3, lw=0.8, capsize=2, label="dot: raw mean with its 95% interval")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_yticks(y)
         ax.set_yticklabels([f"{s.word} ({s.occurrences})" for s in group], fontsize=9)
         ax.axvline(0, color="k", lw=0.6)
         ax.set_xlabel("attribution to P(positive) per occurrence")
-        ax.set_title(f"top {k} words that {label}\n(ranked by empirical-Bayes shrunk mean; (n) = occurrences)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right" if color == "#ff0051" else "lower left")
+        ax.set_title(f"top {k} words that {label}\n(empirical-Bayes shrunk mean; (n) = occurrences)", fontsize=10)
     y = np.arange(len(total))[::-1]
     axes[2].barh(y, [s.total for s in total], color=["#ff0051" if s.total > 0 else "#008bfb" for s in total], alpha=0.85)
     axes[2].set_yticks(y)
     axes[2].set_yticklabels([f"{s.word} ({s.occurrences})" for s in total], fontsize=9)
     axes[2].axvline(0, color="k", lw=0.6)
     axes[2].set_xlabel("summed attribution over all reviews")
-    axes[2].set_title(f"total effect: the {k // 2} words that moved predictions most, each way", fontsize=10)
+    axes[2].set_title(f"total effect: the {k // 2} words that moved\npredictions most, each way", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
 
