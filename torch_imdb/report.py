@@ -50,7 +50,8 @@ MODEL_OUTPUTS = {"train_metrics.json": "python -m torch_imdb.train --metrics-out
                  "explain_summary.json": "python -m torch_imdb.explain --engines shap,captum,fast",
                  "explainer_speed.json": "python benchmarks/explainer_speed.py",
                  "all_test_timing.json": "python -m torch_imdb.explain --all-test --timing-out results/all_test_timing.json",
-                 "word_importance.json": "python -m torch_imdb.words"}
+                 "word_importance.json": "python -m torch_imdb.words",
+                 "faithfulness.json": "python benchmarks/faithfulness.py"}
 
 
 def model_fingerprint_of(results: Path) -> str | None:
@@ -211,9 +212,35 @@ def words_section(results: Path) -> str:
     meta = _read_json(results / "word_importance.json")
     if meta is None:
         return '<p class="note">No word importance: run <code>python -m torch_imdb.words</code>.</p>'
+    agree = meta.get("agreement_with_log_count_ratio", {})
+    rho = ", ".join(f"{k} words {agree[k]['spearman_shrunk']:.3f}" for k in ("all", "frequent")
+                    if "spearman_shrunk" in agree.get(k, {}))
     return (f"<p>{meta['words']} words seen at least {meta['min_count']} times in {meta['reviews']} test reviews "
-            f"({html.escape(meta['source'])}); mean attribution with a 95% interval.</p>"
+            f"({html.escape(meta['source'])}), ranked by an empirical-Bayes shrunk mean (bars; dots: raw mean with "
+            "a 95% interval); the third panel is each word's total effect over the corpus. Spearman correlation "
+            f"with the model-free log-count ratio of the train split: {html.escape(rho) or 'not computed'}.</p>"
             + _img(results / "word_importance.png", "word importance"))
+
+
+def faithfulness_section(results: Path) -> str:
+    res = _read_json(results / "faithfulness.json")
+    if res is None:
+        return '<p class="note">No faithfulness benchmark: run <code>python benchmarks/faithfulness.py</code>.</p>'
+
+    def ci(d: dict) -> str:
+        return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+    rows = [[name, ci(m["deletion_aopc"]), ci(m["insertion_aopc"]), ci(m["comprehensiveness"]), ci(m["sufficiency"]),
+             ci(m["agreement_with_shapley"]["spearman"]) if "agreement_with_shapley" in m else "—",
+             f"{m['seconds_per_review']:.4f}"] for name, m in res["methods"].items()]
+    ref = res.get("reference", {})
+    text = (f"<p>{len(res['test_rows'])} test reviews, background {res['settings']['background']}; the Shapley reference "
+            f"(shap.PermutationExplainer, {ref.get('permutations_per_seed')} permutations x 2 seeds) on "
+            f"{ref.get('reviews')} of them with a background of {ref.get('background')}, every method recomputed "
+            "with that background for the agreement column. Means with 95% bootstrap intervals; sufficiency: lower "
+            "is better.</p>")
+    return text + _table(["method", "deletion AOPC", "insertion AOPC", "comprehensiveness", "sufficiency",
+                          "Spearman with Shapley", "s/review"], rows) + _img(results / "faithfulness.png", "faithfulness")
 
 
 def build_report(results: str | Path, out: str | Path) -> Path:
@@ -231,7 +258,8 @@ def build_report(results: str | Path, out: str | Path) -> Path:
             "<h2>Training</h2>", training_section(results),
             "<h2>Explanations: shap.DeepExplainer vs Captum DeepLiftShap on the twin</h2>", explain_html,
             "<h2>What explanations cost</h2>", benchmark_section(results),
-            "<h2>Global word importance</h2>", words_section(results)]
+            "<h2>Global word importance</h2>", words_section(results),
+            "<h2>Faithfulness: which explanation finds what drives the model?</h2>", faithfulness_section(results)]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>torch-imdb report</title>"
             f"<style>{CSS}</style>{shap.getjs() if has_js else ''}</head><body>" + "\n".join(body) + "</body></html>\n")
     atomic_write_text(out, page)
