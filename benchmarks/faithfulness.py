@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from torch_imdb.cli import checkpoint_options
+from torch_imdb.cli import checkpoint_options, sampling_options
 from torch_imdb.data import PAD_ID
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve, insertion_curve,
@@ -242,14 +242,12 @@ def plot(path: Path, res: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/faithfulness.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options()])
+                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--reviews", type=int, default=500, help="test reviews (seeded sample)")
-    p.add_argument("--background", type=int, default=100, help="training reviews in the background")
     p.add_argument("--reference-reviews", type=int, default=100, help="reviews with a Shapley reference (0: none)")
     p.add_argument("--reference-background", type=int, default=20, help="background rows of the Shapley comparison")
     p.add_argument("--permutations", type=int, default=10, help="permutations per review and seed for the reference")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
     p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
     p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
     return p
