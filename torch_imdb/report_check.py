@@ -53,7 +53,8 @@ function __measure() {
     const shown = e.previousElementSibling ? parseFloat(e.previousElementSibling.textContent) : NaN;
     // the colour shap meant, read from the inline style whatever its number format
     const inline = (e.getAttribute('style') || '').match(/background:\s*rgba\(([^;]*)\)/);
-    const meant = inline ? (inline[1].match(/-?[0-9.]+(e-?[0-9]+)?/g) || []).filter(v => v !== '64' && v !== '32').map(Number) : [];
+    const plain = inline ? inline[1].replace(/np\.float[0-9]+\(/g, '') : '';  // numpy reprs around the numbers
+    const meant = (plain.match(/-?[0-9.]+(e-?[0-9]+)?/g) || []).map(Number);
     return {id: e.id, value: shown, intended_alpha: meant.length === 4 ? meant[3] : null,
             color: __rgba(getComputedStyle(e).backgroundColor)};
   });
