@@ -110,7 +110,15 @@ def lstm_pair_step_tokens(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc
                           proj_x, proj_r):
     """:func:`lstm_pair_step` plus the token's share grad_z . W_ih (x - r), from the per-row projections (n, B)."""
     g_z, g_c = lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r)
-    return g_z, g_c, (g_z * (proj_x - proj_r)).sum(-1)
+    return g_z, g_c, token_share(g_z, proj_x, proj_r)
+
+
+def token_share(g_proj, proj_x, proj_r):
+    """A token's attribution per pair (n, B): grad of the input projection . (W_ih x_t - W_ih r_t).
+
+    Equal to sum_e grad_x[e] (x_t - r_t)[e], without forming the (pairs, E) gradient.
+    """
+    return (g_proj * (proj_x - proj_r)).sum(-1)
 
 
 # ---------------------------------------------------------------- GRU: r, z, n

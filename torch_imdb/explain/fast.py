@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import Attribution, check_ids, check_sequences
-from torch_imdb.explain.cells import gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace
+from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace,
+                                      token_share)
 from torch_imdb.explain.rules import rescale
 from torch_imdb.keras_dropout import cell_name
 from torch_imdb.model import SentimentRNN
@@ -201,7 +202,7 @@ class FastDeepShap:
                 tx, tr = rv.layers[layer][d], bg.layers[layer][d]
                 g_h = g_final[..., d * H : (d + 1) * H] if layer == self.L - 1 else torch.zeros(n, B, H, dtype=self.dtype,
                                                                                               device=self.device)
-                g_c = torch.zeros_like(g_h)
+                g_c = torch.zeros_like(g_h) if self.cell == "lstm" else None  # the GRU has no cell state
                 for s in range(T - 1, -1, -1):
                     t = T - 1 - s if d else s
                     if g_above is not None:
@@ -222,7 +223,7 @@ class FastDeepShap:
                                                           tr.hprev[s][R])
                         g_h = g_h + g_a @ w_hh
                         if g_in is None:
-                            attr[:, :, t] += (g_proj * (tx.xproj[:, t][X] - tr.xproj[:, t][R])).sum(-1)
+                            attr[:, :, t] += token_share(g_proj, tx.xproj[:, t][X], tr.xproj[:, t][R])
                     if g_in is not None:
                         g_in[:, :, t] += g_proj @ w_ih
             g_above = g_in
