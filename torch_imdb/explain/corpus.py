@@ -49,43 +49,93 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
                        chunk_reviews, compile, cache_dir, log)
 
 
+def fast_engine(model, background: int, compile: bool = True) -> FastDeepShap:
+    """The fast engine as both corpus runners use it: chunks of about 2048 (review, background) pairs."""
+    return FastDeepShap(model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
+
+
+def explain_batch(engine: FastDeepShap, bg: torch.Tensor, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                  fingerprint: str) -> pa.Table:
+    """Attribute one batch of encoded reviews ids (n, T) against the background ids (B, T): one parquet table.
+
+    The one per-batch function behind the local runner and the Ray actors, so both
+    write the same columns: ``row`` (the review's id), ``label`` (-1 when unknown),
+    ``output`` (P(positive)), ``residual`` (completeness error), ``ids`` (T int32) and
+    ``values`` (T float32), with the weights fingerprint in the table's metadata.
+    """
+    result = engine.attribute(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)), bg)
+    return pa.table({
+        "row": pa.array(np.asarray(rows, dtype=np.int64)),
+        "label": pa.array(np.asarray(labels).astype(np.int8)),
+        "output": pa.array(result.outputs.astype(np.float32)),
+        "residual": pa.array(result.residual.astype(np.float32)),
+        "ids": pa.array(list(np.asarray(ids, dtype=np.int32)), type=pa.list_(pa.int32())),
+        "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
+    }).replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
+
+
+def write_part(path: Path, table: pa.Table) -> None:
+    """Write one table of attributions atomically (temporary file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def part_files(out: Path) -> list[Path]:
+    """The finished attribution files in ``out``: the local runner's chunks and the Ray runner's parts."""
+    return sorted([*out.glob("chunk-*.parquet"), *out.glob("part-*.parquet")])
+
+
+def start_run(out: Path, settings: dict) -> list[Path]:
+    """Open ``out`` for a run with ``settings``; returns the parts a previous run finished there.
+
+    An empty folder starts a run; a folder of the same weights and settings resumes
+    it (every finished part's fingerprint is checked); anything else is refused in
+    one line. Leftover temporary files of an interrupted run are removed, and the
+    manifest is marked incomplete until the run ends.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = settings["weights_fingerprint"]
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("weights_fingerprint") != fingerprint:
+            raise UsageError(f"{out} holds attributions of other weights (fingerprint {old.get('weights_fingerprint')}, "
+                             f"the checkpoint's is {fingerprint}); use another --out-dir or delete it to start over")
+        if {k: old.get(k) for k in settings} != settings:
+            raise UsageError(f"{out} holds a run with other settings; use another --out-dir or delete it to start over")
+    elif part_files(out):
+        raise UsageError(f"{out} holds attribution chunks but no manifest; use another --out-dir or delete it to start over")
+    for stale in [*out.glob(".chunk-*.tmp"), *out.glob(".part-*.tmp")]:
+        stale.unlink(missing_ok=True)
+    atomic_write_json(manifest_path, {**settings, "complete": False})
+    finished = part_files(out)
+    for path in finished:
+        chunk_fingerprint(path, expected=fingerprint)
+    return finished
+
+
 def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray, out_dir: str | Path,
                 source: dict, background: int = 100, seed: int = 0, chunk_reviews: int = 500, compile: bool = True,
                 cache_dir: str | Path | None = None, log=print) -> dict:
     """Attribute encoded reviews ids (N, T) against ``background`` train reviews drawn with ``seed``, in chunks.
 
-    Rows of each parquet chunk: ``row`` (the caller's id of the review), ``label``
-    (-1 when unknown), ``output`` (P(positive)), ``residual``, ``ids`` (T int32) and
-    ``values`` (T float32). ``source`` describes the input and joins the settings a
-    restart must match. Returns the manifest dict (also written to ``out_dir/manifest.json``).
+    Each chunk of ``chunk_reviews`` reviews is one parquet file of :func:`explain_batch`'s
+    columns, ``row`` holding the caller's id of each review. ``source`` describes the
+    input and joins the settings a restart must match. Returns the manifest dict (also
+    written to ``out_dir/manifest.json``).
     """
     if chunk_reviews < 1:
         raise UsageError(f"--chunk-reviews must be at least 1, got {chunk_reviews}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
     settings = {**source, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
                 "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
                 "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
                 "weights_fingerprint": ckpt.fingerprint}
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("weights_fingerprint") != ckpt.fingerprint:
-            raise UsageError(f"{out} holds attributions of other weights (fingerprint {old.get('weights_fingerprint')}, "
-                             f"the checkpoint's is {ckpt.fingerprint}); use another --out-dir or delete it to start over")
-        if {k: old.get(k) for k in settings} != settings:
-            raise UsageError(f"{out} holds a run with other settings; use another --out-dir or delete it to start over")
-    elif list(out.glob("chunk-*.parquet")):
-        raise UsageError(f"{out} holds attribution chunks but no manifest; use another --out-dir or delete it to start over")
-    atomic_write_json(manifest_path, {**settings, "complete": False})
-
-    engine = FastDeepShap(ckpt.model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
+    done = start_run(out, settings)
+    engine = fast_engine(ckpt.model, background, compile)
     bg = torch.from_numpy(bg_ids)
     chunks = list(range(0, len(rows), chunk_reviews))
-    done = [k for k in chunks if (out / f"chunk-{k // chunk_reviews:05d}.parquet").exists()]
-    for k in done:
-        chunk_fingerprint(out / f"chunk-{k // chunk_reviews:05d}.parquet", expected=ckpt.fingerprint)
     if done:
         log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
     t0 = time.perf_counter()
@@ -95,24 +145,14 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
         if path.exists():
             continue
         sl = slice(start, start + chunk_reviews)
-        result = engine.attribute(torch.from_numpy(ids[sl]), bg)
-        table = pa.table({
-            "row": pa.array(rows[sl].astype(np.int64)),
-            "label": pa.array(labels[sl].astype(np.int8)),
-            "output": pa.array(result.outputs.astype(np.float32)),
-            "residual": pa.array(result.residual.astype(np.float32)),
-            "ids": pa.array(list(ids[sl].astype(np.int32)), type=pa.list_(pa.int32())),
-            "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
-        }).replace_schema_metadata({FINGERPRINT_KEY: ckpt.fingerprint})
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        computed += len(result.values)
+        write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint))
+        computed += len(rows[sl])
     seconds = time.perf_counter() - t0
     manifest = {**settings, "complete": True, "expected_value": engine.expected_value(bg),
                 "reviews_computed_this_run": computed, "seconds_this_run": seconds,
                 "seconds_per_review_this_run": seconds / computed if computed else None,
-                "compiled": compile, "chunks": len(chunks)}
-    atomic_write_json(manifest_path, manifest)
+                "compiled": compile, "chunks": len(chunks), "torch_threads": torch.get_num_threads()}
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
@@ -127,9 +167,11 @@ def chunk_fingerprint(path: Path, expected: str | None = None) -> str:
 
 
 def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, np.ndarray]:
-    """Load all chunks of :func:`explain_split` into arrays: row, label, output, residual, ids (N, T), values (N, T).
+    """Load every part of a run (either runner) into arrays sorted by ``row``: row, label, output, residual,
+    ids (N, T), values (N, T).
 
-    Every chunk must carry the manifest's weights fingerprint (and ``fingerprint``, when given).
+    Every part must carry the manifest's weights fingerprint (and ``fingerprint``,
+    when given), and no review may appear twice.
     """
     out = Path(out_dir)
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
@@ -137,13 +179,17 @@ def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> di
     if fingerprint is not None and expected != fingerprint:
         raise UsageError(f"attributions in {out_dir} come from other weights (fingerprint {expected}, the checkpoint's "
                          f"is {fingerprint}); re-run `python -m torch_imdb.explain --all-test` for this checkpoint")
-    files = sorted(out.glob("chunk-*.parquet"))
+    files = part_files(out)
     if not files:
         raise UsageError(f"no attribution chunks in {out_dir}; run `python -m torch_imdb.explain --all-test` first")
     for f in files:
         chunk_fingerprint(f, expected=expected)
     table = pa.concat_tables(pq.read_table(f) for f in files)
-    cols = {k: table[k].to_numpy() for k in ("row", "label", "output", "residual")}
-    cols["ids"] = np.stack(table["ids"].to_numpy(zero_copy_only=False))
-    cols["values"] = np.stack(table["values"].to_numpy(zero_copy_only=False))
+    order = np.argsort(table["row"].to_numpy(), kind="stable")
+    cols = {k: table[k].to_numpy()[order] for k in ("row", "label", "output", "residual")}
+    repeated = cols["row"][1:][cols["row"][1:] == cols["row"][:-1]]
+    if len(repeated):
+        raise UsageError(f"review {repeated[0]} appears more than once in {out_dir}; delete it and run again")
+    cols["ids"] = np.stack(table["ids"].to_numpy(zero_copy_only=False))[order]
+    cols["values"] = np.stack(table["values"].to_numpy(zero_copy_only=False))[order]
     return cols

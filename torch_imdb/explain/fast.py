@@ -246,7 +246,7 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)
-            if self.compiled and n < per_chunk and len(inputs) > per_chunk:
+            if self.compiled and n < per_chunk:
                 chunk = torch.cat([chunk, chunk[-1:].expand(per_chunk - n, *chunk.shape[1:])])  # same shape: no recompile
             rv = self.trace(chunk)
             values = self._pairs(rv, bg, target).mean(dim=1)[:n]
