@@ -1,5 +1,6 @@
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -249,3 +250,12 @@ def test_input_file_errors(tiny_checkpoint, tmp_path):
     (tmp_path / "c.xlsx").write_text("x")
     with pytest.raises(UsageError, match="unknown format"):
         explain_main(base + ["--input", str(tmp_path / "c.xlsx")])
+
+
+def test_ray_engine_without_ray_says_how_to_install(tiny_checkpoint, tmp_path, monkeypatch):
+    ck, data = tiny_checkpoint
+    (tmp_path / "r.txt").write_text("superb\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'torch-imdb\[ray\]'"):
+        explain_main(["--checkpoint", str(ck), "--data", str(data), "--input", str(tmp_path / "r.txt"),
+                      "--engine", "ray", "--out-dir", str(tmp_path / "o")])

@@ -35,15 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plain-rnn", action="store_true",
                    help="skip running the libraries on the plain nn.LSTM / nn.GRU (the negative control)")
     p.add_argument("--input", default=None,
-                   help="explain every review in this file with the fast engine: one per line (.txt), or the `text` "
-                        "column of a .csv, .parquet or .jsonl file; writes parquet chunks, tokens.csv and "
-                        "word_summary.csv to --out-dir (default: CHECKPOINT/explain_input)")
+                   help="explain every review in this file, folder or glob with the fast engine: one per line (.txt), "
+                        "or the `text` column (and `id`, `label` when present) of .csv, .parquet or .jsonl files; "
+                        "writes parquet parts to --out-dir (default: CHECKPOINT/explain_input), and with the local "
+                        "engine tokens.csv and word_summary.csv")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="with --input: run the fast engine in this process, or on Ray Data (pip install "
+                        "'torch-imdb[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="with --engine ray: the cluster to join (e.g. 10.0.0.1:6379); default: start a local Ray")
+    p.add_argument("--workers", type=int, default=0,
+                   help="with --engine ray: actors in the pool (0: as many as the cluster's CPUs allow)")
+    p.add_argument("--threads-per-worker", type=int, default=1,
+                   help="with --engine ray: CPUs each actor asks for, and its torch thread count")
     p.add_argument("--all-test", action="store_true",
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
     p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
     p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
     p.add_argument("--chunk-reviews", type=int, default=500,
-                   help="with --all-test: reviews per parquet chunk (what a restart can lose)")
+                   help="with --all-test or --input: reviews per parquet chunk, or per Ray batch (what a restart can lose)")
     p.add_argument("--no-compile", action="store_true", help="with --all-test: run the fast engine without torch.compile")
     p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
     return p
@@ -51,23 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def explain_input(args, ckpt, dataset, cache: Path) -> int:
     """--input: read the file, explain every usable row, write chunks, the token table and the word summary."""
-    import numpy as np
-
     from torch_imdb.explain.corpus import explain_ids, read_attributions
     from torch_imdb.explain.texts import read_texts, write_token_table
     from torch_imdb.words import word_importance
     from torch_imdb.words import write_csv as write_words
 
-    rows, texts, problems = read_texts(args.input)
+    out = Path(args.out_dir or Path(args.checkpoint) / "explain_input")
+    if args.engine == "ray":
+        from torch_imdb.explain.ray_corpus import explain_input_ray
+
+        manifest = explain_input_ray(ckpt, dataset, args.input, out, args.background, args.seed, args.chunk_reviews,
+                                     not args.no_compile, args.ray_address, args.workers, args.threads_per_worker,
+                                     cache, log=lambda line: print(line, file=sys.stderr))
+        print(f"explained {manifest['reviews_computed_this_run']} reviews on Ray ({manifest['workers']} workers on "
+              f"{manifest['nodes_used']} node(s), {manifest['seconds_this_run']:.1f} s) into {out}: "
+              f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet parts; summarise them by word with "
+              f"`python -m torch_imdb.words --attributions {out}`")
+        return 0
+    rows, texts, labels, problems = read_texts(args.input)
     for line in problems:
         print(f"warning: {args.input}: {line}", file=sys.stderr)
     if not texts:
         raise UsageError(f"--input {args.input} holds no row with text; nothing to explain")
-    out = Path(args.out_dir or Path(args.checkpoint) / "explain_input")
     ids = ckpt.vocab.encode_many(texts, ckpt.maxlen)
     source = {"input": str(Path(args.input).resolve()), "input_rows": len(rows) + len(problems),
               "skipped_rows": len(problems)}
-    manifest = explain_ids(ckpt, dataset, ids, rows, np.full(len(rows), -1), out, source, args.background, args.seed,
+    manifest = explain_ids(ckpt, dataset, ids, rows, labels, out, source, args.background, args.seed,
                            args.chunk_reviews, not args.no_compile, cache)
     got = read_attributions(out, fingerprint=ckpt.fingerprint)
     n_tokens = write_token_table(out / "tokens.csv", ckpt, got)

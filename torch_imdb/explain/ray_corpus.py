@@ -1,0 +1,264 @@
+"""Explain a corpus on Ray Data: texts read by Ray, encoded and explained by the fast engine in an actor pool.
+
+``python -m torch_imdb.explain --input PATH --engine ray [--ray-address ADDR] [--workers N]``
+
+- Ray Data reads the texts (parquet, CSV or JSON lines; a file, a folder or a glob).
+  An input without an ``id`` column is read by the driver, since only one reader
+  can number its rows, and must be a single file (see :mod:`.texts`).
+- Each actor of the pool loads the model and the background once, from Ray's object
+  store, and sets torch's thread count to its CPU share: actors that each use every
+  core slow each other down.
+- Every batch goes through :func:`~torch_imdb.explain.corpus.explain_batch`, the same
+  function as the local runner's, and becomes one parquet part written atomically by
+  the actor. The part's name comes from the review ids it holds. A batch that Ray
+  retries after its actor died therefore rewrites the same file, and a restarted
+  driver can list the ids that are already done. Ray's own ``write_parquet`` gives
+  neither guarantee.
+- The weights fingerprint is in every part's metadata and in ``manifest.json``. A
+  restart keeps the parts of the same weights and settings and computes the rest; a
+  folder of other weights is refused.
+
+Without ``--ray-address``, a local Ray is started on this machine and stopped at the
+end. On a cluster, every node must be able to read the input and write ``--out-dir``
+(a shared filesystem); the driver needs neither the data nor the checkpoint on the nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from torch_imdb.checkpoint import Checkpoint
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.compare import sample_background
+from torch_imdb.explain.corpus import explain_batch, fast_engine, start_run, write_part
+from torch_imdb.explain.texts import columns_of, input_files, read_texts
+from torch_imdb.io import atomic_write_json
+
+INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
+BYTES_PER_ROW_GUESS = 1000  # sizes the blocks of CSV / JSON input, whose row count is unknown before reading
+
+
+def require_ray():
+    """Import Ray Data, or say in one line how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def part_name(rows: np.ndarray) -> str:
+    """A part's file name, a function of the review ids it holds: a retried batch rewrites its own file."""
+    return f"part-{hashlib.sha256(np.sort(rows).astype('<i8').tobytes()).hexdigest()[:20]}.parquet"
+
+
+def done_rows(parts: list[Path]) -> np.ndarray:
+    """The review ids already in finished parts, sorted."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate([pq.read_table(p, columns=["row"])["row"].to_numpy() for p in parts]))
+
+
+def integer_ids(values: np.ndarray) -> np.ndarray:
+    """A batch's `id` column as int64; a one-line error when an id is missing or not an integer."""
+    try:
+        as_float = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UsageError("the `id` column holds values that are not integers; ids must be integers") from None
+    if not np.isfinite(as_float).all() or (as_float != np.round(as_float)).any():
+        raise UsageError("the `id` column holds missing or non-integer values; ids must be integers")
+    return np.asarray(values).astype(np.int64)
+
+
+def already_done(rows: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` are in the sorted array ``done`` (a binary search each: ``done`` may hold millions)."""
+    if not len(done):
+        return np.zeros(len(rows), dtype=bool)
+    pos = np.minimum(np.searchsorted(done, rows), len(done) - 1)
+    return done[pos] == rows
+
+
+class BatchExplainer:
+    """The actor: holds the model, vocabulary and background; explains one batch of texts per call.
+
+    ``payload`` is ``[ObjectRef]`` to a dict with checkpoint, bg_ids (B, T), done (sorted
+    ids to skip), out, compile. Returns one summary row per batch: the part written,
+    its reviews, the ids skipped for lack of text, the node it ran on.
+    """
+
+    def __init__(self, payload: list, threads: int) -> None:
+        import ray
+
+        torch.set_num_threads(threads)
+        p = ray.get(payload[0])
+        self.ckpt: Checkpoint = p["checkpoint"]
+        self.bg = torch.from_numpy(p["bg_ids"])
+        self.done = p["done"]
+        self.out = Path(p["out"])
+        self.engine = fast_engine(self.ckpt.model, len(self.bg), p["compile"])
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = integer_ids(batch["id"])
+        texts = batch["text"]
+        labels = batch["label"] if "label" in batch else np.full(len(rows), -1)
+        labels = np.where(np.isfinite(np.asarray(labels, dtype=np.float64)), labels, -1).astype(np.int64)
+        has_text = np.array([isinstance(t, str) and bool(t.strip()) for t in texts], dtype=bool)
+        todo = has_text & ~already_done(rows, self.done)
+        name = ""
+        if todo.any():
+            ids = self.ckpt.vocab.encode_many([t for t, k in zip(texts, todo) if k], self.ckpt.maxlen)
+            table = explain_batch(self.engine, self.bg, ids, rows[todo], labels[todo], self.ckpt.fingerprint)
+            name = part_name(rows[todo])
+            write_part(self.out / name, table)
+        return {"part": np.array([name]), "reviews": np.array([int(todo.sum())]),
+                "skipped": np.array([json.dumps(rows[~has_text].tolist())]), "node": np.array([self.node])}
+
+
+def read_dataset(ray, spec: str, files: list[Path], blocks: int, log=print):
+    """The input as a Ray Dataset of id, text[, label]: Ray Data's readers when the files carry ids."""
+    if not all("id" in columns_of(f) for f in files):
+        ids, texts, labels, problems = read_texts(spec)  # a single file numbered by row (read_texts checks)
+        for line in problems:
+            log(f"warning: {spec}: {line}")
+        if not texts:
+            raise UsageError(f"--input {spec} holds no row with text; nothing to explain")
+        table = pa.table({"id": ids, "text": texts, "label": labels})
+        step = max(1, math.ceil(len(ids) / blocks))
+        return ray.data.from_arrow([table.slice(k, step) for k in range(0, len(ids), step)])
+    # Reading is light, and a full actor pool must not starve it (see explain_input_ray): 0 CPUs.
+    paths = [str(f) for f in files]
+    suffix = files[0].suffix.lower()
+    if suffix == ".parquet":
+        wanted = [c for c in ("id", "text", "label") if c in columns_of(files[0])]
+        return ray.data.read_parquet(paths, columns=wanted, num_cpus=0, override_num_blocks=blocks)
+    if suffix == ".csv":
+        return ray.data.read_csv(paths, num_cpus=0, override_num_blocks=blocks)
+    if suffix in (".jsonl", ".json"):
+        return ray.data.read_json(paths, num_cpus=0, override_num_blocks=blocks)
+    raise UsageError(f"--input {spec}: .txt files have no `id` column; give a single .txt file, or CSV, parquet or "
+                     "JSON lines with `id` and `text` columns")
+
+
+def estimated_rows(files: list[Path]) -> int:
+    """Rows in the input: exact for parquet (from its footer), a guess from the size otherwise."""
+    if files[0].suffix.lower() == ".parquet":
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return max(1, sum(f.stat().st_size for f in files) // BYTES_PER_ROW_GUESS)
+
+
+def cause(exc: BaseException) -> UsageError | None:
+    """The UsageError raised inside a Ray task, when that is what failed a run."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, UsageError):
+            return UsageError(str(exc).splitlines()[-1].split("UsageError: ")[-1])
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path, background: int = 100,
+                      seed: int = 0, batch_reviews: int = 500, compile: bool = True, address: str | None = None,
+                      workers: int = 0, threads_per_worker: int = 1, cache_dir: str | Path | None = None,
+                      log=print) -> dict:
+    """Attribute every review of ``spec`` on Ray into parquet parts under ``out_dir``; returns the manifest.
+
+    ``workers`` actors (0: as many as the cluster's CPUs allow) of ``threads_per_worker``
+    torch threads each explain batches of ``batch_reviews``. The parts hold the local
+    runner's columns (see :func:`~torch_imdb.explain.corpus.explain_batch`).
+    """
+    if batch_reviews < 1 or threads_per_worker < 1 or workers < 0:
+        raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
+    ray = require_ray()
+    files = input_files(spec)
+    out = Path(out_dir)
+    bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
+    settings = {"runner": "ray", "input": [str(f.resolve()) for f in files], "background": background, "seed": seed,
+                "background_train_rows": [int(r) for r in bg_rows], "maxlen": ckpt.maxlen,
+                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
+                "weights_fingerprint": ckpt.fingerprint}
+    finished = start_run(out, settings)
+    done = done_rows(finished)
+    if len(done):
+        log(f"resuming: {len(done)} reviews in {len(finished)} parts already in {out}")
+
+    t0 = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        # A local Ray uses every core here; with an address, the driver joins that cluster.
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    try:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        # Ray Data's newer file reader lists files in a task that always takes a whole CPU; with
+        # every CPU held by the actor pool that task never runs and the job hangs. The classic
+        # reader's tasks take the num_cpus we give them (0).
+        ctx.use_datasource_v2 = False
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        workers = workers or max(1, cpus // threads_per_worker)
+        if workers * threads_per_worker > cpus:
+            raise UsageError(f"--workers {workers} x --threads-per-worker {threads_per_worker} needs "
+                             f"{workers * threads_per_worker} CPUs but the Ray cluster has {cpus}")
+        ray_started = time.perf_counter() - t0
+        rows_guess = estimated_rows(files)
+        blocks = max(2 * workers, math.ceil(rows_guess / batch_reviews))
+        ds = read_dataset(ray, spec, files, blocks, log)
+        payload = ray.put({"checkpoint": ckpt, "bg_ids": bg_ids, "done": done, "out": str(out.resolve()),
+                           "compile": compile})
+        results = ds.map_batches(BatchExplainer, fn_constructor_kwargs={"payload": [payload],
+                                                                        "threads": threads_per_worker},
+                                 batch_size=batch_reviews, compute=ray.data.ActorPoolStrategy(
+                                     size=workers, max_tasks_in_flight_per_actor=2),  # one batch waits at each actor: no idle gap
+                                 num_cpus=threads_per_worker,
+                                 batch_format="numpy")
+        computed, skipped, nodes = 0, [], set()
+        bar = tqdm(total=rows_guess if files[0].suffix.lower() == ".parquet" else None, desc="explaining on Ray",
+                   unit="review", disable=None)
+        try:
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for n, skip, node in zip(batch["reviews"], batch["skipped"], batch["node"]):
+                    computed += int(n)
+                    skipped += json.loads(skip)
+                    nodes.add(str(node))
+                    bar.update(int(n) + len(json.loads(skip)))
+        except Exception as exc:  # a UsageError inside an actor reaches us wrapped by Ray
+            usage = cause(exc)
+            if usage is None:
+                raise
+            raise usage from None
+        finally:
+            bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+    seconds = time.perf_counter() - t0
+    for row in skipped:
+        log(f"warning: {spec}: id {row}: no text, skipped")
+    all_parts = sorted(out.glob("part-*.parquet"))
+    total = done_rows(all_parts)
+    repeated = total[1:][total[1:] == total[:-1]]
+    if len(repeated):
+        raise UsageError(f"review id {repeated[0]} was explained twice: the input repeats it; ids must be unique")
+    expected = fast_engine(ckpt.model, background, compile=False).expected_value(torch.from_numpy(bg_ids))
+    manifest = {**settings, "complete": True, "expected_value": expected, "n_reviews": int(len(total)),
+                "skipped_rows": len(skipped), "reviews_computed_this_run": computed, "seconds_this_run": seconds,
+                "seconds_ray_start": ray_started, "reviews_per_second_this_run": computed / seconds if computed else None,
+                "workers": workers, "threads_per_worker": threads_per_worker, "nodes_used": len(nodes),
+                "batch_reviews": batch_reviews, "compiled": compile, "parts": len(all_parts)}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
