@@ -255,3 +255,11 @@ def test_a_file_without_ids_is_numbered_by_row_and_workers_must_fit(setup, clust
     assert_same_as_local(tmp_path / "ray", read_attributions(tmp_path / "local"), np.array([0, 2, 3]))
     with pytest.raises(UsageError, match="needs 6 CPUs but the Ray cluster has 2"):
         run(setup, tmp_path / "out", address=cluster.address, workers=3, threads_per_worker=2)
+
+
+@pytest.mark.parametrize("address, message", [(None, "no Ray head answers there"), ("nonsense", "expected HOST:PORT")])
+def test_an_address_without_a_ray_is_one_line(setup, tmp_path, address, message):
+    address = address or f"127.0.0.1:{free_port()}"  # a port where nothing listens
+    with pytest.raises(UsageError, match=message):  # Ray itself would keep trying for minutes
+        run(setup, tmp_path / "out", address=address)
+    assert not (tmp_path / "out").exists()

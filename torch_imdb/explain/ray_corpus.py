@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import math
-import os
+import socket
 import time
 from pathlib import Path
 
@@ -160,6 +160,20 @@ def estimated_rows(files: list[Path]) -> int:
     return max(1, sum(f.stat().st_size for f in files) // BYTES_PER_ROW_GUESS)
 
 
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A one-line error when nothing listens at ``--ray-address`` (Ray itself would wait for minutes)."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address}: expected HOST:PORT of the head node (e.g. 10.0.0.1:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--ray-address {address}: no Ray head answers there ({exc.strerror or exc}); start one with "
+                         "`ray start --head` or check the address") from None
+
+
 def cause(exc: BaseException) -> UsageError | None:
     """The UsageError raised inside a Ray task, when that is what failed a run."""
     seen = 0
@@ -183,6 +197,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     if batch_reviews < 1 or threads_per_worker < 1 or workers < 0:
         raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
     ray = require_ray()
+    check_address(address)
     files = input_files(spec)
     out = Path(out_dir)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
