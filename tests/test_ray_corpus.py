@@ -22,6 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+# Our `ray start` nodes and this process's driver must agree on token authentication
+# (Ray reads the mode when it is first imported): the command itself sets the same.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 pytest.importorskip("ray", reason="Ray Data is the optional extra torch-imdb[ray]; install it to run the Ray tests")
 
 from conftest import FILLER, NEGATIVE, POSITIVE, planted_reviews, write_imdb_folder  # noqa: E402
@@ -249,6 +252,7 @@ def test_a_file_without_ids_is_numbered_by_row_and_workers_must_fit(setup, clust
     manifest = explain_input_ray(ckpt, dataset, str(path), tmp_path / "ray", background=BACKGROUND, compile=False,
                                  address=cluster.address, log=warnings.append)
     assert warnings == [f"warning: {path}: row 1: no text, skipped"] and manifest["n_reviews"] == 3
+    assert manifest["parts"] >= 2  # a small input is split so that both actors get work
     explain_ids(ckpt, dataset, ckpt.vocab.encode_many([texts[k] for k in (0, 2, 3)], ckpt.maxlen), np.array([0, 2, 3]),
                 np.full(3, -1), tmp_path / "local", {"input": str(path)}, background=BACKGROUND, compile=False,
                 log=lambda *_: None)

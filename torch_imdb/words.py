@@ -219,7 +219,8 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     if manifest is not None and manifest.exists() and json.loads(manifest.read_text()).get("complete"):
         meta = json.loads(manifest.read_text())
         got = read_attributions(attributions, fingerprint=ckpt.fingerprint)
-        return got["ids"], got["values"], {"source": f"{attributions} (python -m torch_imdb.explain --all-test)",
+        source = f"{attributions} (python -m torch_imdb.explain --all-test or --input)"
+        return got["ids"], got["values"], {"source": source,
                                            "reviews": int(len(got["ids"])), "background": meta["background"],
                                            "seed": meta["seed"], "weights_fingerprint": ckpt.fingerprint}
     _, bg = sample_background(ckpt, dataset, background, seed, cache_dir)

@@ -75,7 +75,7 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
                                      cache, log=lambda line: print(line, file=sys.stderr))
         print(f"explained {manifest['reviews_computed_this_run']} reviews on Ray ({manifest['workers']} workers on "
               f"{manifest['nodes_used']} node(s), {manifest['seconds_this_run']:.1f} s) into {out}: "
-              f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet parts; summarise them by word with "
+              f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet part(s); summarise them by word with "
               f"`python -m torch_imdb.words --attributions {out}`")
         return 0
     rows, texts, labels, problems = read_texts(args.input)

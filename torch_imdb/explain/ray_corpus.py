@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -50,8 +51,16 @@ INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
 BYTES_PER_ROW_GUESS = 1000  # sizes the blocks of CSV / JSON input, whose row count is unknown before reading
 
 
-def require_ray():
-    """Import Ray Data, or say in one line how to install it."""
+def require_ray(address: str | None = None):
+    """Import Ray Data, or say in one line how to install it.
+
+    ``ray start`` turns on token authentication by default, but a driver sends no token
+    unless RAY_AUTH_MODE=token is set when Ray is first imported. So to join a cluster,
+    with a token at hand and the mode unset, the mode is set before the import.
+    """
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if address and "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
         import ray.data  # noqa: F401
@@ -174,6 +183,21 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                          "`ray start --head` or check the address") from None
 
 
+def connect(ray, address: str | None) -> None:
+    """Join the cluster at ``address``, or start a new local Ray on this machine when it is None; a failure is one line."""
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    if address is None:
+        ray.init(address="local", **options)  # "local": never join a cluster started earlier on this machine
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as exc:
+        ray.shutdown()
+        raise UsageError(f"could not join the Ray cluster at {address} ({type(exc).__name__}); check the address, "
+                         "and for token authentication RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN or "
+                         "~/.ray/auth_token)") from None
+
+
 def cause(exc: BaseException) -> UsageError | None:
     """The UsageError raised inside a Ray task, when that is what failed a run."""
     seen = 0
@@ -196,7 +220,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     """
     if batch_reviews < 1 or threads_per_worker < 1 or workers < 0:
         raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
-    ray = require_ray()
+    ray = require_ray(address)
     check_address(address)
     files = input_files(spec)
     out = Path(out_dir)
@@ -213,9 +237,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     t0 = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        # A local Ray uses every core here; with an address, the driver joins that cluster.
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+        connect(ray, address)
     try:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
@@ -231,6 +253,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
                              f"{workers * threads_per_worker} CPUs but the Ray cluster has {cpus}")
         ray_started = time.perf_counter() - t0
         rows_guess = estimated_rows(files)
+        batch_reviews = max(1, min(batch_reviews, math.ceil(rows_guess / workers)))  # a small input still feeds every actor
         blocks = max(2 * workers, math.ceil(rows_guess / batch_reviews))
         ds = read_dataset(ray, spec, files, blocks, log)
         payload = ray.put({"checkpoint": ckpt, "bg_ids": bg_ids, "done": done, "out": str(out.resolve()),
