@@ -242,7 +242,7 @@ def test_two_nodes_on_loopback(setup, local_reference, tmp_path):
         c.stop()
 
 
-def test_a_file_without_ids_is_numbered_by_row_and_workers_must_fit(setup, cluster, tmp_path):
+def test_text_csv_and_json_lines_inputs_and_a_pool_that_must_fit(setup, cluster, tmp_path):
     ck, data, _, _ = setup
     texts = ["w1 superb w2", "", "w3 awful w4 boring", "wonderful w5"]
     path = tmp_path / "reviews.txt"
@@ -257,6 +257,19 @@ def test_a_file_without_ids_is_numbered_by_row_and_workers_must_fit(setup, clust
                 np.full(3, -1), tmp_path / "local", {"input": str(path)}, background=BACKGROUND, compile=False,
                 log=lambda *_: None)
     assert_same_as_local(tmp_path / "ray", read_attributions(tmp_path / "local"), np.array([0, 2, 3]))
+    for fmt in ("csv", "jsonl"):  # Ray Data's own readers, for files that carry ids
+        kept = [0, 2, 3]
+        rows = [{"id": 100 + k, "text": texts[k], "label": k % 2} for k in kept]
+        src = tmp_path / f"reviews.{fmt}"
+        if fmt == "csv":
+            src.write_text("id,text,label\n" + "".join(f'{r["id"]},"{r["text"]}",{r["label"]}\n' for r in rows))
+        else:
+            src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        explain_input_ray(ckpt, dataset, str(src), tmp_path / fmt, background=BACKGROUND, compile=False,
+                          address=cluster.address, log=warnings.append)
+        got = read_attributions(tmp_path / fmt)
+        assert got["row"].tolist() == [100, 102, 103] and got["label"].tolist() == [0, 0, 1]
+        assert np.abs(got["values"] - read_attributions(tmp_path / "local")["values"]).max() < 1e-6
     with pytest.raises(UsageError, match="needs 6 CPUs but the Ray cluster has 2"):
         run(setup, tmp_path / "out", address=cluster.address, workers=3, threads_per_worker=2)
 
