@@ -65,3 +65,9 @@ def test_bad_inputs_get_one_line(tmp_path, setup, message):
 def test_a_pattern_that_matches_nothing(tmp_path):
     with pytest.raises(UsageError, match="matches no file"):
         read_texts(str(tmp_path / "*.parquet"))
+
+
+def test_large_integer_ids_stay_exact(tmp_path):
+    big = 2**60 + 1  # not representable as a float64
+    path = write_parquet(tmp_path / "r.parquet", id=[big], text=["good film"])
+    assert read_texts(path)[0].tolist() == [big]

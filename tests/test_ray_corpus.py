@@ -31,7 +31,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE, planted_reviews, write_imdb_fol
 from torch_imdb.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from torch_imdb.data import Vocab, load_imdb  # noqa: E402
 from torch_imdb.errors import UsageError  # noqa: E402
-from torch_imdb.explain.corpus import explain_ids, read_attributions  # noqa: E402
+from torch_imdb.explain.corpus import explain_ids, part_rows, read_attributions  # noqa: E402
 from torch_imdb.explain.ray_corpus import explain_input_ray  # noqa: E402
 from torch_imdb.explain.texts import read_texts  # noqa: E402
 from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
@@ -209,16 +209,9 @@ def test_a_killed_driver_resumes_where_it_stopped(setup, local_reference, cluste
     assert not json.loads((out / "manifest.json").read_text())["complete"]
 
     manifest = run(setup, out, address=cluster.address, workers=2, batch_reviews=100)
-    assert manifest["reviews_computed_this_run"] == N_REVIEWS - 2 - sum(
-        len(read_attributions_part(out / name)) for name in kept)
+    assert manifest["reviews_computed_this_run"] == N_REVIEWS - 2 - len(part_rows([out / name for name in kept]))
     assert {p: out.joinpath(p).stat().st_mtime_ns for p in kept} == kept  # finished parts were kept, not redone
     assert_same_as_local(out, local_reference, ids)
-
-
-def read_attributions_part(path: Path) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=["row"])["row"].to_numpy()
 
 
 def test_a_folder_of_other_weights_is_refused(setup, tmp_path):

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def explain_input(args, ckpt, dataset, cache: Path) -> int:
     """--input: read the file, explain every usable row, write chunks, the token table and the word summary."""
     from torch_imdb.explain.corpus import explain_ids, read_attributions
-    from torch_imdb.explain.texts import read_texts, write_token_table
+    from torch_imdb.explain.texts import read_usable_texts, write_token_table
     from torch_imdb.words import word_importance
     from torch_imdb.words import write_csv as write_words
 
@@ -78,11 +78,7 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
               f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet part(s); summarise them by word with "
               f"`python -m torch_imdb.words --attributions {out}`")
         return 0
-    rows, texts, labels, problems = read_texts(args.input)
-    for line in problems:
-        print(f"warning: {args.input}: {line}", file=sys.stderr)
-    if not texts:
-        raise UsageError(f"--input {args.input} holds no row with text; nothing to explain")
+    rows, texts, labels, problems = read_usable_texts(args.input, log=lambda line: print(line, file=sys.stderr))
     ids = ckpt.vocab.encode_many(texts, ckpt.maxlen)
     source = {"input": str(Path(args.input).resolve()), "input_rows": len(rows) + len(problems),
               "skipped_rows": len(problems)}

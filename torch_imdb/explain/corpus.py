@@ -85,6 +85,19 @@ def part_files(out: Path) -> list[Path]:
     return sorted([*out.glob("chunk-*.parquet"), *out.glob("part-*.parquet")])
 
 
+def part_rows(parts: list[Path]) -> np.ndarray:
+    """The review ids (``row``) held by these parts, sorted."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate([pq.read_table(p, columns=["row"])["row"].to_numpy() for p in parts]))
+
+
+def first_repeat(sorted_rows: np.ndarray) -> int | None:
+    """The first review id that appears more than once in sorted ids, or None."""
+    repeated = sorted_rows[1:][sorted_rows[1:] == sorted_rows[:-1]]
+    return int(repeated[0]) if len(repeated) else None
+
+
 def start_run(out: Path, settings: dict) -> list[Path]:
     """Open ``out`` for a run with ``settings``; returns the parts a previous run finished there.
 
@@ -187,9 +200,9 @@ def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> di
     table = pa.concat_tables(pq.read_table(f) for f in files)
     order = np.argsort(table["row"].to_numpy(), kind="stable")
     cols = {k: table[k].to_numpy()[order] for k in ("row", "label", "output", "residual")}
-    repeated = cols["row"][1:][cols["row"][1:] == cols["row"][:-1]]
-    if len(repeated):
-        raise UsageError(f"review {repeated[0]} appears more than once in {out_dir}; delete it and run again")
+    repeated = first_repeat(cols["row"])
+    if repeated is not None:
+        raise UsageError(f"review {repeated} appears more than once in {out_dir}; delete it and run again")
     cols["ids"] = np.stack(table["ids"].to_numpy(zero_copy_only=False))[order]
     cols["values"] = np.stack(table["values"].to_numpy(zero_copy_only=False))[order]
     return cols

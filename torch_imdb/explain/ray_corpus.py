@@ -43,8 +43,8 @@ from tqdm import tqdm
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
-from torch_imdb.explain.corpus import explain_batch, fast_engine, start_run, write_part
-from torch_imdb.explain.texts import columns_of, input_files, read_texts
+from torch_imdb.explain.corpus import explain_batch, fast_engine, first_repeat, part_rows, start_run, write_part
+from torch_imdb.explain.texts import columns_of, input_files, read_usable_texts, review_id
 from torch_imdb.io import atomic_write_json
 
 INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
@@ -72,24 +72,6 @@ def require_ray(address: str | None = None):
 def part_name(rows: np.ndarray) -> str:
     """A part's file name, a function of the review ids it holds: a retried batch rewrites its own file."""
     return f"part-{hashlib.sha256(np.sort(rows).astype('<i8').tobytes()).hexdigest()[:20]}.parquet"
-
-
-def done_rows(parts: list[Path]) -> np.ndarray:
-    """The review ids already in finished parts, sorted."""
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate([pq.read_table(p, columns=["row"])["row"].to_numpy() for p in parts]))
-
-
-def integer_ids(values: np.ndarray) -> np.ndarray:
-    """A batch's `id` column as int64; a one-line error when an id is missing or not an integer."""
-    try:
-        as_float = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise UsageError("the `id` column holds values that are not integers; ids must be integers") from None
-    if not np.isfinite(as_float).all() or (as_float != np.round(as_float)).any():
-        raise UsageError("the `id` column holds missing or non-integer values; ids must be integers")
-    return np.asarray(values).astype(np.int64)
 
 
 def already_done(rows: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -121,7 +103,7 @@ class BatchExplainer:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = integer_ids(batch["id"])
+        rows = np.array([review_id(v, "--input") for v in batch["id"]], dtype=np.int64)
         texts = batch["text"]
         labels = batch["label"] if "label" in batch else np.full(len(rows), -1)
         labels = np.where(np.isfinite(np.asarray(labels, dtype=np.float64)), labels, -1).astype(np.int64)
@@ -140,11 +122,7 @@ class BatchExplainer:
 def read_dataset(ray, spec: str, files: list[Path], blocks: int, log=print):
     """The input as a Ray Dataset of id, text[, label]: Ray Data's readers when the files carry ids."""
     if not all("id" in columns_of(f) for f in files):
-        ids, texts, labels, problems = read_texts(spec)  # a single file numbered by row (read_texts checks)
-        for line in problems:
-            log(f"warning: {spec}: {line}")
-        if not texts:
-            raise UsageError(f"--input {spec} holds no row with text; nothing to explain")
+        ids, texts, labels, _ = read_usable_texts(spec, log)  # a single file numbered by row (read_texts checks)
         table = pa.table({"id": ids, "text": texts, "label": labels})
         step = max(1, math.ceil(len(ids) / blocks))
         return ray.data.from_arrow([table.slice(k, step) for k in range(0, len(ids), step)])
@@ -230,7 +208,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
                 "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
                 "weights_fingerprint": ckpt.fingerprint}
     finished = start_run(out, settings)
-    done = done_rows(finished)
+    done = part_rows(finished)
     if len(done):
         log(f"resuming: {len(done)} reviews in {len(finished)} parts already in {out}")
 
@@ -270,10 +248,11 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
         try:
             for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
                 for n, skip, node in zip(batch["reviews"], batch["skipped"], batch["node"]):
+                    skip = json.loads(skip)
                     computed += int(n)
-                    skipped += json.loads(skip)
+                    skipped += skip
                     nodes.add(str(node))
-                    bar.update(int(n) + len(json.loads(skip)))
+                    bar.update(int(n) + len(skip))
         except Exception as exc:  # a UsageError inside an actor reaches us wrapped by Ray
             usage = cause(exc)
             if usage is None:
@@ -288,10 +267,10 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     for row in skipped:
         log(f"warning: {spec}: id {row}: no text, skipped")
     all_parts = sorted(out.glob("part-*.parquet"))
-    total = done_rows(all_parts)
-    repeated = total[1:][total[1:] == total[:-1]]
-    if len(repeated):
-        raise UsageError(f"review id {repeated[0]} was explained twice: the input repeats it; ids must be unique")
+    total = part_rows(all_parts)
+    repeated = first_repeat(total)
+    if repeated is not None:
+        raise UsageError(f"review id {repeated} was explained twice: the input repeats it; ids must be unique")
     expected = fast_engine(ckpt.model, background, compile=False).expected_value(torch.from_numpy(bg_ids))
     manifest = {**settings, "complete": True, "expected_value": expected, "n_reviews": int(len(total)),
                 "skipped_rows": len(skipped), "reviews_computed_this_run": computed, "seconds_this_run": seconds,

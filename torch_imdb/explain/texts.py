@@ -109,6 +109,8 @@ def _records(path: Path) -> list:
 
 def review_id(value, where: str) -> int:
     """An input's `id` as an int; a one-line error when it is not an integer."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)  # exact, also beyond float64's 2**53
     try:
         as_float = float(value)
         if as_float != int(as_float):
@@ -151,6 +153,16 @@ def read_texts(spec: str | Path) -> tuple[np.ndarray, list[str], np.ndarray, lis
         raise UsageError(f"--input {spec}: id {unique[counts > 1][0]} appears {counts[counts > 1][0]} times; "
                          "ids must be unique")
     return ids_arr, texts, np.array(labels, dtype=np.int64), problems
+
+
+def read_usable_texts(spec: str | Path, log) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """:func:`read_texts`, with a warning line per skipped row through ``log``; a one-line error when no row has text."""
+    ids, texts, labels, problems = read_texts(spec)
+    for line in problems:
+        log(f"warning: {spec}: {line}")
+    if not texts:
+        raise UsageError(f"--input {spec} holds no row with text; nothing to explain")
+    return ids, texts, labels, problems
 
 
 def write_token_table(path: str | Path, ckpt: Checkpoint, got: dict[str, np.ndarray]) -> int:
