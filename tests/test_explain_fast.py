@@ -4,7 +4,7 @@ import torch
 
 from conftest import MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.explain.backends import ShapDeepExplainer
-from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.explain.fast import FastDeepShap, padded_rows
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 
@@ -63,6 +63,16 @@ def test_compiled_step_matches_eager():
     compiled = FastDeepShap(model, chunk_pairs=8, compile=True).attribute(ids, bg)  # chunks of 2, last padded
     assert np.abs(compiled.values - eager.values).max() < 1e-6
     np.testing.assert_allclose(compiled.outputs, eager.outputs, atol=1e-7)
+
+
+def test_compiled_chunks_are_padded_to_few_sizes():
+    """A short compiled chunk runs padded to per_chunk / 2**k: few shapes to compile, under half wasted."""
+    for per_chunk in (1, 7, 20, 204):
+        sizes = [padded_rows(n, per_chunk) for n in range(1, per_chunk + 1)]
+        assert all(n <= s <= per_chunk and s < 2 * n + 1 for n, s in zip(range(1, per_chunk + 1), sizes))
+        assert len(set(sizes)) <= per_chunk.bit_length() + 1
+    assert padded_rows(10, 20) == 10  # 10 reviews against 100 backgrounds: no padding
+    assert padded_rows(20, 20) == 20 and padded_rows(11, 20) == 20
 
 
 OUTPUT = {"sigmoid": "sigmoid", "logits": "logits", "identity": "identity"}

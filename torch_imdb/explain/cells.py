@@ -97,12 +97,13 @@ def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_
     """Multipliers at one step: from those of h_s and c_s (n, B, H) to the gate pre-activations (n, B, 4H) and c_{s-1}."""
     H = g_h.shape[-1]
     i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
+    m_i, m_f, m_g, m_o = rescale(z_x - z_r, act_x - act_r, dact_r).split(H, dim=-1)
     # h = o * tanh(c): Shapley rule on the product, rescale through tanh(c).
     g_o = g_h * ((tc_x + tc_r) * 0.5)
     g_c = g_c + g_h * o_m * rescale(c_x - c_r, tc_x - tc_r, dtc_r)
-    # c = f * c_prev + i * g: Shapley rule on both products, then rescale through the gates.
-    g_act = torch.cat([g_c * g_m, g_c * ((cprev_x + cprev_r) * 0.5), g_c * i_m, g_o], dim=-1)
-    g_z = g_act * rescale(z_x - z_r, act_x - act_r, dact_r)
+    # c = f * c_prev + i * g: Shapley rule on both products, then rescale through the gates. Each gate's
+    # multiplier is finished before the concatenation, so torch.compile writes g_z in one pass.
+    g_z = torch.cat([g_c * g_m * m_i, g_c * ((cprev_x + cprev_r) * 0.5) * m_f, g_c * i_m * m_g, g_o * m_o], dim=-1)
     return g_z, g_c * f_m
 
 

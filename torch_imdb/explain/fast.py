@@ -93,6 +93,20 @@ class Trace:
     x: torch.Tensor  # (n, T, E or F): the first layer's input
 
 
+def padded_rows(n: int, per_chunk: int) -> int:
+    """The rows a compiled chunk of n inputs runs with: the smallest of per_chunk, per_chunk/2, per_chunk/4, ...
+    (halves rounded up) that holds n.
+
+    torch.compile specialises its kernels on shapes: padding to one of these few sizes bounds
+    the recompiles to about log2(per_chunk), wastes under half of a short chunk, and leaves a
+    call of exactly per_chunk/2**k inputs (10 reviews against 100 backgrounds) unpadded.
+    """
+    size = per_chunk
+    while size > 1 and (size + 1) // 2 >= n:
+        size = (size + 1) // 2
+    return size
+
+
 class FastDeepShap:
     """DeepLIFT-SHAP values of an LSTM/GRU model, equal to shap.DeepExplainer's on the explainable twin.
 
@@ -128,6 +142,8 @@ class FastDeepShap:
         # torch.compile fuses a step's ~40 elementwise passes into a few kernels (first call
         # compiles, ~30 s); shapes are kept fixed by padding the last chunk, so it compiles once.
         self.compiled = compile
+        if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
         self._lstm_step, self._lstm_step_tokens, self._gru_step = map(wrap, (lstm_pair_step, lstm_pair_step_tokens,
                                                                              gru_pair_step))
@@ -178,58 +194,107 @@ class FastDeepShap:
 
     @torch.no_grad()
     def _pairs(self, rv: Trace, bg: Trace, target: int) -> torch.Tensor:
-        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats."""
-        X, R = (slice(None), None), (None, slice(None))  # broadcast an input / background row over pairs
+        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats.
+
+        Multipliers flow from the head down, layer by layer; within a layer each direction
+        runs backwards through its own time order. Buffers are time-major, (T, n, B, .), so
+        that each step reads and writes contiguous (n*B, .) blocks and the matrix products
+        accumulate into them in place (beta = 1) instead of through separate additions.
+        """
         lx, lr = rv.logits[:, target], bg.logits[:, target]
         if self.parts.output == "sigmoid":  # rescale on the logit
             s_r = torch.sigmoid(lr)
-            m_out = rescale(lx[X] - lr[R], torch.sigmoid(lx)[X] - s_r[R], (s_r * (1 - s_r))[R])
+            m_out = rescale(lx[:, None] - lr[None], torch.sigmoid(lx)[:, None] - s_r[None], (s_r * (1 - s_r))[None])
         else:
             m_out = torch.ones(len(lx), len(lr), dtype=self.dtype, device=self.device)
         g_final = m_out[..., None] * self.w_out[target]  # (n, B, D*H)
         n, T = rv.x.shape[:2]
         B, H = len(lr), self.H
-        attr = torch.zeros(n, B, T, dtype=self.dtype, device=self.device) if self.tokens else None
-        g_above = None  # multipliers of the current layer's outputs (n, B, T, D*H) from the layer above
+        shares = []  # per direction of the first layer, for ids: (T, n, B) token attributions
+        g_above = None  # multipliers of the current layer's outputs (T, n, B, D*H), from the layer above
         for layer in range(self.L - 1, -1, -1):
-            first = layer == 0
-            g_in = None
-            if not (first and self.tokens):
-                width = rv.x.shape[2] if first else self.D * H
-                g_in = torch.zeros(n, B, T, width, dtype=self.dtype, device=self.device)
+            tokens = layer == 0 and self.tokens  # the input's share comes from the projections, not a product
+            width = rv.x.shape[2] if layer == 0 else self.D * H
+            g_in = None if tokens else torch.empty(T, n, B, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
-                w_ih, w_hh = self.weights[layer][d][:2]
-                tx, tr = rv.layers[layer][d], bg.layers[layer][d]
-                g_h = g_final[..., d * H : (d + 1) * H] if layer == self.L - 1 else torch.zeros(n, B, H, dtype=self.dtype,
-                                                                                              device=self.device)
-                g_c = torch.zeros_like(g_h) if self.cell == "lstm" else None  # the GRU has no cell state
-                for s in range(T - 1, -1, -1):
-                    t = T - 1 - s if d else s
-                    if g_above is not None:
-                        g_h = g_h + g_above[:, :, t, d * H : (d + 1) * H]
-                    if self.cell == "lstm":
-                        args = (g_h, g_c, tx.act[s][X], tr.act[s][R], tx.z[s][X], tr.z[s][R], tr.dact[s][R],
-                                tx.c[s + 1][X], tr.c[s + 1][R], tx.tc[s][X], tr.tc[s][R], tr.dtc[s][R],
-                                tx.c[s][X], tr.c[s][R])
-                        if g_in is None:
-                            g_proj, g_c, a = self._lstm_step_tokens(*args, tx.xproj[:, t][X], tr.xproj[:, t][R])
-                            attr[:, :, t] += a
-                        else:
-                            g_proj, g_c = self._lstm_step(*args)
-                        g_h = g_proj @ w_hh
-                    else:
-                        g_proj, g_a, g_h = self._gru_step(g_h, tx.act[s][X], tr.act[s][R], tx.pre[s][X], tr.pre[s][R],
-                                                          tr.dact[s][R], tx.a_n[s][X], tr.a_n[s][R], tx.hprev[s][X],
-                                                          tr.hprev[s][R])
-                        g_h = g_h + g_a @ w_hh
-                        if g_in is None:
-                            attr[:, :, t] += token_share(g_proj, tx.xproj[:, t][X], tr.xproj[:, t][R])
-                    if g_in is not None:
-                        g_in[:, :, t] += g_proj @ w_ih
+                rows, refs = rv.layers[layer][d], bg.layers[layer][d]
+                above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
+                g_h = (g_final[..., d * H : (d + 1) * H] if above is None else above[T - 1 if d == 0 else 0]).reshape(-1, H)
+                run = self._lstm_direction if self.cell == "lstm" else self._gru_direction
+                share = run(rows, refs, layer, d, g_h, above, g_in, tokens)
+                if tokens:
+                    shares.append(share)
             g_above = g_in
         if self.tokens:
-            return attr
-        return g_above * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+            return sum(shares).permute(1, 2, 0)
+        return g_above.permute(1, 2, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+
+    def _steps(self, d: int, T: int):
+        """(s, t, t_next) for each step of direction d, backwards in its processing order; t_next is None at the end."""
+        for s in range(T - 1, -1, -1):
+            t = T - 1 - s if d else s
+            yield s, t, (None if s == 0 else (t + 1 if d else t - 1))
+
+    def _accumulate_input(self, g_in, t: int, d: int, g_proj: torch.Tensor, w_ih: torch.Tensor) -> None:
+        """g_in[t] (= or +=) g_proj @ w_ih: the multipliers of the layer's input at time t, both directions summed."""
+        out = g_in[t].view(-1, g_in.shape[-1])
+        torch.mm(g_proj, w_ih, out=out) if d == 0 else out.addmm_(g_proj, w_ih)
+
+    def _recurrent(self, g_z: torch.Tensor, w_hh: torch.Tensor, above, t_next: int, base=None) -> torch.Tensor:
+        """Multipliers of h at the previous step (n*B, H): [base +] [above[t_next] +] g_z @ w_hh."""
+        if above is not None:
+            extra = above[t_next].reshape(-1, above.shape[-1])
+            base = extra if base is None else base + extra
+        return g_z @ w_hh if base is None else torch.addmm(base, g_z, w_hh)
+
+    def _lstm_direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
+        """One LSTM layer/direction backwards; returns the token shares (T, n, B) when ``tokens``."""
+        w_ih, w_hh = self.weights[layer][d][:2]
+        n, B, H = len(tx.h), len(tr.h), self.H
+        X = lambda a: a.unsqueeze(-2)  # noqa: E731  (S, n, .) -> (S, n, 1, .): rows broadcast over backgrounds
+        R = lambda a: a.unsqueeze(-3)  # noqa: E731  (S, B, .) -> (S, 1, B, .): backgrounds broadcast over rows
+        ax, ar, zx, zr, dr = X(tx.act), R(tr.act), X(tx.z), R(tr.z), R(tr.dact)
+        cx, cr, tcx, tcr, dtcr = X(tx.c), R(tr.c), X(tx.tc), R(tr.tc), R(tr.dtc)
+        px, pr = X(tx.xproj.transpose(0, 1)), R(tr.xproj.transpose(0, 1))  # (T, ., 4H) in time order
+        g_c = torch.zeros(n, B, H, dtype=self.dtype, device=self.device)
+        T = len(tx.act)
+        shares = torch.empty(T, n, B, dtype=self.dtype, device=self.device) if tokens else None
+        for s, t, t_next in self._steps(d, T):
+            args = (g_h.view(n, B, H), g_c, ax[s], ar[s], zx[s], zr[s], dr[s], cx[s + 1], cr[s + 1], tcx[s], tcr[s],
+                    dtcr[s], cx[s], cr[s])
+            if tokens:
+                g_z, g_c, shares[t] = self._lstm_step_tokens(*args, px[t], pr[t])
+            else:
+                g_z, g_c = self._lstm_step(*args)
+            g_z = g_z.view(-1, 4 * H)
+            if g_in is not None:
+                self._accumulate_input(g_in, t, d, g_z, w_ih)
+            if t_next is not None:  # h_{-1} = 0 for every row: its multipliers are not needed
+                g_h = self._recurrent(g_z, w_hh, above, t_next)
+        return shares
+
+    def _gru_direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
+        """One GRU layer/direction backwards; returns the token shares (T, n, B) when ``tokens``."""
+        w_ih, w_hh = self.weights[layer][d][:2]
+        n, B, H = len(tx.h), len(tr.h), self.H
+        X = lambda a: a.unsqueeze(-2)  # noqa: E731
+        R = lambda a: a.unsqueeze(-3)  # noqa: E731
+        ax, ar, prx, prr, dr = X(tx.act), R(tr.act), X(tx.pre), R(tr.pre), R(tr.dact)
+        anx, anr, hx, hr = X(tx.a_n), R(tr.a_n), X(tx.hprev), R(tr.hprev)
+        px, pr = X(tx.xproj.transpose(0, 1)), R(tr.xproj.transpose(0, 1))
+        T = len(tx.act)
+        shares = torch.empty(T, n, B, dtype=self.dtype, device=self.device) if tokens else None
+        for s, t, t_next in self._steps(d, T):
+            g_proj, g_a, g_direct = self._gru_step(g_h.view(n, B, H), ax[s], ar[s], prx[s], prr[s], dr[s], anx[s],
+                                                   anr[s], hx[s], hr[s])
+            g_proj = g_proj.view(-1, 3 * H)
+            if tokens:
+                shares[t] = token_share(g_proj.view(n, B, -1), px[t], pr[t])
+            if g_in is not None:
+                self._accumulate_input(g_in, t, d, g_proj, w_ih)
+            if t_next is not None:
+                g_h = self._recurrent(g_a.view(-1, 3 * H), w_hh, above, t_next, base=g_direct.view(-1, H))
+        return shares
 
     def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor,
                        target: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -246,8 +311,8 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)
-            if self.compiled and n < per_chunk:
-                chunk = torch.cat([chunk, chunk[-1:].expand(per_chunk - n, *chunk.shape[1:])])  # same shape: no recompile
+            if self.compiled and n < padded_rows(n, per_chunk):
+                chunk = torch.cat([chunk, chunk[-1:].expand(padded_rows(n, per_chunk) - n, *chunk.shape[1:])])
             rv = self.trace(chunk)
             values = self._pairs(rv, bg, target).mean(dim=1)[:n]
             bar.update(n)
