@@ -51,11 +51,12 @@ class LSTMStep(nn.Module):
 
 @dataclass
 class LSTMTrace:
-    """Forward quantities of one layer and direction over n rows, in processing order s = 0..T-1.
+    """Forward quantities of one layer and direction over n rows, time-major: index t is time t
+    whatever the direction (a reversed direction processes t = T-1 .. 0).
 
-    xproj (n, T, 4H): W_ih x_t + b_ih in TIME order; z, act (T, n, 4H): pre-activations and
-    sigmoid(i), sigmoid(f), tanh(g), sigmoid(o); dact (T, n, 4H): their derivatives;
-    c (T+1, n, H) from c_0 = 0; tc, dtc (T, n, H): tanh(c_s) and 1 - tanh^2; h (n, T, H) outputs in time order.
+    xproj, z, act, dact (T, n, 4H): W_ih x_t + b_ih, pre-activations, sigmoid(i), sigmoid(f), tanh(g),
+    sigmoid(o) and their derivatives; c, cprev (T, n, H): the cell state after step t and before it
+    (0 before the direction's first step); tc, dtc (T, n, H): tanh(c) and 1 - tanh^2; h (n, T, H): outputs.
     """
 
     xproj: torch.Tensor
@@ -63,34 +64,55 @@ class LSTMTrace:
     act: torch.Tensor
     dact: torch.Tensor
     c: torch.Tensor
+    cprev: torch.Tensor
     tc: torch.Tensor
     dtc: torch.Tensor
     h: torch.Tensor
 
 
+def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
+    """Time windows [lo, hi) of at most K steps, in the order a direction's backward pass visits
+    them (the forward pass visits them in the opposite order)."""
+    if reverse:  # processed t = T-1 .. 0, so its multipliers flow from t = 0 upwards
+        return [(lo, min(T, lo + K)) for lo in range(0, T, K)]
+    return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
+
+
+def steps(T: int, reverse: bool) -> range:
+    """The times a direction processes, in order."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def time_major_projection(x: torch.Tensor, w_ih, b_ih) -> torch.Tensor:
+    """W_ih x_t + b_ih for x (n, T, In), as (T, n, G): one matrix product over a contiguous (T*n, In)."""
+    return F.linear(x.transpose(0, 1).contiguous(), w_ih, b_ih)
+
+
 def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> LSTMTrace:
-    """Run one LSTM layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0."""
-    xproj = F.linear(x, w_ih, b_ih)
-    n, T, G = xproj.shape
+    """Run one LSTM layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0.
+
+    The step's operations are those the twin runs (the same kernels, so float32 values agree
+    with shap's to about 1e-7); the loop is over T small products, cheap next to the pairs' pass.
+    """
+    xproj = time_major_projection(x, w_ih, b_ih)  # (T, n, 4H)
+    T, n, G = xproj.shape
     H = G // 4
-    z = x.new_empty(T, n, G)
-    act = torch.empty_like(z)
-    c = x.new_zeros(T + 1, n, H)
-    out = x.new_empty(n, T, H)
-    h = x.new_zeros(n, H)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        zt = torch.add(xproj[:, t], F.linear(h, w_hh, b_hh), out=z[s])
-        a = act[s]
+    z, act = torch.empty_like(xproj), torch.empty_like(xproj)
+    c, cprev, out = x.new_empty(T, n, H), x.new_empty(T, n, H), x.new_empty(T, n, H)
+    h, c_t = x.new_zeros(n, H), x.new_zeros(n, H)
+    for t in steps(T, reverse):
+        cprev[t] = c_t
+        zt = torch.add(xproj[t], F.linear(h, w_hh, b_hh), out=z[t])
+        a = act[t]
         torch.sigmoid(zt, out=a)
         torch.tanh(zt[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
         i, f, g, o = a.split(H, dim=1)
-        torch.addcmul(f * c[s], i, g, out=c[s + 1])
-        h = out[:, t] = o * torch.tanh(c[s + 1])
+        c_t = torch.addcmul(f * c_t, i, g, out=c[t])
+        h = out[t] = o * torch.tanh(c_t)
     dact = act * (1 - act)
     dact[..., 2 * H : 3 * H] = 1 - act[..., 2 * H : 3 * H] ** 2
-    tc = torch.tanh(c[1:])
-    return LSTMTrace(xproj, z, act, dact, c, tc, 1 - tc * tc, out)
+    tc = torch.tanh(c)
+    return LSTMTrace(xproj, z, act, dact, c, cprev, tc, 1 - tc * tc, out.transpose(0, 1))
 
 
 def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r):
@@ -148,11 +170,11 @@ class GRUStep(nn.Module):
 
 @dataclass
 class GRUTrace:
-    """Forward quantities of one GRU layer/direction over n rows, in processing order s = 0..T-1.
+    """Forward quantities of one GRU layer/direction over n rows, time-major (index t is time t).
 
-    xproj (n, T, 3H): W_ih x_t + b_ih in TIME order; pre (T, n, 3H): pre-activations of r, z, n
-    (x_n + r a_n for n); act, dact (T, n, 3H): sigmoid(r), sigmoid(z), tanh(n) and derivatives;
-    a_n (T, n, H): W_hn h + b_hn; hprev (T, n, H); h (n, T, H) outputs in time order.
+    xproj (T, n, 3H): W_ih x_t + b_ih; pre (T, n, 3H): pre-activations of r, z, n (x_n + r a_n for n);
+    act, dact (T, n, 3H): sigmoid(r), sigmoid(z), tanh(n) and derivatives; a_n (T, n, H): W_hn h + b_hn;
+    hprev (T, n, H): the state before step t; h (n, T, H): outputs.
     """
 
     xproj: torch.Tensor
@@ -166,31 +188,27 @@ class GRUTrace:
 
 def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> GRUTrace:
     """Run one GRU layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0."""
-    xproj = F.linear(x, w_ih, b_ih)
-    n_rows, T, G = xproj.shape
+    xproj = time_major_projection(x, w_ih, b_ih)  # (T, n, 3H)
+    T, n_rows, G = xproj.shape
     H = G // 3
-    pre = x.new_empty(T, n_rows, G)
-    act = torch.empty_like(pre)
-    a_n = x.new_empty(T, n_rows, H)
-    hprev = x.new_empty(T, n_rows, H)
-    out = x.new_empty(n_rows, T, H)
+    pre, act = torch.empty_like(xproj), torch.empty_like(xproj)
+    a_n, hprev, out = x.new_empty(T, n_rows, H), x.new_empty(T, n_rows, H), x.new_empty(T, n_rows, H)
     h = x.new_zeros(n_rows, H)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        hprev[s] = h
-        xr, xz, xn = xproj[:, t].chunk(3, dim=1)
+    for t in steps(T, reverse):
+        hprev[t] = h
+        xr, xz, xn = xproj[t].chunk(3, dim=1)
         ar, az, an = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
-        a_n[s] = an
-        torch.add(xr, ar, out=pre[s, :, :H])
-        torch.add(xz, az, out=pre[s, :, H : 2 * H])
-        torch.sigmoid(pre[s, :, : 2 * H], out=act[s, :, : 2 * H])
-        r, z = act[s, :, :H], act[s, :, H : 2 * H]
-        torch.add(xn, r * an, out=pre[s, :, 2 * H :])
-        nt = torch.tanh(pre[s, :, 2 * H :], out=act[s, :, 2 * H :])
-        h = out[:, t] = (1 - z) * nt + z * h
+        a_n[t] = an
+        torch.add(xr, ar, out=pre[t, :, :H])
+        torch.add(xz, az, out=pre[t, :, H : 2 * H])
+        torch.sigmoid(pre[t, :, : 2 * H], out=act[t, :, : 2 * H])
+        r, z = act[t, :, :H], act[t, :, H : 2 * H]
+        torch.add(xn, r * an, out=pre[t, :, 2 * H :])
+        nt = torch.tanh(pre[t, :, 2 * H :], out=act[t, :, 2 * H :])
+        h = out[t] = (1 - z) * nt + z * h
     dact = act * (1 - act)
     dact[..., 2 * H :] = 1 - act[..., 2 * H :] ** 2
-    return GRUTrace(xproj, pre, act, dact, a_n, hprev, out)
+    return GRUTrace(xproj, pre, act, dact, a_n, hprev, out.transpose(0, 1))
 
 
 def gru_pair_step(g_h, act_x, act_r, pre_x, pre_r, dact_r, an_x, an_r, hprev_x, hprev_r):

@@ -93,6 +93,77 @@ class Trace:
     x: torch.Tensor  # (n, T, E or F): the first layer's input
 
 
+def lstm_recurrent(g_z: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """Multipliers of h_{s-1} (..., H) from those of the LSTM's pre-activations g_z (..., 4H)."""
+    return (g_z.flatten(0, -2) @ w_hh).view(*g_z.shape[:-1], -1)
+
+
+def gru_recurrent(g_a: torch.Tensor, direct: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """Multipliers of h_{s-1} (..., H): its direct share plus the recurrent projection's g_a (..., 3H) @ W_hh."""
+    return torch.addmm(direct.flatten(0, -2), g_a.flatten(0, -2), w_hh).view(direct.shape)
+
+
+def lstm_block(g_h, g_c, w_hh, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
+    """The multiplier backward pass of one LSTM direction over a window of K time steps.
+
+    g_h, g_c (n, B, H): multipliers of h and c after the window's last processed step (the layer
+    above's share not yet added). rows: per-input slabs (K, n, 1, .) of act, z, c, tanh(c), cprev;
+    refs: per-reference slabs (K, 1, B, .) of act, z, dact, c, tanh(c), 1 - tanh(c)^2, cprev; all in
+    time order. above: (K, n, B, H) the layer above's multipliers of this direction's outputs, or None.
+    proj: (input projections (K, n, 1, 4H), reference projections (K, 1, B, 4H)) for token shares, or None.
+
+    Returns g_z (n, B, 4H) at the window's last processed step (its product with W_hh starts the
+    next window), g_c, the token shares (K, n, B) or None, and with ``keep`` every g_z (K, n, B, 4H).
+    One call runs K steps, so torch.compile makes one graph of them: no Python between steps.
+    """
+    K = rows[0].shape[0]
+    shares, kept = [None] * K, [None] * K
+    for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
+        if j:
+            g_h = lstm_recurrent(g_z, w_hh)
+        if above is not None:
+            g_h = g_h + above[k]
+        args = (g_h, g_c, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k], refs[3][k],
+                rows[3][k], refs[4][k], refs[5][k], rows[4][k], refs[6][k])
+        if proj is None:
+            g_z, g_c = lstm_pair_step(*args)
+        else:
+            g_z, g_c, shares[k] = lstm_pair_step_tokens(*args, proj[0][k], proj[1][k])
+        kept[k] = g_z
+    return g_z, g_c, None if proj is None else torch.stack(shares), torch.stack(kept) if keep else None
+
+
+def gru_block(g_h, w_hh, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
+    """The multiplier backward pass of one GRU direction over a window of K time steps.
+
+    As :func:`lstm_block`, for rows: act, pre, a_n, hprev and refs: act, pre, dact, a_n, hprev. The GRU
+    has no cell state. Returns (g_a, direct) at the window's last processed step, the recurrent
+    projection's multipliers (n, B, 3H) and h_{s-1}'s direct share (n, B, H), which start the next
+    window as direct + g_a @ W_hh; the token shares or None; and with ``keep`` every input-projection
+    multiplier (K, n, B, 3H).
+    """
+    K = rows[0].shape[0]
+    shares, kept = [None] * K, [None] * K
+    for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
+        if j:
+            g_h = gru_recurrent(g_a, direct, w_hh)
+        if above is not None:
+            g_h = g_h + above[k]
+        g_x, g_a, direct = gru_pair_step(g_h, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k],
+                                         refs[3][k], rows[3][k], refs[4][k])
+        if proj is not None:
+            shares[k] = token_share(g_x, proj[0][k], proj[1][k])
+        kept[k] = g_x
+    return (g_a, direct), None if proj is None else torch.stack(shares), torch.stack(kept) if keep else None
+
+
+def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
+    """Time windows [lo, hi) of at most K steps, in the order a direction's backward pass visits them."""
+    if reverse:  # processed t = T-1 .. 0, so its multipliers flow from t = 0 upwards
+        return [(lo, min(T, lo + K)) for lo in range(0, T, K)]
+    return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
+
+
 def padded_rows(n: int, per_chunk: int) -> int:
     """The rows a compiled chunk of n inputs runs with: the smallest of per_chunk, per_chunk/2, per_chunk/4, ...
     (halves rounded up) that holds n.
@@ -111,14 +182,15 @@ class FastDeepShap:
     """DeepLIFT-SHAP values of an LSTM/GRU model, equal to shap.DeepExplainer's on the explainable twin.
 
     ``chunk_pairs`` bounds how many (input, background) pairs are processed at
-    once (memory grows linearly with it, and with layers and directions). Works on
-    the model's device; ``dtype`` float64 is for verification.
+    once (memory grows linearly with it, and with layers and directions). ``block_steps``
+    time steps run per call of a block function, which ``compile=True`` turns into one
+    graph. Works on the model's device; ``dtype`` float64 is for verification.
     """
 
     method = "fast"
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
-                 progress: bool = False, compile: bool = False) -> None:
+                 progress: bool = False, compile: bool = False, block_steps: int = 8) -> None:
         parts = model_parts(model)
         rnn = parts.rnn
         self.parts, self.dtype = parts, dtype
@@ -139,14 +211,15 @@ class FastDeepShap:
         self.n_outputs = parts.head.out_features
         self.chunk_pairs = chunk_pairs
         self.progress = progress
-        # torch.compile fuses a step's ~40 elementwise passes into a few kernels (first call
-        # compiles, ~30 s); shapes are kept fixed by padding the last chunk, so it compiles once.
+        # torch.compile turns a window of block_steps steps into one graph: each step's ~40
+        # elementwise passes fuse into one kernel between two matrix products, and no Python
+        # runs between steps. The first call compiles (seconds; cached on disk after that).
         self.compiled = compile
         if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
-        self._lstm_step, self._lstm_step_tokens, self._gru_step = map(wrap, (lstm_pair_step, lstm_pair_step_tokens,
-                                                                             gru_pair_step))
+        self._lstm_block, self._gru_block = wrap(lstm_block), wrap(gru_block)
+        self.block_steps = block_steps
         self._bg_key: torch.Tensor | None = None
         self._bg: Trace | None = None
 
@@ -196,10 +269,10 @@ class FastDeepShap:
     def _pairs(self, rv: Trace, bg: Trace, target: int) -> torch.Tensor:
         """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats.
 
-        Multipliers flow from the head down, layer by layer; within a layer each direction
-        runs backwards through its own time order. Buffers are time-major, (T, n, B, .), so
-        that each step reads and writes contiguous (n*B, .) blocks and the matrix products
-        accumulate into them in place (beta = 1) instead of through separate additions.
+        Multipliers flow from the head down, layer by layer; within a layer each direction runs
+        backwards through its own time order, in windows of ``block_steps`` steps. Buffers are
+        time-major, (T, n, B, .): a window's input multipliers are one matrix product that
+        accumulates in place (beta = 1) into a contiguous block.
         """
         lx, lr = rv.logits[:, target], bg.logits[:, target]
         if self.parts.output == "sigmoid":  # rescale on the logit
@@ -210,90 +283,58 @@ class FastDeepShap:
         g_final = m_out[..., None] * self.w_out[target]  # (n, B, D*H)
         n, T = rv.x.shape[:2]
         B, H = len(lr), self.H
-        shares = []  # per direction of the first layer, for ids: (T, n, B) token attributions
+        shares = 0  # for ids: token attributions (T, n, B), summed over the first layer's directions
         g_above = None  # multipliers of the current layer's outputs (T, n, B, D*H), from the layer above
         for layer in range(self.L - 1, -1, -1):
             tokens = layer == 0 and self.tokens  # the input's share comes from the projections, not a product
             width = rv.x.shape[2] if layer == 0 else self.D * H
             g_in = None if tokens else torch.empty(T, n, B, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
-                rows, refs = rv.layers[layer][d], bg.layers[layer][d]
                 above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
-                g_h = (g_final[..., d * H : (d + 1) * H] if above is None else above[T - 1 if d == 0 else 0]).reshape(-1, H)
-                run = self._lstm_direction if self.cell == "lstm" else self._gru_direction
-                share = run(rows, refs, layer, d, g_h, above, g_in, tokens)
+                g_h = g_final[..., d * H : (d + 1) * H] if above is None else torch.zeros_like(g_final[..., :H])
+                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, above, g_in, tokens)
                 if tokens:
-                    shares.append(share)
+                    shares = shares + share
             g_above = g_in
         if self.tokens:
-            return sum(shares).permute(1, 2, 0)
+            return shares.permute(1, 2, 0)
         return g_above.permute(1, 2, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
-    def _steps(self, d: int, T: int):
-        """(s, t, t_next) for each step of direction d, backwards in its processing order; t_next is None at the end."""
-        for s in range(T - 1, -1, -1):
-            t = T - 1 - s if d else s
-            yield s, t, (None if s == 0 else (t + 1 if d else t - 1))
-
-    def _accumulate_input(self, g_in, t: int, d: int, g_proj: torch.Tensor, w_ih: torch.Tensor) -> None:
-        """g_in[t] (= or +=) g_proj @ w_ih: the multipliers of the layer's input at time t, both directions summed."""
-        out = g_in[t].view(-1, g_in.shape[-1])
-        torch.mm(g_proj, w_ih, out=out) if d == 0 else out.addmm_(g_proj, w_ih)
-
-    def _recurrent(self, g_z: torch.Tensor, w_hh: torch.Tensor, above, t_next: int, base=None) -> torch.Tensor:
-        """Multipliers of h at the previous step (n*B, H): [base +] [above[t_next] +] g_z @ w_hh."""
-        if above is not None:
-            extra = above[t_next].reshape(-1, above.shape[-1])
-            base = extra if base is None else base + extra
-        return g_z @ w_hh if base is None else torch.addmm(base, g_z, w_hh)
-
-    def _lstm_direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
-        """One LSTM layer/direction backwards; returns the token shares (T, n, B) when ``tokens``."""
+    def _direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
+        """One layer/direction backwards, window by window; adds its input multipliers into g_in (T, n, B, In)
+        unless ``tokens``, and then returns the token shares (T, n, B)."""
         w_ih, w_hh = self.weights[layer][d][:2]
-        n, B, H = len(tx.h), len(tr.h), self.H
-        X = lambda a: a.unsqueeze(-2)  # noqa: E731  (S, n, .) -> (S, n, 1, .): rows broadcast over backgrounds
-        R = lambda a: a.unsqueeze(-3)  # noqa: E731  (S, B, .) -> (S, 1, B, .): backgrounds broadcast over rows
-        ax, ar, zx, zr, dr = X(tx.act), R(tr.act), X(tx.z), R(tr.z), R(tr.dact)
-        cx, cr, tcx, tcr, dtcr = X(tx.c), R(tr.c), X(tx.tc), R(tr.tc), R(tr.dtc)
-        px, pr = X(tx.xproj.transpose(0, 1)), R(tr.xproj.transpose(0, 1))  # (T, ., 4H) in time order
-        g_c = torch.zeros(n, B, H, dtype=self.dtype, device=self.device)
-        T = len(tx.act)
+        X = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, n, .) -> (T, n, 1, .): rows broadcast over backgrounds
+        R = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, B, .) -> (T, 1, B, .): backgrounds broadcast over rows
+        if self.cell == "lstm":
+            rows = [X(a) for a in (tx.act, tx.z, tx.c, tx.tc, tx.cprev)]
+            refs = [R(a) for a in (tr.act, tr.z, tr.dact, tr.c, tr.tc, tr.dtc, tr.cprev)]
+            state = torch.zeros_like(g_h)  # the cell state's multipliers
+        else:
+            rows = [X(a) for a in (tx.act, tx.pre, tx.a_n, tx.hprev)]
+            refs = [R(a) for a in (tr.act, tr.pre, tr.dact, tr.a_n, tr.hprev)]
+        proj = (X(tx.xproj), R(tr.xproj)) if tokens else None
+        T, n, B, H = len(tx.act), g_h.shape[0], g_h.shape[1], self.H
         shares = torch.empty(T, n, B, dtype=self.dtype, device=self.device) if tokens else None
-        for s, t, t_next in self._steps(d, T):
-            args = (g_h.view(n, B, H), g_c, ax[s], ar[s], zx[s], zr[s], dr[s], cx[s + 1], cr[s + 1], tcx[s], tcr[s],
-                    dtcr[s], cx[s], cr[s])
-            if tokens:
-                g_z, g_c, shares[t] = self._lstm_step_tokens(*args, px[t], pr[t])
+        for i, (lo, hi) in enumerate(windows(T, self.block_steps, reverse=bool(d))):
+            window = slice(lo, hi)
+            args = ([a[window] for a in rows], [a[window] for a in refs], bool(d),
+                    None if above is None else above[window], None if proj is None else (proj[0][window], proj[1][window]),
+                    g_in is not None)
+            if self.cell == "lstm":
+                if i:
+                    g_h = lstm_recurrent(carry, w_hh)
+                carry, state, share, kept = self._lstm_block(g_h, state, w_hh, *args)
             else:
-                g_z, g_c = self._lstm_step(*args)
-            g_z = g_z.view(-1, 4 * H)
-            if g_in is not None:
-                self._accumulate_input(g_in, t, d, g_z, w_ih)
-            if t_next is not None:  # h_{-1} = 0 for every row: its multipliers are not needed
-                g_h = self._recurrent(g_z, w_hh, above, t_next)
-        return shares
-
-    def _gru_direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
-        """One GRU layer/direction backwards; returns the token shares (T, n, B) when ``tokens``."""
-        w_ih, w_hh = self.weights[layer][d][:2]
-        n, B, H = len(tx.h), len(tr.h), self.H
-        X = lambda a: a.unsqueeze(-2)  # noqa: E731
-        R = lambda a: a.unsqueeze(-3)  # noqa: E731
-        ax, ar, prx, prr, dr = X(tx.act), R(tr.act), X(tx.pre), R(tr.pre), R(tr.dact)
-        anx, anr, hx, hr = X(tx.a_n), R(tr.a_n), X(tx.hprev), R(tr.hprev)
-        px, pr = X(tx.xproj.transpose(0, 1)), R(tr.xproj.transpose(0, 1))
-        T = len(tx.act)
-        shares = torch.empty(T, n, B, dtype=self.dtype, device=self.device) if tokens else None
-        for s, t, t_next in self._steps(d, T):
-            g_proj, g_a, g_direct = self._gru_step(g_h.view(n, B, H), ax[s], ar[s], prx[s], prr[s], dr[s], anx[s],
-                                                   anr[s], hx[s], hr[s])
-            g_proj = g_proj.view(-1, 3 * H)
+                if i:
+                    g_h = gru_recurrent(*carry, w_hh)
+                carry, share, kept = self._gru_block(g_h, w_hh, *args)
             if tokens:
-                shares[t] = token_share(g_proj.view(n, B, -1), px[t], pr[t])
-            if g_in is not None:
-                self._accumulate_input(g_in, t, d, g_proj, w_ih)
-            if t_next is not None:
-                g_h = self._recurrent(g_a.view(-1, 3 * H), w_hh, above, t_next, base=g_direct.view(-1, H))
+                shares[window] = share
+            if kept is not None:  # the layer input's multipliers, both directions summed
+                out = g_in[window].view(-1, g_in.shape[-1])
+                kept = kept.view(out.shape[0], -1)
+                torch.mm(kept, w_ih, out=out) if d == 0 else out.addmm_(kept, w_ih)
         return shares
 
     def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor,

@@ -48,7 +48,7 @@ def lrp_lstm(model: SentimentRNN, ids: torch.Tensor, eps: float = 1e-3) -> torch
     relevance = x.new_zeros(n, T)
     for t in range(T - 1, -1, -1):
         i, f, g = tr.act[t][:, :H], tr.act[t][:, H : 2 * H], tr.act[t][:, 2 * H : 3 * H]
-        c, c_prev = tr.c[t + 1], tr.c[t]
+        c, c_prev = tr.c[t], tr.cprev[t]
         r_c = r_c + r_h  # h = o * tanh(c): all to c
         share = r_c / _stabilised(c, eps)
         r_g = i * g * share  # c = f * c_prev + i * g: a sum of two inputs; of i * g all goes to g
