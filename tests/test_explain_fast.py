@@ -4,7 +4,7 @@ import torch
 
 from conftest import MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.explain.backends import ShapDeepExplainer
-from torch_imdb.explain.fast import FastDeepShap, padded_rows
+from torch_imdb.explain.fast import ONEDNN, FastDeepShap, padded_rows, product
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 
@@ -63,6 +63,17 @@ def test_compiled_step_matches_eager():
     compiled = FastDeepShap(model, chunk_pairs=8, compile=True).attribute(ids, bg)  # chunks of 2, last padded
     assert np.abs(compiled.values - eager.values).max() < 1e-6
     np.testing.assert_allclose(compiled.outputs, eager.outputs, atol=1e-7)
+
+
+def test_product_matches_torch_mm():
+    """The engine's matrix product (oneDNN for float32 on CPU where it works) is torch.mm's, to rounding."""
+    torch.manual_seed(0)
+    a, w_t = torch.randn(3, 50, 64), torch.randn(16, 64)
+    expected = (a.double() @ w_t.double().t())
+    assert product(a, w_t).shape == (3, 50, 16)
+    assert (product(a, w_t).double() - expected).abs().max() < 1e-4
+    assert torch.equal(product(a.double(), w_t.double()), a.double() @ w_t.double().t())  # float64: torch.mm
+    assert isinstance(ONEDNN, bool)
 
 
 def test_compiled_chunks_are_padded_to_few_sizes():

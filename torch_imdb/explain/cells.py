@@ -12,8 +12,9 @@ For the LSTM (gates i, f, g, o) and the GRU (gates r, z, n; PyTorch's equations)
   rules the twin's modules carry: rescale for sigmoid and tanh (with shap's
   fallback to the derivative at the reference), the Shapley rule for products.
 
-Per-row quantities enter the pair steps as (n, 1, .) for inputs and (1, B, .) for
-references and broadcast to (n, B, .). "Pair mean" is (value_x + value_r) / 2.
+Per-row quantities enter the pair steps as (1, n, .) for inputs and (B, 1, .) for
+references and broadcast to (B, n, .) (the fast engine's layout; any broadcastable one
+works). "Pair mean" is (value_x + value_r) / 2.
 Pre-activations are summed as the twin sums them, ``(W_ih x + b_ih) + (W_hh h + b_hh)``,
 so float64 results agree to the last bits.
 """
@@ -116,7 +117,7 @@ def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> LSTMTr
 
 
 def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r):
-    """Multipliers at one step: from those of h_s and c_s (n, B, H) to the gate pre-activations (n, B, 4H) and c_{s-1}."""
+    """Multipliers at one step: from those of h_s and c_s (B, n, H) to the gate pre-activations (B, n, 4H) and c_{s-1}."""
     H = g_h.shape[-1]
     i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
     m_i, m_f, m_g, m_o = rescale(z_x - z_r, act_x - act_r, dact_r).split(H, dim=-1)
@@ -131,13 +132,13 @@ def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_
 
 def lstm_pair_step_tokens(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r,
                           proj_x, proj_r):
-    """:func:`lstm_pair_step` plus the token's share grad_z . W_ih (x - r), from the per-row projections (n, B)."""
+    """:func:`lstm_pair_step` plus the token's share grad_z . W_ih (x - r), from the per-row projections (B, n)."""
     g_z, g_c = lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r)
     return g_z, g_c, token_share(g_z, proj_x, proj_r)
 
 
 def token_share(g_proj, proj_x, proj_r):
-    """A token's attribution per pair (n, B): grad of the input projection . (W_ih x_t - W_ih r_t).
+    """A token's attribution per pair (B, n): grad of the input projection . (W_ih x_t - W_ih r_t).
 
     Equal to sum_e grad_x[e] (x_t - r_t)[e], without forming the (pairs, E) gradient.
     """
@@ -212,8 +213,8 @@ def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> GRUTrac
 
 
 def gru_pair_step(g_h, act_x, act_r, pre_x, pre_r, dact_r, an_x, an_r, hprev_x, hprev_r):
-    """Multipliers at one step: from that of h_s (n, B, H) to the input-projection multipliers (n, B, 3H),
-    the recurrent-projection ones (n, B, 3H) and h_{s-1}'s direct share g_h * mean(z) (n, B, H)."""
+    """Multipliers at one step: from that of h_s (B, n, H) to the input-projection multipliers (B, n, 3H),
+    the recurrent-projection ones (B, n, 3H) and h_{s-1}'s direct share g_h * mean(z) (B, n, H)."""
     H = g_h.shape[-1]
     r_m, z_m, n_m = ((act_x + act_r) * 0.5).split(H, dim=-1)
     m = rescale(pre_x - pre_r, act_x - act_r, dact_r)  # rescale multipliers of r, z, n

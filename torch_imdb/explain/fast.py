@@ -7,9 +7,12 @@ background) by doing only the work that differs between (input, background) pair
 
 - the background's forward pass runs once and is cached across calls;
 - each input's forward pass runs once, not B times;
-- the backward pass of multipliers runs on all (input x background) pairs of a
-  chunk at once, as (n, B, ...) broadcasts of per-row quantities, layer by layer
-  from the head down, each direction in its own time order;
+- the backward pass of multipliers runs on all (background x input) pairs of a
+  chunk at once, as (B, n, ...) broadcasts of per-row quantities, layer by layer
+  from the head down, each direction in its own time order, in windows of 8 steps
+  that ``compile=True`` turns into one graph each (one fused kernel per step
+  between two matrix products);
+- the matrix products run through oneDNN on CPU (see ``ONEDNN``);
 - for token ids, a token's attribution comes straight from the input-projection
   difference: sum_e grad_x[e] (x_t - r_t)[e] = grad_z . (W_ih x_t - W_ih r_t), and
   W_ih x_t is a per-row quantity, so no (pairs, T, E) tensor is formed. Float
@@ -93,34 +96,80 @@ class Trace:
     x: torch.Tensor  # (n, T, E or F): the first layer's input
 
 
-def lstm_recurrent(g_z: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-    """Multipliers of h_{s-1} (..., H) from those of the LSTM's pre-activations g_z (..., 4H)."""
-    return (g_z.flatten(0, -2) @ w_hh).view(*g_z.shape[:-1], -1)
+def _onednn_product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, w_t, None, "none", [], "")
 
 
-def gru_recurrent(g_a: torch.Tensor, direct: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("torch_imdb::onednn_product", mutates_args=())
+def onednn_product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """a (M, K) @ w_t.T, w_t (N, K): oneDNN's float32 matrix product, opaque to torch.compile (whose own
+    lowering of the oneDNN op wants frozen weights)."""
+    return _onednn_product(a, w_t)
+
+
+@onednn_product.register_fake
+def _(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    return a.new_empty(a.shape[0], w_t.shape[0])
+
+
+def _onednn_works() -> bool:
+    """Whether this torch has oneDNN's linear op and it agrees with torch.mm (checked once)."""
+    try:
+        a, w_t = torch.randn(5, 7), torch.randn(3, 7)
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.allclose(_onednn_product(a, w_t), a @ w_t.t(), atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# On CPU, torch.mm's float32 products go to MKL, which on AMD processors runs its AVX2 code:
+# about 200 GFLOP/s on 2 Zen cores, where oneDNN (shipped inside torch, picks the ISA itself)
+# runs the same products at about 470. They are 70-80% of the engine's time. oneDNN has no
+# float64 products, and CUDA has its own BLAS: those keep torch.mm.
+ONEDNN = _onednn_works()
+
+
+def product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """a (..., K) @ w_t.T for a weight given transposed, w_t (N, K) contiguous: (..., N)."""
+    flat = a.reshape(-1, a.shape[-1])
+    if ONEDNN and flat.dtype == torch.float32 and flat.device.type == "cpu":
+        out = onednn_product(flat, w_t)
+    else:
+        out = flat @ w_t.t()
+    return out.view(*a.shape[:-1], w_t.shape[0])
+
+
+def lstm_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
+    """Multipliers of h_{s-1} (..., H) from those of the LSTM's pre-activations g_z (..., 4H); w_hh_t = W_hh.T."""
+    return product(g_z, w_hh_t)
+
+
+def gru_recurrent(g_a: torch.Tensor, direct: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
     """Multipliers of h_{s-1} (..., H): its direct share plus the recurrent projection's g_a (..., 3H) @ W_hh."""
-    return torch.addmm(direct.flatten(0, -2), g_a.flatten(0, -2), w_hh).view(direct.shape)
+    return direct + product(g_a, w_hh_t)
 
 
-def lstm_block(g_h, g_c, w_hh, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
+def lstm_block(g_h, g_c, w_hh_t, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
     """The multiplier backward pass of one LSTM direction over a window of K time steps.
 
-    g_h, g_c (n, B, H): multipliers of h and c after the window's last processed step (the layer
-    above's share not yet added). rows: per-input slabs (K, n, 1, .) of act, z, c, tanh(c), cprev;
-    refs: per-reference slabs (K, 1, B, .) of act, z, dact, c, tanh(c), 1 - tanh(c)^2, cprev; all in
-    time order. above: (K, n, B, H) the layer above's multipliers of this direction's outputs, or None.
-    proj: (input projections (K, n, 1, 4H), reference projections (K, 1, B, 4H)) for token shares, or None.
+    Pairs are laid out backgrounds first, (B, n, .): a step's kernel then reads each
+    reference's quantities once and the n inputs' (a few KB) from cache.
+    g_h, g_c (B, n, H): multipliers of h and c after the window's last processed step (the layer
+    above's share not yet added); w_hh_t = W_hh.T. rows: per-input slabs (K, 1, n, .) of act, z, c,
+    tanh(c), cprev; refs: per-reference slabs (K, B, 1, .) of act, z, dact, c, tanh(c),
+    1 - tanh(c)^2, cprev; all in time order. above: (K, B, n, H) the layer above's multipliers of
+    this direction's outputs, or None. proj: (input projections (K, 1, n, 4H), reference
+    projections (K, B, 1, 4H)) for token shares, or None.
 
-    Returns g_z (n, B, 4H) at the window's last processed step (its product with W_hh starts the
-    next window), g_c, the token shares (K, n, B) or None, and with ``keep`` every g_z (K, n, B, 4H).
+    Returns g_z (B, n, 4H) at the window's last processed step (its product with W_hh starts the
+    next window), g_c, the token shares (K, B, n) or None, and with ``keep`` every g_z (K, B, n, 4H).
     One call runs K steps, so torch.compile makes one graph of them: no Python between steps.
     """
     K = rows[0].shape[0]
     shares, kept = [None] * K, [None] * K
     for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
         if j:
-            g_h = lstm_recurrent(g_z, w_hh)
+            g_h = lstm_recurrent(g_z, w_hh_t)
         if above is not None:
             g_h = g_h + above[k]
         args = (g_h, g_c, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k], refs[3][k],
@@ -133,20 +182,20 @@ def lstm_block(g_h, g_c, w_hh, rows, refs, reverse: bool, above=None, proj=None,
     return g_z, g_c, None if proj is None else torch.stack(shares), torch.stack(kept) if keep else None
 
 
-def gru_block(g_h, w_hh, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
+def gru_block(g_h, w_hh_t, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
     """The multiplier backward pass of one GRU direction over a window of K time steps.
 
     As :func:`lstm_block`, for rows: act, pre, a_n, hprev and refs: act, pre, dact, a_n, hprev. The GRU
     has no cell state. Returns (g_a, direct) at the window's last processed step, the recurrent
-    projection's multipliers (n, B, 3H) and h_{s-1}'s direct share (n, B, H), which start the next
+    projection's multipliers (B, n, 3H) and h_{s-1}'s direct share (B, n, H), which start the next
     window as direct + g_a @ W_hh; the token shares or None; and with ``keep`` every input-projection
-    multiplier (K, n, B, 3H).
+    multiplier (K, B, n, 3H).
     """
     K = rows[0].shape[0]
     shares, kept = [None] * K, [None] * K
     for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
         if j:
-            g_h = gru_recurrent(g_a, direct, w_hh)
+            g_h = gru_recurrent(g_a, direct, w_hh_t)
         if above is not None:
             g_h = g_h + above[k]
         g_x, g_a, direct = gru_pair_step(g_h, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k],
@@ -206,6 +255,8 @@ class FastDeepShap:
                 per_dir.append(tuple(cast(getattr(rnn, name + sfx, None))
                                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
             self.weights.append(per_dir)
+        # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
+        self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
         self.embedding = cast(parts.embedding.weight) if parts.embedding is not None else None
         self.w_out, self.b_out = cast(parts.head.weight), cast(parts.head.bias)
         self.n_outputs = parts.head.out_features
@@ -271,24 +322,24 @@ class FastDeepShap:
 
         Multipliers flow from the head down, layer by layer; within a layer each direction runs
         backwards through its own time order, in windows of ``block_steps`` steps. Buffers are
-        time-major, (T, n, B, .): a window's input multipliers are one matrix product that
-        accumulates in place (beta = 1) into a contiguous block.
+        time-major and backgrounds first, (T, B, n, .): a window's input multipliers are one
+        matrix product into a contiguous block.
         """
         lx, lr = rv.logits[:, target], bg.logits[:, target]
         if self.parts.output == "sigmoid":  # rescale on the logit
             s_r = torch.sigmoid(lr)
-            m_out = rescale(lx[:, None] - lr[None], torch.sigmoid(lx)[:, None] - s_r[None], (s_r * (1 - s_r))[None])
+            m_out = rescale(lx[None] - lr[:, None], torch.sigmoid(lx)[None] - s_r[:, None], (s_r * (1 - s_r))[:, None])
         else:
-            m_out = torch.ones(len(lx), len(lr), dtype=self.dtype, device=self.device)
-        g_final = m_out[..., None] * self.w_out[target]  # (n, B, D*H)
+            m_out = torch.ones(len(lr), len(lx), dtype=self.dtype, device=self.device)
+        g_final = m_out[..., None] * self.w_out[target]  # (B, n, D*H)
         n, T = rv.x.shape[:2]
         B, H = len(lr), self.H
-        shares = 0  # for ids: token attributions (T, n, B), summed over the first layer's directions
-        g_above = None  # multipliers of the current layer's outputs (T, n, B, D*H), from the layer above
+        shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
+        g_above = None  # multipliers of the current layer's outputs (T, B, n, D*H), from the layer above
         for layer in range(self.L - 1, -1, -1):
             tokens = layer == 0 and self.tokens  # the input's share comes from the projections, not a product
             width = rv.x.shape[2] if layer == 0 else self.D * H
-            g_in = None if tokens else torch.empty(T, n, B, width, dtype=self.dtype, device=self.device)
+            g_in = None if tokens else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
                 above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
                 g_h = g_final[..., d * H : (d + 1) * H] if above is None else torch.zeros_like(g_final[..., :H])
@@ -297,15 +348,15 @@ class FastDeepShap:
                     shares = shares + share
             g_above = g_in
         if self.tokens:
-            return shares.permute(1, 2, 0)
-        return g_above.permute(1, 2, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+            return shares.permute(2, 1, 0)
+        return g_above.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
     def _direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
-        """One layer/direction backwards, window by window; adds its input multipliers into g_in (T, n, B, In)
-        unless ``tokens``, and then returns the token shares (T, n, B)."""
-        w_ih, w_hh = self.weights[layer][d][:2]
-        X = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, n, .) -> (T, n, 1, .): rows broadcast over backgrounds
-        R = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, B, .) -> (T, 1, B, .): backgrounds broadcast over rows
+        """One layer/direction backwards, window by window; adds its input multipliers into g_in (T, B, n, In)
+        unless ``tokens``, and then returns the token shares (T, B, n)."""
+        w_ih_t, w_hh_t = self.weights_t[layer][d]
+        X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
+        R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
         if self.cell == "lstm":
             rows = [X(a) for a in (tx.act, tx.z, tx.c, tx.tc, tx.cprev)]
             refs = [R(a) for a in (tr.act, tr.z, tr.dact, tr.c, tr.tc, tr.dtc, tr.cprev)]
@@ -314,27 +365,27 @@ class FastDeepShap:
             rows = [X(a) for a in (tx.act, tx.pre, tx.a_n, tx.hprev)]
             refs = [R(a) for a in (tr.act, tr.pre, tr.dact, tr.a_n, tr.hprev)]
         proj = (X(tx.xproj), R(tr.xproj)) if tokens else None
-        T, n, B, H = len(tx.act), g_h.shape[0], g_h.shape[1], self.H
-        shares = torch.empty(T, n, B, dtype=self.dtype, device=self.device) if tokens else None
-        for i, (lo, hi) in enumerate(windows(T, self.block_steps, reverse=bool(d))):
+        shares = torch.empty(len(tx.act), *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
+        for i, (lo, hi) in enumerate(windows(len(tx.act), self.block_steps, reverse=bool(d))):
             window = slice(lo, hi)
             args = ([a[window] for a in rows], [a[window] for a in refs], bool(d),
                     None if above is None else above[window], None if proj is None else (proj[0][window], proj[1][window]),
                     g_in is not None)
             if self.cell == "lstm":
                 if i:
-                    g_h = lstm_recurrent(carry, w_hh)
-                carry, state, share, kept = self._lstm_block(g_h, state, w_hh, *args)
+                    g_h = lstm_recurrent(carry, w_hh_t)
+                carry, state, share, kept = self._lstm_block(g_h, state, w_hh_t, *args)
             else:
                 if i:
-                    g_h = gru_recurrent(*carry, w_hh)
-                carry, share, kept = self._gru_block(g_h, w_hh, *args)
+                    g_h = gru_recurrent(*carry, w_hh_t)
+                carry, share, kept = self._gru_block(g_h, w_hh_t, *args)
             if tokens:
                 shares[window] = share
             if kept is not None:  # the layer input's multipliers, both directions summed
-                out = g_in[window].view(-1, g_in.shape[-1])
-                kept = kept.view(out.shape[0], -1)
-                torch.mm(kept, w_ih, out=out) if d == 0 else out.addmm_(kept, w_ih)
+                if d == 0:
+                    g_in[window] = product(kept, w_ih_t)
+                else:
+                    g_in[window] += product(kept, w_ih_t)
         return shares
 
     def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor,
