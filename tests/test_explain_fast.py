@@ -4,7 +4,7 @@ import torch
 
 from conftest import MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.explain.backends import ShapDeepExplainer
-from torch_imdb.explain.fast import ONEDNN, FastDeepShap, padded_rows, product
+from torch_imdb.explain.fast import FastDeepShap, padded_rows
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 
@@ -56,6 +56,18 @@ def test_chunking_and_streaming_do_not_change_values():
     assert engine._background(bg.flip(0)) is not first
 
 
+@pytest.mark.parametrize("case", [("lstm", 2, True, True, "logits"), ("gru", 2, True, False, "identity")], ids=case_id)
+def test_compiled_windows_match_eager(case):
+    """Compiled windows of 2 steps (and a last one of 1) through stacked bidirectional layers: the eager values."""
+    model, x, bg, target = matrix_case(case, n=3, b=4)
+    model = model.float()
+    x, bg = (x, bg) if case[3] else (x.float(), bg.float())
+    eager = fast_for(model, block_steps=2).attribute(x, bg, target=target)
+    compiled = fast_for(model, block_steps=2, compile=True).attribute(x, bg, target=target)
+    assert np.abs(compiled.values - eager.values).max() < 1e-6
+    assert np.abs(compiled.residual).max() < 1e-5
+
+
 def test_compiled_step_matches_eager():
     """torch.compile fuses the pair step; padding the last chunk must not leak into results."""
     model, ids, bg = random_case(8, 6, 5, 5, 4, seed=7)
@@ -65,15 +77,14 @@ def test_compiled_step_matches_eager():
     np.testing.assert_allclose(compiled.outputs, eager.outputs, atol=1e-7)
 
 
-def test_product_matches_torch_mm():
-    """The engine's matrix product (oneDNN for float32 on CPU where it works) is torch.mm's, to rounding."""
-    torch.manual_seed(0)
-    a, w_t = torch.randn(3, 50, 64), torch.randn(16, 64)
-    expected = (a.double() @ w_t.double().t())
-    assert product(a, w_t).shape == (3, 50, 16)
-    assert (product(a, w_t).double() - expected).abs().max() < 1e-4
-    assert torch.equal(product(a.double(), w_t.double()), a.double() @ w_t.double().t())  # float64: torch.mm
-    assert isinstance(ONEDNN, bool)
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_values_do_not_depend_on_the_batch(compile):
+    """A review gets the same float32 values whichever reviews share its call (the runners batch differently)."""
+    model, ids, bg = random_case(32, 64, 12, 13, 5, seed=11)
+    engine = FastDeepShap(model, chunk_pairs=40, compile=compile)  # chunks of 8 reviews
+    whole = engine.attribute(ids, bg).values
+    parts = np.concatenate([engine.attribute(ids[a:b], bg).values for a, b in [(0, 1), (1, 6), (6, 13)]])
+    assert np.array_equal(whole, parts)
 
 
 def test_compiled_chunks_are_padded_to_few_sizes():
@@ -106,7 +117,8 @@ def test_matrix_fast_equals_shap(case):
     model, x, bg, target = matrix_case(case, n=3, b=4)
     x[-1] = bg[0]  # an input equal to a background row: rescale falls back to the gradient
     ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=target)
-    fast = fast_for(model, dtype=torch.float64, chunk_pairs=5).attribute(x, bg, target=target)  # chunks of 1 input
+    # chunks of 1 input; windows of 2 steps over T=5 (2, 2, 1): the windowed pass against shap
+    fast = fast_for(model, dtype=torch.float64, chunk_pairs=5, block_steps=2).attribute(x, bg, target=target)
     assert fast.values.shape == ref.values.shape
     assert np.abs(fast.values - ref.values).max() < 1e-10
     assert np.abs(fast.residual).max() < 1e-10

@@ -12,7 +12,7 @@ background) by doing only the work that differs between (input, background) pair
   from the head down, each direction in its own time order, in windows of 8 steps
   that ``compile=True`` turns into one graph each (one fused kernel per step
   between two matrix products);
-- the matrix products run through oneDNN on CPU (see ``ONEDNN``);
+- the matrix products run through oneDNN on CPU (:mod:`.onednn`);
 - for token ids, a token's attribution comes straight from the input-projection
   difference: sum_e grad_x[e] (x_t - r_t)[e] = grad_z . (W_ih x_t - W_ih r_t), and
   W_ih x_t is a per-row quantity, so no (pairs, T, E) tensor is formed. Float
@@ -28,6 +28,7 @@ equations and rules live in :mod:`.cells`, shared with the twin.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -42,6 +43,7 @@ from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import Attribution, check_ids, check_sequences
 from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace,
                                       token_share)
+from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import rescale
 from torch_imdb.keras_dropout import cell_name
 from torch_imdb.model import SentimentRNN
@@ -95,48 +97,12 @@ class Trace:
     logits: torch.Tensor
     x: torch.Tensor  # (n, T, E or F): the first layer's input
 
-
-def _onednn_product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(a, w_t, None, "none", [], "")
-
-
-@torch.library.custom_op("torch_imdb::onednn_product", mutates_args=())
-def onednn_product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """a (M, K) @ w_t.T, w_t (N, K): oneDNN's float32 matrix product, opaque to torch.compile (whose own
-    lowering of the oneDNN op wants frozen weights)."""
-    return _onednn_product(a, w_t)
-
-
-@onednn_product.register_fake
-def _(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    return a.new_empty(a.shape[0], w_t.shape[0])
-
-
-def _onednn_works() -> bool:
-    """Whether this torch has oneDNN's linear op and it agrees with torch.mm (checked once)."""
-    try:
-        a, w_t = torch.randn(5, 7), torch.randn(3, 7)
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.allclose(_onednn_product(a, w_t), a @ w_t.t(), atol=1e-5))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-# On CPU, torch.mm's float32 products go to MKL, which on AMD processors runs its AVX2 code:
-# about 200 GFLOP/s on 2 Zen cores, where oneDNN (shipped inside torch, picks the ISA itself)
-# runs the same products at about 470. They are 70-80% of the engine's time. oneDNN has no
-# float64 products, and CUDA has its own BLAS: those keep torch.mm.
-ONEDNN = _onednn_works()
-
-
-def product(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """a (..., K) @ w_t.T for a weight given transposed, w_t (N, K) contiguous: (..., N)."""
-    flat = a.reshape(-1, a.shape[-1])
-    if ONEDNN and flat.dtype == torch.float32 and flat.device.type == "cpu":
-        out = onednn_product(flat, w_t)
-    else:
-        out = flat @ w_t.t()
-    return out.view(*a.shape[:-1], w_t.shape[0])
+    def first_rows(self, k: int) -> "Trace":
+        """The trace of the first k rows (views): cell traces are time-major (T, n, .) but for h (n, T, H)."""
+        def cut(tr):
+            return dataclasses.replace(tr, **{f.name: getattr(tr, f.name)[:k] if f.name == "h" else
+                                              getattr(tr, f.name)[:, :k] for f in dataclasses.fields(tr)})
+        return Trace([[cut(tr) for tr in per_dir] for per_dir in self.layers], self.logits[:k], self.x[:k])
 
 
 def lstm_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
@@ -403,9 +369,13 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)
-            if self.compiled and n < padded_rows(n, per_chunk):
-                chunk = torch.cat([chunk, chunk[-1:].expand(padded_rows(n, per_chunk) - n, *chunk.shape[1:])])
-            rv = self.trace(chunk)
+            # The forward pass always runs on per_chunk rows: MKL rounds a small product's rows
+            # differently for different row counts, and a review's values would then depend on the
+            # batch it came in (by up to 2.5e-6 on the seed model). The pairs' pass runs on
+            # padded_rows(n) rows when compiled (few shapes to compile), on n rows otherwise.
+            if n < per_chunk:
+                chunk = torch.cat([chunk, chunk[-1:].expand(per_chunk - n, *chunk.shape[1:])])
+            rv = self.trace(chunk).first_rows(padded_rows(n, per_chunk) if self.compiled else n)
             values = self._pairs(rv, bg, target).mean(dim=1)[:n]
             bar.update(n)
             yield start, values.double().cpu().numpy(), self._output(rv.logits[:n], target).double().cpu().numpy()
