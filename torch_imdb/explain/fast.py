@@ -179,6 +179,13 @@ def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
     return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
 
 
+# MKL rounds the rows of a small product differently when it has fewer than 12 rows (with 2
+# threads; fewer than 4 with 1), so a review's values depended on how many reviews shared its
+# forward pass (by up to 2.5e-6 on the seed model), and runners that batch differently
+# (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count.
+TRACE_ROWS = 16
+
+
 def padded_rows(n: int, per_chunk: int) -> int:
     """The rows a compiled chunk of n inputs runs with: the smallest of per_chunk, per_chunk/2, per_chunk/4, ...
     (halves rounded up) that holds n.
@@ -369,13 +376,12 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)
-            # The forward pass always runs on per_chunk rows: MKL rounds a small product's rows
-            # differently for different row counts, and a review's values would then depend on the
-            # batch it came in (by up to 2.5e-6 on the seed model). The pairs' pass runs on
-            # padded_rows(n) rows when compiled (few shapes to compile), on n rows otherwise.
-            if n < per_chunk:
-                chunk = torch.cat([chunk, chunk[-1:].expand(per_chunk - n, *chunk.shape[1:])])
-            rv = self.trace(chunk).first_rows(padded_rows(n, per_chunk) if self.compiled else n)
+            # The forward pass runs on at least TRACE_ROWS rows, the pairs' pass on padded_rows(n)
+            # when compiled (few shapes to compile), on n rows otherwise.
+            rows = padded_rows(n, per_chunk) if self.compiled else n
+            if n < max(rows, TRACE_ROWS):
+                chunk = torch.cat([chunk, chunk[-1:].expand(max(rows, TRACE_ROWS) - n, *chunk.shape[1:])])
+            rv = self.trace(chunk).first_rows(rows)
             values = self._pairs(rv, bg, target).mean(dim=1)[:n]
             bar.update(n)
             yield start, values.double().cpu().numpy(), self._output(rv.logits[:n], target).double().cpu().numpy()
