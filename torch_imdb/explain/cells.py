@@ -71,14 +71,6 @@ class LSTMTrace:
     h: torch.Tensor
 
 
-def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
-    """Time windows [lo, hi) of at most K steps, in the order a direction's backward pass visits
-    them (the forward pass visits them in the opposite order)."""
-    if reverse:  # processed t = T-1 .. 0, so its multipliers flow from t = 0 upwards
-        return [(lo, min(T, lo + K)) for lo in range(0, T, K)]
-    return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
-
-
 def steps(T: int, reverse: bool) -> range:
     """The times a direction processes, in order."""
     return range(T - 1, -1, -1) if reverse else range(T)

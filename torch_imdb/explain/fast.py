@@ -182,7 +182,8 @@ def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
 # MKL rounds the rows of a small product differently when it has fewer than 12 rows (with 2
 # threads; fewer than 4 with 1), so a review's values depended on how many reviews shared its
 # forward pass (by up to 2.5e-6 on the seed model), and runners that batch differently
-# (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count.
+# (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count:
+# FastDeepShap.trace runs on at least this many rows.
 TRACE_ROWS = 16
 
 
@@ -267,7 +268,14 @@ class FastDeepShap:
 
     @torch.no_grad()
     def trace(self, inputs: torch.Tensor) -> Trace:
-        """Forward pass of inputs (n, T) ids or (n, T, F) floats, keeping what the multipliers need."""
+        """Forward pass of inputs (n, T) ids or (n, T, F) floats, keeping what the multipliers need.
+
+        Fewer than TRACE_ROWS rows are padded (with copies of the last) and cut off again, so
+        that each row's values are the same whatever the number of rows traced with it.
+        """
+        n = len(inputs)
+        if n < TRACE_ROWS:
+            return self.trace(torch.cat([inputs, inputs[-1:].expand(TRACE_ROWS - n, *inputs.shape[1:])])).first_rows(n)
         x = inputs.to(self.device)
         x = F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype)
         run = lstm_trace if self.cell == "lstm" else gru_trace
@@ -376,12 +384,9 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)
-            # The forward pass runs on at least TRACE_ROWS rows, the pairs' pass on padded_rows(n)
-            # when compiled (few shapes to compile), on n rows otherwise.
-            rows = padded_rows(n, per_chunk) if self.compiled else n
-            if n < max(rows, TRACE_ROWS):
-                chunk = torch.cat([chunk, chunk[-1:].expand(max(rows, TRACE_ROWS) - n, *chunk.shape[1:])])
-            rv = self.trace(chunk).first_rows(rows)
+            if self.compiled and n < padded_rows(n, per_chunk):  # few shapes to compile
+                chunk = torch.cat([chunk, chunk[-1:].expand(padded_rows(n, per_chunk) - n, *chunk.shape[1:])])
+            rv = self.trace(chunk)
             values = self._pairs(rv, bg, target).mean(dim=1)[:n]
             bar.update(n)
             yield start, values.double().cpu().numpy(), self._output(rv.logits[:n], target).double().cpu().numpy()
