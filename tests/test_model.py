@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_imdb.model import ModelConfig, SentimentRNN
+from torch_imdb.model import POOLS, ModelConfig, SentimentRNN
 
 ARCHS = [dict(), dict(cell="gru"), dict(layers=2, bidirectional=True), dict(cell="gru", layers=2, bidirectional=True)]
 
@@ -84,3 +84,34 @@ def test_bad_config_names_the_field():
 def test_describe():
     assert ModelConfig().describe() == "LSTM(128)"
     assert ModelConfig(cell="gru", layers=2, bidirectional=True, hidden=64).describe() == "2-layer bidirectional GRU(64)"
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_pooling_reads_the_review_tokens_only(pool):
+    """Each pool by hand from nn.LSTM's outputs; padding (id 0) never reaches the head; training runs."""
+    torch.manual_seed(1)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, bidirectional=True, pool=pool,
+                                     attention_dim=4)).double().eval()
+    ids = torch.tensor([[0, 0, 7, 8, 9], [4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        out, (h, _) = model.rnn(model.embedding(ids))
+        keep = ids != 0
+        if pool == "last":
+            pooled = torch.cat([h[-2], h[-1]], dim=1)
+        elif pool == "mean":
+            pooled = torch.stack([out[n][keep[n]].mean(0) for n in range(2)])
+        elif pool == "max":
+            pooled = torch.stack([out[n][keep[n]].max(0).values for n in range(2)])
+        else:
+            scores = model.attn_v(torch.tanh(model.attn(out))).squeeze(-1)
+            alpha = [torch.exp(scores[n][keep[n]]) / torch.exp(scores[n][keep[n]]).sum() for n in range(2)]
+            pooled = torch.stack([(alpha[n][:, None] * out[n][keep[n]]).sum(0) for n in range(2)])
+            weights = model.attention_weights(ids)
+            assert torch.all(weights[0, :2] == 0)
+            torch.testing.assert_close(weights[0, 2:], alpha[0], atol=1e-12, rtol=0)
+            torch.testing.assert_close(weights.sum(1), torch.ones(2, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(model(ids), model.fc(pooled).squeeze(-1), atol=1e-12, rtol=0)
+    model.train()  # Keras dropout path: the pooled head trains
+    model(ids).sum().backward()
+    assert model.fc.weight.grad.abs().sum() > 0
+    assert "pooling" in model.config.describe() or pool == "last"

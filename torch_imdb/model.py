@@ -1,4 +1,10 @@
-"""The Keras example's model in PyTorch, and its recurrent variants: Embedding -> LSTM/GRU -> Linear -> sigmoid.
+"""The Keras example's model in PyTorch, and its recurrent variants: Embedding -> LSTM/GRU -> pooling -> Linear -> sigmoid.
+
+The head reads the recurrent outputs through one of ``POOLS``: the final state
+(the Keras example), the mean or the maximum over the review's tokens, or
+additive attention (Bahdanau et al. 2015, the classifier of Jain & Wallace 2019):
+``score_t = v . tanh(W h_t + b)``, ``alpha = softmax(score)`` over the review's
+tokens, ``context = sum_t alpha_t h_t``. Pooling ignores padding (id 0).
 
 Keras' recurrent ``dropout`` and ``recurrent_dropout`` draw masks once per
 sequence (per gate, as Keras 2's ``implementation=1``, or one shared by the
@@ -16,10 +22,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from torch_imdb.data import PAD_ID
 from torch_imdb.keras_dropout import GATES, keras_dropout_rnn
 
 CELLS = tuple(GATES)
 DROPOUT_MASKS = ("per-gate", "shared")
+POOLS = ("last", "mean", "max", "attention")
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,12 @@ class ModelConfig:
     layers: int = 1
     bidirectional: bool = False
     dropout_masks: str = "per-gate"  # Keras 2 implementation=1; "shared": one mask for all gates
+    pool: str = "last"  # what the head reads: the final state, or mean / max / attention over the outputs
+    attention_dim: int = 128  # width of the additive attention's scoring layer (pool="attention")
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.dropout_masks not in DROPOUT_MASKS:
@@ -49,20 +61,22 @@ class ModelConfig:
     def describe(self) -> str:
         """A short name such as 'LSTM(128)' or '2-layer bidirectional GRU(64)'."""
         parts = ([f"{self.layers}-layer"] if self.layers > 1 else []) + (["bidirectional"] if self.bidirectional else [])
-        return " ".join(parts + [f"{self.cell.upper()}({self.hidden})"])
+        name = " ".join(parts + [f"{self.cell.upper()}({self.hidden})"])
+        return name if self.pool == "last" else f"{name} + {self.pool} pooling"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class SentimentRNN(nn.Module):
-    """Embedding(V, E) -> LSTM/GRU(H, layers, directions) -> Linear(D*H, 1); ``forward`` returns logits.
+    """Embedding(V, E) -> LSTM/GRU(H, layers, directions) -> pooling -> Linear(D*H, 1); ``forward`` returns logits.
 
-    Shapes: ids (batch, T) int64 -> logits (batch,). The head reads the final
-    hidden state of the last layer: h_T of the forward direction, and for a
-    bidirectional net the reverse direction's state after the first token,
-    concatenated. ``predict_proba`` applies the sigmoid, the model output the
-    explanations refer to.
+    Shapes: ids (batch, T) int64 -> logits (batch,). With ``pool="last"`` the head
+    reads the final hidden state of the last layer: h_T of the forward direction,
+    and for a bidirectional net the reverse direction's state after the first
+    token, concatenated. The other pools read the last layer's outputs (batch, T, D*H)
+    at the review's tokens (ids != 0). ``predict_proba`` applies the sigmoid, the
+    model output the explanations refer to.
     """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
@@ -72,7 +86,11 @@ class SentimentRNN(nn.Module):
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.rnn = rnn_class(config.embed_dim, config.hidden, num_layers=config.layers,
                              bidirectional=config.bidirectional, batch_first=True)
-        self.fc = nn.Linear(config.directions * config.hidden, 1)
+        width = config.directions * config.hidden
+        if config.pool == "attention":
+            self.attn = nn.Linear(width, config.attention_dim)
+            self.attn_v = nn.Linear(config.attention_dim, 1, bias=False)
+        self.fc = nn.Linear(width, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -97,22 +115,58 @@ class SentimentRNN(nn.Module):
                         p[H : 2 * H] = 1.0  # gate order i, f, g, o in both libraries
                 if self.config.cell == "lstm" and name.startswith("bias_hh"):
                     p.requires_grad_(False)
-        nn.init.xavier_uniform_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
+        for layer in (self.fc, getattr(self, "attn", None), getattr(self, "attn_v", None)):
+            if layer is not None:
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
-    def encode(self, embedded: torch.Tensor) -> torch.Tensor:
-        """Final hidden state (batch, D*H) of the recurrent layers over embedded input (batch, T, E)."""
+    def encode(self, embedded: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled representation (batch, D*H) of embedded input (batch, T, E).
+
+        tokens (batch, T) bool marks the review's tokens (not padding); pools other
+        than "last" need it.
+        """
         cfg = self.config
         if self.training and (cfg.dropout > 0 or cfg.recurrent_dropout > 0):
-            return keras_dropout_rnn(embedded, self.rnn, cfg.dropout, cfg.recurrent_dropout,
-                                     per_gate=cfg.dropout_masks == "per-gate")[1]
-        _, h = self.rnn(embedded)
-        h = h[0] if isinstance(h, tuple) else h  # the LSTM returns (h_n, c_n)
-        # h_n is (layers * directions, batch, H); the last layer's directions are its last D rows.
-        return torch.cat(list(h[-cfg.directions :]), dim=1)
+            out, final = keras_dropout_rnn(embedded, self.rnn, cfg.dropout, cfg.recurrent_dropout,
+                                           per_gate=cfg.dropout_masks == "per-gate")
+        else:
+            out, h = self.rnn(embedded)
+            h = h[0] if isinstance(h, tuple) else h  # the LSTM returns (h_n, c_n)
+            # h_n is (layers * directions, batch, H); the last layer's directions are its last D rows,
+            # concatenated per example as torch.cat([h_n[-2], h_n[-1]], 1) would.
+            final = h[-cfg.directions :].transpose(0, 1).reshape(h.shape[1], -1)
+        if cfg.pool == "last":
+            return final
+        keep = tokens.unsqueeze(-1)  # (batch, T, 1)
+        if cfg.pool == "mean":
+            return (out * keep).sum(dim=1) / keep.sum(dim=1)
+        if cfg.pool == "max":
+            return out.masked_fill(~keep, float("-inf")).amax(dim=1)
+        return (self.attention(out, tokens).unsqueeze(-1) * out).sum(dim=1)
+
+    def attention(self, out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention weights (batch, T) over the outputs (batch, T, D*H); 0 at padding, each row sums to 1."""
+        scores = self.attn_v(torch.tanh(self.attn(out))).squeeze(-1)
+        return torch.softmax(scores.masked_fill(~tokens, float("-inf")), dim=1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encode(self.embedding(ids))).squeeze(-1)
+        tokens = ids != PAD_ID if self.config.pool != "last" else None  # the final state needs no mask
+        return self.fc(self.encode(self.embedding(ids), tokens)).squeeze(-1)
+
+    @torch.no_grad()
+    def attention_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """The attention weights (N, T) of ids (N, T), in eval mode (pool="attention" only)."""
+        if self.config.pool != "attention":
+            raise ValueError(f"this model pools with {self.config.pool!r}, not attention")
+        was_training = self.training
+        self.eval()
+        try:
+            out, _ = self.rnn(self.embedding(ids))
+            return self.attention(out, ids != PAD_ID)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def predict_proba(self, ids: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -28,6 +28,9 @@ HELP = {
     "arch": "recurrent cell: lstm or gru (PyTorch's equations; the weights load into nn.LSTM / nn.GRU)",
     "layers": "stacked recurrent layers",
     "bidirectional": "run each layer in both directions; the head reads both final states",
+    "pool": "what the head reads: last (final state, the Keras example), mean or max over the review's tokens, "
+            "or attention (additive attention over the tokens, as Jain & Wallace 2019)",
+    "attention_dim": "width of the attention's scoring layer (with --pool attention)",
     "lr": "Adam learning rate",
     "seed": "seed for initialisation, dropout, shuffling and the validation slice",
     "val_fraction": "hold out this seeded fraction of the TRAIN split and keep the best validation epoch",

@@ -23,7 +23,7 @@ from torch_imdb.checkpoint import save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_write_json
-from torch_imdb.model import CELLS, DROPOUT_MASKS, ModelConfig, SentimentRNN
+from torch_imdb.model import CELLS, DROPOUT_MASKS, POOLS, ModelConfig, SentimentRNN
 
 
 @dataclass
@@ -40,6 +40,8 @@ class TrainConfig:
     arch: str = "lstm"  # or "gru"
     layers: int = 1
     bidirectional: bool = False
+    pool: str = "last"  # or "mean", "max", "attention"
+    attention_dim: int = 128
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.0
@@ -53,10 +55,11 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.dropout,
                            recurrent_dropout=self.recurrent_dropout, cell=self.arch, layers=self.layers,
-                           bidirectional=self.bidirectional, dropout_masks=self.dropout_masks)
+                           bidirectional=self.bidirectional, dropout_masks=self.dropout_masks,
+                           pool=self.pool, attention_dim=self.attention_dim)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "maxlen", "embed_dim", "hidden", "layers"):
+        for name in ("epochs", "batch_size", "maxlen", "embed_dim", "hidden", "layers", "attention_dim"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("dropout", "recurrent_dropout"):
@@ -66,6 +69,8 @@ class TrainConfig:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.arch not in CELLS:
             raise UsageError(f"--arch must be one of {', '.join(CELLS)}, got {self.arch}")
+        if self.pool not in POOLS:
+            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool}")
         if self.dropout_masks not in DROPOUT_MASKS:
             raise UsageError(f"--dropout-masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks}")
         if self.monitor not in ("val_loss", "val_acc"):
