@@ -10,6 +10,10 @@ class UsageError(Exception):
     """Bad input from the user (paths, options, text): printed as one line, never a traceback."""
 
 
+class CompletenessError(UsageError):
+    """Attributions that do not add up to f(x) - E f(background) within the stated tolerance: never a result."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command's ``main`` and turn :class:`UsageError` into ``error: ...`` and exit code 2."""
     try:

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from torch_imdb.checkpoint import load_checkpoint
 from torch_imdb.cli import checkpoint_options, sampling_options
 from torch_imdb.data import load_imdb
@@ -125,15 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "explain_attributions.csv", ex)
     write_summary(out / "explain_summary.json", summary)
     ref = ex.results[engines[0]]
-    save_force_html(out / "force_plot.html", force_plot(ref.expected_value, ref.values[0], ex.words[0], ex.ids[0]))
-    save_force_png(out / "force_plot.png", ref.expected_value, ref.values[0], ex.words[0], ex.ids[0],
-                   title=f"{ex.sources[0]}: P(positive) = {ref.outputs[0]:.3f}, E[f] = {ref.expected_value:.3f}")
+    base = ref.base_value(0)
+    save_force_html(out / "force_plot.html", force_plot(base, ref.values[0], ex.words[0], ex.ids[0]))
+    save_force_png(out / "force_plot.png", base, ref.values[0], ex.words[0], ex.ids[0],
+                   title=f"{ex.sources[0]}: P(positive) = {ref.outputs[0]:.3f}, E[f] = {base:.3f}")
     shown = [{"words": ex.words[n], "ids": ex.ids[n], "values": ref.values[n],
               "title": f"{ex.sources[n]}  label={ex.labels[n]}  P(positive)={ref.outputs[n]:.3f}"}
              for n in range(min(4, len(ex.ids)))]
     save_token_figure(out / "token_attributions.png", shown)
 
-    print(f"expected value E[f] = {ref.expected_value:.4f} over {args.background} background reviews")
+    per_review = " (mean of the per-review values: the model's masks come from each review's ids)" \
+        if np.ndim(ref.expected_value) else ""
+    print(f"expected value E[f] = {np.mean(ref.expected_value):.4f} over {args.background} background reviews{per_review}")
     for name, e in summary["engines"].items():
         print(f"{name:>7}: {e['seconds']:.2f} s, max |completeness residual| {e['max_abs_completeness_residual']:.2e}")
     for pair, a in summary["agreement"].items():
@@ -141,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     for n, r in enumerate(summary["reviews"][:3]):
         top = ", ".join(f"{t['word']} {t['value']:+.3f}" for t in r[f"top5_{engines[0]}"])
         print(f"review {n} ({r['source']}, P={r['output']:.3f}): {top}")
+    att = summary["attention_vs_attributions"]
+    if att:
+        print(f"attention vs |{att['engine']}|: mean Spearman {att['mean_spearman']:+.3f} over the reviews' tokens; "
+              f"same top token in {sum(att['top_token_same'])} of {len(att['top_token_same'])} reviews")
     if ex.plain_rnn:
         print(f"plain nn.{ex.plain_rnn['module']}: shap additivity {ex.plain_rnn['shap_additivity_check'][:60]}; "
               f"max residual {ex.plain_rnn['shap_max_abs_residual']:.3g}; "

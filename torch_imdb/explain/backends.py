@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torch_imdb.errors import UsageError
-from torch_imdb.explain.twin import EmbeddingOrVectors, make_explainable
+from torch_imdb.errors import CompletenessError, UsageError
+from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import SentimentRNN
 
 
@@ -37,20 +37,25 @@ class Attribution:
     """Attributions of N sequences against a background of B.
 
     values: (N, T) float64 per token, or (N, T, F) per step and feature.
-    outputs: (N,) model outputs f(x) at the target; expected_value: mean f over the background.
+    outputs: (N,) model outputs f(x) at the target; expected_value: mean f over the background,
+    a float, or (N,) per input when the model computes constants from each input's ids (masks).
     residual: (N,) completeness error sum(values) - (f(x) - expected_value).
     """
 
     method: str
     values: np.ndarray
     outputs: np.ndarray
-    expected_value: float
+    expected_value: float | np.ndarray
     seconds: float
     extra: dict = field(default_factory=dict)
 
     @property
     def residual(self) -> np.ndarray:
         return self.values.reshape(len(self.values), -1).sum(axis=1) - (self.outputs - self.expected_value)
+
+    def base_value(self, k: int) -> float:
+        """E f over the background for input k."""
+        return float(np.broadcast_to(self.expected_value, self.outputs.shape)[k])
 
 
 def check_ids(inputs: torch.Tensor, baselines: torch.Tensor, vocab_size: int) -> None:
@@ -86,81 +91,181 @@ class PositiveProbability(nn.Module):
         self.model = model
         self.sigmoid = nn.Sigmoid()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sigmoid(self.model(x).unsqueeze(1))
+    def forward(self, x: torch.Tensor, *extra) -> torch.Tensor:
+        return self.sigmoid(self.model(x, *extra).unsqueeze(1))
 
 
-def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype) -> nn.Module:
-    """The explainable copy in ``dtype``; a :class:`SentimentRNN` is wrapped to output P(positive)."""
-    twin = make_explainable(model, steps)
+def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype, output: int | str | None = None,
+                      rules_table=None) -> ExplainableModel:
+    """The explainable copy in ``dtype``; a :class:`SentimentRNN` is explained as P(positive)."""
     if isinstance(model, SentimentRNN):
-        twin = PositiveProbability(twin)
-    return twin.to(dtype).eval()
+        model = PositiveProbability(model)
+    return make_explainable(model, steps, output, rules_table).to(dtype).eval()
 
 
-def prepare_inputs(twin: nn.Module, inputs: torch.Tensor, baselines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """What the libraries are given: embeddings for token ids, the sequences themselves otherwise.
+def completeness_tolerance(dtype: torch.dtype) -> float:
+    """The guard's relative tolerance for ``dtype`` (see :func:`guard`)."""
+    return TOLERANCE.get(dtype, TOLERANCE[torch.float16])
 
-    Returns (x, bg, tokens): x (N, T, E or F), bg (B, T, E or F), and whether values are summed per token.
+
+# Relative to the output's scale max(1, |f(x)|, |E f|): float32 sums of a few thousand terms
+# stay near 1e-6 (the seed model: 5e-8); an op without an exact rule costs 1e-3 and more.
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype: torch.dtype,
+          check: bool = True, first: int = 0) -> np.ndarray:
+    """The completeness guard: sum(values) must equal f(x) - E f(background) for every input.
+
+    values (n, T[, F]); outputs (n,); expected: a float or (n,). The residual of input k must
+    be within ``TOLERANCE[dtype] * max(1, |f(x_k)|, |E f|)``. Returns each input's residual as a
+    fraction of its tolerance; past 1 it raises :class:`~torch_imdb.errors.CompletenessError`
+    in one line (input numbers counted from ``first``), unless ``check`` is False.
     """
-    dtype = next(twin.parameters()).dtype
-    device = next(twin.parameters()).device
-    if inputs.is_floating_point():
-        check_sequences(inputs, baselines)
-        return inputs.to(device, dtype), baselines.to(device, dtype), False
-    embeddings = [m for m in twin.modules() if isinstance(m, EmbeddingOrVectors)]
-    if len(embeddings) != 1:
-        raise UsageError(f"token ids need a model with exactly one nn.Embedding (found {len(embeddings)}); "
-                         "pass embedded float inputs (N, T, E) instead")
-    check_ids(inputs, baselines, embeddings[0].num_embeddings)
-    with torch.no_grad():
-        return embeddings[0](inputs.to(device)), embeddings[0](baselines.to(device)), True
+    expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), outputs.shape)
+    residual = values.reshape(len(values), -1).sum(axis=1) - (outputs - expected)
+    scale = np.maximum(1.0, np.maximum(np.abs(outputs), np.abs(expected)))
+    tol = completeness_tolerance(dtype)
+    ratio = np.abs(residual) / (tol * scale)
+    if check and not (ratio <= 1).all():  # NaN fails too
+        k = int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio)))
+        raise CompletenessError(
+            f"{method}: the attributions of input {first + k} sum to {values[k].sum():.6g} but f(x) - E f = "
+            f"{outputs[k] - expected[k]:.6g} (residual {residual[k]:.3g}, tolerance {tol:g} x {scale[k]:.3g} in "
+            f"{str(dtype).split('.')[-1]}): an op in the model likely has no exact rule (the covered ops: "
+            "torch_imdb.explain.describe_rules()); pass check_completeness=False to get the values with their residuals")
+    return ratio
+
+
+def check_completeness(result: Attribution, dtype: torch.dtype, check: bool = True) -> Attribution:
+    """:func:`guard` on an :class:`Attribution`; records the tolerance and the largest ratio in ``result.extra``."""
+    ratio = guard(result.method, result.values, result.outputs, result.expected_value, dtype, check)
+    result.extra["completeness_tolerance"] = completeness_tolerance(dtype)
+    result.extra["completeness_ratio"] = float(np.nanmax(ratio)) if ratio.size else 0.0
+    return result
 
 
 class _LibraryExplainer:
-    """Shared set-up: the explainable copy of ``model`` in ``dtype`` on the model's device."""
+    """Shared set-up: the explainable copy of ``model`` in ``dtype``, its inputs and its base values.
+
+    ``output`` selects the explained entry of a tuple or dict output; ``check_completeness``
+    False turns the guard's error into residuals returned with the values.
+    """
 
     method = ""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
+                 check_completeness: bool = True, rules_table=None) -> None:
         self.model = model
         self.dtype = dtype
+        self.output = output
+        self.check = check_completeness
+        self.rules_table = rules_table
 
-    def _prepare(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int):
-        twin = explainable_model(self.model, inputs.shape[1], self.dtype)
-        x, bg, tokens = prepare_inputs(twin, inputs, baselines)
+    def _prepare(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int,
+                 additional_forward_args: tuple = ()):
+        if not isinstance(inputs, torch.Tensor) or not isinstance(baselines, torch.Tensor):
+            raise UsageError("inputs and baselines must be tensors; pass further forward arguments as "
+                             "additional_forward_args=(...)")
+        if inputs.dim() < 2:
+            raise UsageError(f"inputs must be (n, T) token ids or (n, T, F) sequences, got {tuple(inputs.shape)}")
+        twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.rules_table)
+        device = next(twin.parameters()).device
+        extra = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in additional_forward_args)
+        for a in extra:
+            if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[0] != len(inputs)):
+                raise UsageError(f"additional_forward_args must have one row per input ({len(inputs)}), "
+                                 f"got shape {tuple(a.shape)}")
+        if inputs.is_floating_point():
+            check_sequences(inputs, baselines)
+            x, bg, ids, bg_ids = inputs.to(device, self.dtype), baselines.to(device, self.dtype), None, None
+        else:
+            if not twin.tokens:
+                raise UsageError("token ids need a model with an nn.Embedding; pass float inputs (N, T, F) instead")
+            check_ids(inputs, baselines, twin.vocab_size())
+            ids, bg_ids = inputs.to(device), baselines.to(device)
+            x, bg = twin.embed(ids).to(self.dtype), twin.embed(bg_ids).to(self.dtype)
         with torch.no_grad():
-            n_out = twin(bg[:1]).shape[1]
+            n_out = twin(bg[:1], *self._rows(ids, extra, slice(0, 1))).shape[1]
         if not 0 <= target < n_out:
             raise UsageError(f"target {target} is not an output of this model (it has {n_out})")
-        return twin, x, bg, tokens
+        return twin, x, bg, ids, extra
 
     @staticmethod
-    def _outputs(twin: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    def _rows(ids, extra: tuple, rows: slice, repeat: int = 1) -> tuple:
+        """(ids, *extra) of the inputs ``rows``, each row repeated ``repeat`` times: the constants the copy sees."""
+        def take(a):
+            if not isinstance(a, torch.Tensor):
+                return a
+            a = a[rows]
+            return a.repeat_interleave(repeat, dim=0) if repeat > 1 else a
+        return (take(ids), *(take(a) for a in extra))
+
+    def _outputs_and_base(self, twin, x, bg, ids, extra, target: int) -> tuple[np.ndarray, np.ndarray | float]:
+        """f(x) (N,) and E_r f(r): the background is run with each input's constants (the masks computed
+        from its ids, its extra arguments), so the base value is per input (N,) where the model has
+        such constants, and one float where it has none."""
+        B = len(bg)
         with torch.no_grad():
-            return twin(x)[:, target].double().cpu().numpy()
+            f_x = twin(x, *self._rows(ids, extra, slice(None)))[:, target].double().cpu().numpy()
+            first = twin(bg, *self._rows(ids, extra, slice(0, 1), B))[:, target].double().mean()
+            if not twin.ids_read and not any(isinstance(a, torch.Tensor) for a in extra):
+                return f_x, float(first)
+            per = max(1, 4096 // B)
+            base = []
+            for k in range(0, len(x), per):
+                n = min(per, len(x) - k)
+                out = twin(bg.repeat(n, *([1] * (bg.dim() - 1))), *self._rows(ids, extra, slice(k, k + n), B))
+                base.append(out[:, target].double().view(n, B).mean(dim=1).cpu().numpy())
+        return f_x, np.concatenate(base)
+
+    def _finish(self, values, twin, x, bg, ids, extra, target, seconds, extra_info=None) -> Attribution:
+        f_x, base = self._outputs_and_base(twin, x, bg, ids, extra, target)
+        result = Attribution(self.method, values, f_x, base, seconds, extra=extra_info or {})
+        return check_completeness(result, self.dtype, self.check)
+
+
+class _SideInputs(nn.Module):
+    """shap's view of the copy: ``forward(x)`` alone, the constants of one input (ids, extra) repeated
+    over whatever batch shap runs (shap has no additional forward arguments)."""
+
+    def __init__(self, twin: ExplainableModel) -> None:
+        super().__init__()
+        self.twin = twin
+        self.side: tuple = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = tuple(a.expand(len(x), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in self.side)
+        return self.twin(x, *side)
 
 
 class ShapDeepExplainer(_LibraryExplainer):
-    """``shap.DeepExplainer`` on the explainable copy, with shap's additivity check on (its default)."""
+    """``shap.DeepExplainer`` on the explainable copy, one input at a time (each with its own constants)."""
 
     method = "shap"
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> Attribution:
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Attribution:
         import shap
 
-        twin, x, bg, tokens = self._prepare(inputs, baselines, target)
+        twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
+        adapter = _SideInputs(twin)
         t0 = time.perf_counter()
+        phis = []
         with warnings.catch_warnings():
-            # shap warns once per unknown module ("unrecognized nn.Module": our Products and the
-            # pass-through embedding) and passes its gradient through unchanged: the rule is in its backward.
+            # shap warns once per module type it has no rule for and passes its gradient through:
+            # the transform's rules are in the ops themselves.
             warnings.filterwarnings("ignore", message="unrecognized nn.Module")
-            explainer = shap.DeepExplainer(twin, bg)
-            phis = np.asarray(explainer.shap_values(x))[..., target]  # (N, T, E|F); raises if additivity fails
+            adapter.side = self._rows(ids, extra, slice(0, 1))
+            explainer = shap.DeepExplainer(adapter, bg)
+            for k in range(len(x)):
+                adapter.side = self._rows(ids, extra, slice(k, k + 1))
+                phi = np.asarray(explainer.shap_values(x[k : k + 1], check_additivity=False))
+                phis.append(phi[..., target])  # (1, T, E|F)
         seconds = time.perf_counter() - t0
-        values = phis.sum(axis=2) if tokens else phis
-        expected = float(np.atleast_1d(explainer.expected_value)[target])
-        return Attribution(self.method, values.astype(np.float64), self._outputs(twin, x, target), expected, seconds)
+        phis = np.concatenate(phis)
+        values = phis.sum(axis=2) if ids is not None else phis
+        return self._finish(values.astype(np.float64), twin, x, bg, ids, extra, target, seconds)
 
 
 class CaptumDeepLiftShap(_LibraryExplainer):
@@ -172,32 +277,32 @@ class CaptumDeepLiftShap(_LibraryExplainer):
 
     method = "captum"
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, per_call: int = 1) -> None:
-        super().__init__(model, dtype)
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, per_call: int = 1, **options) -> None:
+        super().__init__(model, dtype, **options)
         self.per_call = per_call
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> Attribution:
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Attribution:
         from captum.attr import DeepLiftShap
 
         if baselines.shape[0] < 2:
             raise UsageError("Captum's DeepLiftShap needs at least 2 background sequences; use --background >= 2")
-        twin, x, bg, tokens = self._prepare(inputs, baselines, target)
+        twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
         values, deltas = [], []
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*hooks.*")
             dls = DeepLiftShap(twin)
             for k in range(0, len(x), self.per_call):
-                attr, delta = dls.attribute(x[k : k + self.per_call], baselines=bg, target=target,
-                                            return_convergence_delta=True)
+                rows = slice(k, k + self.per_call)
+                attr, delta = dls.attribute(x[rows], baselines=bg, target=target, return_convergence_delta=True,
+                                            additional_forward_args=self._rows(ids, extra, rows))
                 attr = attr.detach().double().cpu()
-                values.append(attr.sum(dim=2) if tokens else attr)
+                values.append(attr.sum(dim=2) if ids is not None else attr)
                 deltas.append(delta.detach().double().cpu().view(-1, len(bg)).abs().max(dim=1).values)
         seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            expected = float(twin(bg)[:, target].double().mean())
-        return Attribution(self.method, torch.cat(values).numpy(), self._outputs(twin, x, target), expected, seconds,
-                           extra={"max_abs_delta": torch.cat(deltas).numpy()})
+        return self._finish(torch.cat(values).numpy(), twin, x, bg, ids, extra, target, seconds,
+                            {"max_abs_delta": torch.cat(deltas).numpy()})
 
 
 class PlainFromEmbeddings(nn.Module):
@@ -214,7 +319,7 @@ class PlainFromEmbeddings(nn.Module):
         return self.sigmoid(self.model.fc(self.model.encode(x)))
 
 
-def plain_rnn_failures(model: SentimentRNN, inputs: torch.Tensor, baselines: torch.Tensor) -> dict:
+def plain_rnn_failures(model: SentimentRNN, inputs: torch.Tensor, baselines: torch.Tensor) -> dict | None:
     """Run both libraries on the model with its plain ``nn.LSTM`` / ``nn.GRU`` and report how far they are from complete.
 
     Returns, per library, the largest completeness error (shap: sum of SHAP
@@ -224,6 +329,8 @@ def plain_rnn_failures(model: SentimentRNN, inputs: torch.Tensor, baselines: tor
     import shap
     from captum.attr import DeepLiftShap
 
+    if model.config.pool != "last":  # the control feeds embeddings alone: no ids for the padding mask
+        return None
     plain = PlainFromEmbeddings(model).eval()
     with torch.no_grad():
         x, bg = model.embedding(inputs), model.embedding(baselines)

@@ -2,9 +2,8 @@
 
 For the LSTM (gates i, f, g, o) and the GRU (gates r, z, n; PyTorch's equations):
 
-- ``LSTMStep`` / ``GRUStep``: one time step built from ``nn.Sigmoid`` / ``nn.Tanh`` /
-  :class:`~torch_imdb.explain.rules.Product` modules, what the explainable twin
-  unrolls so that shap and Captum apply their rules;
+- ``lstm_cell`` / ``gru_cell``: one time step in plain torch ops, what the explainable
+  twin unrolls; the transform's rule mode gives each op its rule;
 - ``lstm_trace`` / ``gru_trace``: the same step on plain tensors for a batch of
   rows, keeping every intermediate the multipliers need (the fast engine's forward);
 - ``lstm_pair_step`` / ``gru_pair_step``: one step of the DeepLIFT multiplier
@@ -24,30 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from torch_imdb.explain.rules import Product, rescale
+from torch_imdb.explain.rules import rescale
 
 # ---------------------------------------------------------------- LSTM: i, f, g, o
 
 
-class LSTMStep(nn.Module):
-    """One LSTM time step's nonlinear pieces: 3 sigmoids, 2 tanhs, 3 products."""
+def lstm_cell(z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step: z (batch, 4H) pre-activations in gate order i, f, g, o; c (batch, H) previous cell.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.sig_i, self.sig_f, self.sig_o = nn.Sigmoid(), nn.Sigmoid(), nn.Sigmoid()
-        self.tanh_g, self.tanh_c = nn.Tanh(), nn.Tanh()
-        self.fc_prod, self.ig_prod, self.oc_prod = Product(), Product(), Product()
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (batch, 4H) pre-activations in gate order i, f, g, o; c (batch, H) previous cell."""
-        zi, zf, zg, zo = z.chunk(4, dim=1)  # each chunk is a distinct view, used once
-        c = self.fc_prod(self.sig_f(zf), c) + self.ig_prod(self.sig_i(zi), self.tanh_g(zg))
-        # tanh(c.clone()): Captum hooks the module's input tensor; c also feeds the next step
-        h = self.oc_prod(self.sig_o(zo), self.tanh_c(c.clone()))
-        return h, c
+    Returns (h, c). Plain torch ops: under the transform's rule mode the sigmoids and tanhs
+    get the rescale rule and the products f·c, i·g, o·tanh(c) the Shapley rule.
+    """
+    zi, zf, zg, zo = z.chunk(4, dim=1)
+    c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+    return torch.sigmoid(zo) * torch.tanh(c), c
 
 
 @dataclass
@@ -140,25 +131,16 @@ def token_share(g_proj, proj_x, proj_r):
 # ---------------------------------------------------------------- GRU: r, z, n
 
 
-class GRUStep(nn.Module):
-    """One GRU time step (PyTorch's equations): 2 sigmoids, 1 tanh, 3 products.
-
-    r = σ(x_r + a_r), z = σ(x_z + a_z), n = tanh(x_n + r·a_n), h' = (1-z)·n + z·h,
-    where x_* = W_i* x + b_i* and a_* = W_h* h + b_h*.
+def gru_cell(x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One GRU step (PyTorch's equations): x, a (batch, 3H) input and recurrent projections in gate
+    order r, z, n; h (batch, H). r = σ(x_r + a_r), z = σ(x_z + a_z), n = tanh(x_n + r·a_n),
+    h' = (1-z)·n + z·h, where x_* = W_i* x + b_i* and a_* = W_h* h + b_h*.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sig_r, self.sig_z, self.tanh_n = nn.Sigmoid(), nn.Sigmoid(), nn.Tanh()
-        self.rn_prod, self.zn_prod, self.zh_prod = Product(), Product(), Product()
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """x, a (batch, 3H) input and recurrent projections in gate order r, z, n; h (batch, H)."""
-        xr, xz, xn = x.chunk(3, dim=1)
-        ar, az, an = a.chunk(3, dim=1)
-        r, z = self.sig_r(xr + ar), self.sig_z(xz + az)
-        n = self.tanh_n(xn + self.rn_prod(r, an))
-        return self.zn_prod(1 - z, n) + self.zh_prod(z, h)
+    xr, xz, xn = x.chunk(3, dim=1)
+    ar, az, an = a.chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
+    n = torch.tanh(xn + r * an)
+    return (1 - z) * n + z * h
 
 
 @dataclass

@@ -49,6 +49,7 @@ class Explanation:
     results: dict[str, Attribution]
     config: dict = field(default_factory=dict)
     plain_rnn: dict | None = None
+    attention: np.ndarray | None = None  # (N, T) the model's attention weights, for an attention model
 
 
 def encode_texts(texts: list[str], vocab: Vocab, maxlen: int) -> np.ndarray:
@@ -102,14 +103,39 @@ def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: i
               "checkpoint_epoch": ckpt.config.get("epoch"), "checkpoint_seed": ckpt.config.get("seed"),
               "architecture": ckpt.model.config.describe(), "model": ckpt.model.config.to_dict(),
               "weights_fingerprint": ckpt.fingerprint}
+    attention = ckpt.model.attention_weights(x).double().numpy() if ckpt.model.config.pool == "attention" else None
     return Explanation(ids, [ckpt.vocab.decode(r) for r in ids], labels, sources, [int(r) for r in bg_rows],
-                       results, config, plain)
+                       results, config, plain, attention)
+
+
+def attention_vs_attributions(ex: Explanation, engine: str) -> dict:
+    """How the attention weights rank a review's tokens next to the exact attributions' |values|.
+
+    Over each review's tokens (padding excluded): Spearman correlation of attention with |value|,
+    and whether the top token by attention is the top token by |value|.
+    """
+    from torch_imdb.words import spearman
+
+    values = ex.results[engine].values
+    rho, same_top = [], []
+    for n in range(len(ex.ids)):
+        keep = ex.ids[n] != PAD_ID
+        att, mag = ex.attention[n][keep], np.abs(values[n][keep])
+        rho.append(spearman(att, mag))
+        same_top.append(bool(np.argmax(att) == np.argmax(mag)))
+    return {"engine": engine, "spearman_attention_vs_abs_value": rho, "mean_spearman": float(np.mean(rho)),
+            "top_token_same": same_top, "top_token_same_fraction": float(np.mean(same_top))}
 
 
 def top_tokens(values: np.ndarray, words: list[str], ids: np.ndarray, k: int = 5) -> list[dict]:
     """The k tokens with the largest |attribution|, padding excluded."""
     order = [int(t) for t in np.argsort(-np.abs(values)) if ids[t] != PAD_ID][:k]
     return [{"position": t, "word": words[t], "value": float(values[t])} for t in order]
+
+
+def _json_number(v):
+    """A float, or a list for per-review base values (models with masks from the ids)."""
+    return float(v) if np.ndim(v) == 0 else [float(x) for x in v]
 
 
 def summarize(ex: Explanation, machine: dict | None = None) -> dict:
@@ -119,7 +145,9 @@ def summarize(ex: Explanation, machine: dict | None = None) -> dict:
     per_engine = {}
     for name, r in ex.results.items():
         entry = {"seconds": r.seconds, "seconds_per_review": r.seconds / len(r.values),
-                 "expected_value": r.expected_value,
+                 "expected_value": _json_number(r.expected_value),
+                 "completeness_tolerance": r.extra.get("completeness_tolerance"),
+                 "max_completeness_ratio": r.extra.get("completeness_ratio"),
                  "max_abs_completeness_residual": float(np.abs(r.residual).max()),
                  "mean_abs_completeness_residual": float(np.abs(r.residual).mean())}
         if "max_abs_delta" in r.extra:
@@ -135,14 +163,18 @@ def summarize(ex: Explanation, machine: dict | None = None) -> dict:
     reviews = []
     for n in range(len(ex.ids)):
         entry = {"source": ex.sources[n], "label": ex.labels[n], "output": float(first.outputs[n]),
+                 "expected_value": first.base_value(n),
                  "text_tail": " ".join(w for w in ex.words[n] if w != PAD_WORD)}
         for name, r in ex.results.items():
             entry[f"top5_{name}"] = top_tokens(r.values[n], ex.words[n], ex.ids[n])
             entry[f"residual_{name}"] = float(r.residual[n])
+        if ex.attention is not None:
+            entry["top5_attention"] = top_tokens(ex.attention[n], ex.words[n], ex.ids[n])
         reviews.append(entry)
     return {"weights_fingerprint": ex.config.get("weights_fingerprint"), "config": ex.config,
-            "expected_value": first.expected_value, "engines": per_engine,
+            "expected_value": _json_number(first.expected_value), "engines": per_engine,
             "agreement": agreement, "plain_nn_rnn": ex.plain_rnn, "reviews": reviews,
+            "attention_vs_attributions": attention_vs_attributions(ex, names[0]) if ex.attention is not None else None,
             "background_train_rows": ex.background_rows, "machine": machine or {}}
 
 

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import Attribution, check_ids, check_sequences
+from torch_imdb.explain.backends import Attribution, check_completeness, check_ids, check_sequences, guard
 from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace,
                                       token_share)
 from torch_imdb.explain.onednn import product
@@ -70,6 +70,9 @@ class RNNParts:
 
 def model_parts(model) -> RNNParts:
     """The parts of a model the engine can explain, or a one-line error naming the transform."""
+    if isinstance(model, SentimentRNN) and model.config.pool != "last":
+        raise UsageError(f"the fast engine explains heads on the final state; this model's head reads "
+                         f"{model.config.pool} pooling over the outputs: use --engines shap,captum ({TRANSFORM_HINT})")
     parts = RNNParts(model.rnn, model.fc, model.embedding, "sigmoid") if isinstance(model, SentimentRNN) else model
     if not isinstance(parts, RNNParts):
         raise UsageError(f"the fast engine takes a SentimentRNN or FastDeepShap.from_parts(...), not a "
@@ -208,12 +211,15 @@ class FastDeepShap:
     once (memory grows linearly with it, and with layers and directions). ``block_steps``
     time steps run per call of a block function, which ``compile=True`` turns into one
     graph. Works on the model's device; ``dtype`` float64 is for verification.
+    Every chunk passes the completeness guard (:func:`~.backends.check_completeness`);
+    ``check_completeness=False`` returns the values with their residuals instead.
     """
 
     method = "fast"
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
-                 progress: bool = False, compile: bool = False, block_steps: int = 8) -> None:
+                 progress: bool = False, compile: bool = False, block_steps: int = 8,
+                 check_completeness: bool = True) -> None:
         parts = model_parts(model)
         rnn = parts.rnn
         self.parts, self.dtype = parts, dtype
@@ -245,6 +251,7 @@ class FastDeepShap:
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
         self._lstm_block, self._gru_block = wrap(lstm_block), wrap(gru_block)
         self.block_steps = block_steps
+        self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
         self._bg: Trace | None = None
 
@@ -379,6 +386,7 @@ class FastDeepShap:
         if not 0 <= target < self.n_outputs:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
         bg = self._background(baselines)
+        expected = self.expected_value(baselines, target)
         per_chunk = max(1, self.chunk_pairs // len(baselines))
         bar = tqdm(total=len(inputs), unit="input", desc="fast DeepSHAP", disable=not self.progress)
         for start in range(0, len(inputs), per_chunk):
@@ -387,9 +395,11 @@ class FastDeepShap:
             if self.compiled and n < padded_rows(n, per_chunk):  # few shapes to compile
                 chunk = torch.cat([chunk, chunk[-1:].expand(padded_rows(n, per_chunk) - n, *chunk.shape[1:])])
             rv = self.trace(chunk)
-            values = self._pairs(rv, bg, target).mean(dim=1)[:n]
+            values = self._pairs(rv, bg, target).mean(dim=1)[:n].double().cpu().numpy()
+            outputs = self._output(rv.logits[:n], target).double().cpu().numpy()
+            guard(self.method, values, outputs, expected, self.dtype, self.check, first=start)
             bar.update(n)
-            yield start, values.double().cpu().numpy(), self._output(rv.logits[:n], target).double().cpu().numpy()
+            yield start, values, outputs
         bar.close()
 
     def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
@@ -402,7 +412,8 @@ class FastDeepShap:
         values = np.concatenate([p[1] for p in parts])
         outputs = np.concatenate([p[2] for p in parts])
         seconds = time.perf_counter() - t0
-        return Attribution(self.method, values, outputs, self.expected_value(baselines, target), seconds)
+        result = Attribution(self.method, values, outputs, self.expected_value(baselines, target), seconds)
+        return check_completeness(result, self.dtype, check=False)  # each chunk was checked: record the ratio
 
     def explain(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = 0,
                 words: list[list[str]] | None = None, feature_names: list[str] | None = None,

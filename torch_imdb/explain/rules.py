@@ -1,61 +1,45 @@
-"""The DeepLIFT rules this project needs beyond what shap and Captum ship.
+"""The DeepLIFT rules: two primitive rules, and the decompositions built from them.
 
 Both libraries explain a batch laid out as ``[inputs; references]`` (two equal
-halves along dim 0) and replace each nonlinearity's gradient by a multiplier
-m with ``Δy = m · Δx``. They have no rule for the product of two varying
-tensors (the LSTM's gates), so :class:`Product` supplies one: the Shapley
-rule for two players,
+halves along dim 0) and take gradients; a rule replaces an op's gradient by a
+multiplier m with ``Δy = m · Δx``, the same for both halves of a pair:
 
-    Δ(a·b) = Δa · (b_x + b_r)/2 + Δb · (a_x + a_r)/2,
+- :func:`elementwise`: the rescale rule for a one-input elementwise op, m = Δy/Δz
+  (with shap's fallback to the derivative at the reference where |Δz| < 1e-6);
+- :func:`bilinear`: the Shapley rule for two players on a product (or matmul, bmm,
+  einsum) of two explained tensors,
 
-which is exact and is what shap's original TensorFlow backend did for ``Mul``.
-The same multiplier goes to both halves, as the libraries' own rules do.
+      Δ(a·b) = Δa · (b_x + b_r)/2 + Δb · (a_x + a_r)/2,
+
+  exact, and what shap's original TensorFlow backend did for ``Mul``.
+
+Division, softmax, log-softmax, max over a dimension and LayerNorm are
+decompositions into these rules and linear maps, so every one is exact
+(complete) by construction. The rules are autograd functions, not module
+hooks, so shap and Captum (which pass an unknown op's gradient through) apply them.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 # shap's threshold (deep_pytorch.nonlinear_1d): below it the rescale rule's
 # division is unstable and the plain gradient is used instead.
 RESCALE_EPS = 1e-6
 
 
+def _halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if t.shape[0] % 2:
+        raise RuntimeError("the DeepLIFT rules need a [inputs; references] batch of even size on dim 0")
+    half = t.shape[0] // 2
+    return t[:half], t[half:]
+
+
 def _pair_mean(t: torch.Tensor) -> torch.Tensor:
     """(t_x + t_r)/2 for a [inputs; references] batch, repeated onto both halves."""
-    half = t.shape[0] // 2
-    mean = (t[:half] + t[half:]) / 2
+    t_x, t_r = _halves(t)
+    mean = (t_x + t_r) / 2
     return torch.cat([mean, mean], dim=0)
-
-
-class _ShapleyProduct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
-        return a * b
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        a, b = ctx.saved_tensors
-        if a.shape[0] % 2:
-            raise RuntimeError("the Shapley product rule needs a [inputs; references] batch of even size")
-        return grad * _pair_mean(b), grad * _pair_mean(a)
-
-
-class Product(nn.Module):
-    """``a * b`` whose backward pass applies the Shapley rule (the twin exists to be explained).
-
-    With ``shapley = False`` it is a plain product with the ordinary gradient,
-    for when the twin should be differentiated like the original module.
-    """
-
-    def __init__(self, shapley: bool = True) -> None:
-        super().__init__()
-        self.shapley = shapley
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _ShapleyProduct.apply(a, b) if self.shapley else a * b
 
 
 def rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Tensor:
@@ -68,3 +52,149 @@ def rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Te
     """
     small = dz.abs() < RESCALE_EPS
     return torch.where(small, d_ref, dy / torch.where(small, torch.ones_like(dz), dz))
+
+
+# ---------------------------------------------------------------- the rules of the graph transform
+#
+# The transform (:mod:`.transform`) gives every op of a user's forward pass one of two rules, or a
+# decomposition into them. Both are autograd Functions whose backward pass returns DeepLIFT
+# multipliers for a [inputs; references] batch, the same multiplier to both halves, so shap and
+# Captum (which pass an unknown op's gradient through) compute exact values through them.
+
+
+def _finite(m: torch.Tensor) -> torch.Tensor:
+    """Multipliers of elements that were infinite in the forward pass (a -inf mask) carry nothing."""
+    return torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a - b, 0 where a == b (so -inf - -inf is 0, not NaN)."""
+    return torch.where(a == b, torch.zeros_like(a), a - b)
+
+
+class _Rescale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, fn) -> torch.Tensor:
+        y = fn(z)
+        ctx.save_for_backward(z, y)
+        ctx.fn = fn
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        z, y = ctx.saved_tensors
+        (z_x, z_r), (y_x, y_r) = _halves(z), _halves(y)
+        with torch.enable_grad():
+            leaf = z_r.detach().requires_grad_()
+            d_ref = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
+        m = _finite(rescale(_difference(z_x, z_r), _difference(y_x, y_r), d_ref))
+        return grad * torch.cat([m, m]), None
+
+
+def elementwise(fn, z: torch.Tensor) -> torch.Tensor:
+    """``fn(z)`` for an elementwise ``fn``, whose multiplier is the rescale rule Δy/Δz (exact).
+
+    Where |Δz| < RESCALE_EPS the derivative at the reference is used, as shap does.
+    """
+    return _Rescale.apply(z, fn)
+
+
+class _Bilinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, op) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.op = op
+        return op(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b = ctx.saved_tensors
+        _halves(grad)
+        a_m, b_m = _pair_mean(a), _pair_mean(b)
+        with torch.enable_grad():
+            a_leaf, b_leaf = a.detach().requires_grad_(), b.detach().requires_grad_()
+            # op is bilinear: d op(a, b_m)/da depends on b_m alone, and likewise for b
+            g_a = torch.autograd.grad(ctx.op(a_leaf, b_m), a_leaf, grad)[0]
+            g_b = torch.autograd.grad(ctx.op(a_m, b_leaf), b_leaf, grad)[0]
+        return g_a, g_b, None
+
+
+def bilinear(op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``op(a, b)`` for a bilinear ``op`` of two explained tensors (a product, matmul, bmm, einsum).
+
+    The two-player Shapley rule: Δop = op(Δa, mean b) + op(mean a, Δb), means over each
+    (input, reference) pair. Exact, and the Shapley values of the two operands.
+    Both operands must have the batch on dim 0.
+    """
+    return _Bilinear.apply(a, b, op)
+
+
+def _shared_max(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """A per-pair constant (the larger of the pair's two maxima over ``dim``): softmax's shift.
+
+    Shifting by the same constant within a pair leaves every multiplier unchanged (exp scales
+    both halves by one factor that the division takes out); it only keeps exp finite.
+    """
+    c = z.detach().amax(dim=dim, keepdim=True)
+    c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+    if c.shape[0] % 2 == 0 and c.shape[0]:
+        c_x, c_r = _halves(c)
+        c = torch.maximum(c_x, c_r).repeat(2, *([1] * (c.dim() - 1)))
+    return c
+
+
+def reciprocal(b: torch.Tensor) -> torch.Tensor:
+    return elementwise(torch.reciprocal, b)
+
+
+def divide(a: torch.Tensor, b: torch.Tensor, a_varies: bool = True) -> torch.Tensor:
+    """a / b with b explained: a · (1/b), rescale on 1/b and the Shapley rule on the product.
+
+    That is the two-player Shapley rule for division: Δa · mean(1/b) - Δb · mean(a) / (b_x b_r).
+    """
+    inv = reciprocal(b)
+    return bilinear(torch.mul, a, inv) if a_varies else a * inv
+
+
+def softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """softmax(z) along ``dim`` decomposed: e = exp(z - c) (rescale), s = sum e (linear), e / s (Shapley)."""
+    e = elementwise(torch.exp, z - _shared_max(z, dim))
+    return divide(e, e.sum(dim=dim, keepdim=True))
+
+
+def log_softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """log_softmax(z) = z - c - log(sum exp(z - c)): rescale on exp and on log, the sum linear."""
+    shifted = z - _shared_max(z, dim)
+    return shifted - elementwise(torch.log, elementwise(torch.exp, shifted).sum(dim=dim, keepdim=True))
+
+
+def relu(z: torch.Tensor) -> torch.Tensor:
+    return elementwise(torch.relu, z)
+
+
+def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """max(a, b) elementwise as a + relu(b - a) (linear, rescale); -inf entries (masks) are handled."""
+    a_inf = torch.isneginf(a)
+    return torch.where(a_inf, b, a + relu(b - a))
+
+
+def amax(z: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """The maximum along ``dim`` as a fold of pairwise maxima, m_k = m_{k-1} + relu(z_k - m_{k-1}),
+    in index order: exact, every element credited through the relu it passed."""
+    dim = dim % z.dim()
+    out = z.select(dim, 0)
+    for k in range(1, z.shape[dim]):
+        out = maximum(out, z.select(dim, k))
+    return out.unsqueeze(dim) if keepdim else out
+
+
+def layer_norm(x: torch.Tensor, shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm decomposed: d = x - mean x (linear), v = mean d² (rescale on the square),
+    r = 1/sqrt(v + eps) (rescale), d · r (Shapley), then the affine map (linear)."""
+    dims = tuple(range(-len(shape), 0))
+    d = x - x.mean(dim=dims, keepdim=True)
+    v = elementwise(torch.square, d).mean(dim=dims, keepdim=True)
+    y = bilinear(torch.mul, d, elementwise(lambda t: torch.rsqrt(t + eps), v))
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y

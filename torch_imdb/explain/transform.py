@@ -1,0 +1,492 @@
+"""The model transform: every op of a user's forward pass gets an exact DeepLIFT rule, or is refused.
+
+:class:`ExplainableModel` wraps a copy of the user's model. While shap or Captum
+differentiate it, its forward pass runs under :class:`RuleMode`, a
+``TorchFunctionMode`` that sees every torch call (functions, tensor methods,
+operators, ``torch.nn.functional``) and, for each call on an *explained* tensor
+(one that requires grad: the input and everything computed from it), applies
+the op's rule from :data:`RULES`:
+
+- linear and indexing ops (add, sum, mean, cat, view, getitem, ``F.linear``, a
+  product with a constant, a masked fill with a constant mask, ...) run as they
+  are: their gradient is already the exact multiplier;
+- one-input elementwise nonlinearities (``torch.sigmoid``, ``F.relu``, ``F.gelu``,
+  ``torch.exp``, ``x ** 2``, ...) get the rescale rule;
+- products, matrix products and divisions of two explained tensors get the
+  two-player Shapley rule;
+- softmax, log-softmax, max / amax / min over a dimension and LayerNorm run as
+  their decompositions into those rules (:mod:`.rules`), so completeness is exact;
+- anything else on an explained tensor (a comparison, ``.item()``, Python control
+  flow on a value, an op without a rule) raises :class:`UnruledOpError` before any
+  attribution is computed, naming the op and the line of the user's code.
+
+Tensors computed from the token ids alone (padding masks, lengths for
+``pack_padded_sequence``) and extra forward arguments do not require grad: they
+are constants of the explanation. For token models the explained input is the
+embedding output: the copy's ``nn.Embedding`` returns the embedded batch the
+libraries hand in, while the rest of the forward pass still sees the real ids.
+Every ``nn.LSTM`` / ``nn.GRU`` becomes the unrolled :class:`~.twin.ExplainableRNN`,
+whose sigmoids, tanhs and products the same rules cover, also for a
+``PackedSequence`` input and when one module is called several times.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from torch_imdb.errors import UsageError
+from torch_imdb.explain import rules
+
+# ---------------------------------------------------------------- the op registry
+
+
+class UnruledOpError(UsageError):
+    """An op on an explained tensor that no rule covers: refused before any attribution."""
+
+
+def explained(t: Any) -> bool:
+    """Whether ``t`` carries the explained input's influence (grad on, and it requires grad)."""
+    return isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled()
+
+
+def _name(func) -> str:
+    """The op's name without the dunder and reflection marks: ``__rmul__`` -> ``mul``, ``TensorBase.add`` -> ``add``."""
+    name = getattr(func, "__name__", None) or str(func)
+    if name.startswith("__r") and name.endswith("__") and name not in ("__repr__", "__reduce__"):
+        return name[3:-2]
+    return name.strip("_") if name.startswith("__") else name
+
+
+# Ops whose gradient is already the exact DeepLIFT multiplier: linear (or affine) in the explained
+# arguments, the other arguments constant; indexing and shape ops; ops whose result is no explained
+# tensor (shapes, fresh tensors of the same size).
+LINEAR = {
+    "add", "sub", "rsub", "neg", "positive", "iadd", "isub", "sum", "mean", "cumsum", "nansum",
+    "cat", "concat", "concatenate", "stack", "hstack", "vstack", "reshape", "view", "view_as", "permute",
+    "transpose", "swapaxes", "movedim", "t", "contiguous", "unsqueeze", "squeeze", "flatten", "unflatten",
+    "expand", "expand_as", "repeat", "tile", "chunk", "split", "tensor_split", "unbind", "narrow", "select",
+    "getitem", "setitem", "flip", "roll", "index_select", "gather", "clone", "masked_select",
+    "to", "float", "double", "half", "bfloat16", "type_as", "type", "cpu", "cuda",
+    "linear", "conv1d", "conv2d", "embedding_bag", "pad", "dropout", "alpha_dropout", "batch_norm",
+    "_pack_padded_sequence", "_pad_packed_sequence", "trace", "diagonal", "diag_embed", "tril", "triu",
+    "size", "dim", "numel", "len", "get", "is_floating_point", "is_complex", "element_size", "stride",
+    "is_contiguous", "get_device", "storage_offset", "nelement", "ndimension", "data_ptr",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "new_zeros",
+    "new_ones", "new_empty", "new_full", "new_tensor", "requires_grad_", "retain_grad", "format", "repr",
+}
+
+# One explained input, elementwise: the rescale rule. (The other arguments, e.g. GELU's
+# ``approximate`` or a power's exponent, are constants of the function.)
+ELEMENTWISE = {
+    "sigmoid", "tanh", "relu", "relu6", "gelu", "elu", "selu", "celu", "leaky_relu", "softplus", "silu",
+    "mish", "hardtanh", "hardsigmoid", "hardswish", "logsigmoid", "softsign", "tanhshrink", "exp", "exp2",
+    "expm1", "log", "log1p", "log2", "log10", "sqrt", "rsqrt", "square", "abs", "reciprocal", "erf", "sin",
+    "cos", "pow", "float_power", "clamp", "clip", "clamp_min", "clamp_max", "threshold", "sigmoid_",
+    "tanh_", "relu_", "exp_", "elu_", "leaky_relu_",
+}
+
+# Ops linear in each argument but for which two explained arguments meet: the Shapley rule.
+BILINEAR = {"mul", "multiply", "matmul", "mm", "bmm", "einsum", "outer", "dot", "inner", "tensordot", "imul"}
+DIVISION = {"div", "divide", "true_divide", "truediv", "itruediv"}
+
+REFUSALS = {  # by the op's own name (``__bool__``, not ``bool``)
+    "__bool__": "Python control flow on an explained value (an `if` or `while` on a tensor that depends on the "
+            "input) has no rule: compute the condition from the token ids or pass it as an extra argument",
+    "item": "reading an explained value as a Python number (.item()) has no rule",
+    "tolist": "reading explained values as Python numbers (.tolist()) has no rule",
+    "numpy": "reading explained values as numpy (.numpy()) has no rule",
+    "detach": "detaching an explained tensor would give the input and its reference different constants; "
+              "compute constants from the token ids or pass them as extra arguments",
+    "__int__": "reading an explained value as a Python number has no rule",
+    "__float__": "reading an explained value as a Python number has no rule",
+    "__index__": "using an explained value as an index has no rule",
+}
+COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge", "greater", "less", "isnan", "isinf", "isfinite", "argmax",
+               "argmin", "argsort", "sort", "topk", "sign", "round", "floor", "ceil", "trunc", "heaviside"}
+
+
+def _dim_arg(args, kwargs, position: int, default=None):
+    return kwargs.get("dim", args[position] if len(args) > position else default)
+
+
+def _elementwise(func, args, kwargs):
+    """The rescale rule on the one explained argument of ``func``; the others are constants of fn."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    flat = [a for a in args]
+    slots = [k for k, a in enumerate(flat) if explained(a)]
+    if len(slots) != 1 or any(explained(v) for v in kwargs.values()):
+        raise _refusal(_name(func), "two explained arguments of an elementwise op have no rule")
+    k = slots[0]
+    plain = getattr(torch.Tensor, _name(func).rstrip("_"), None) if _name(func).endswith("_") else None
+    call = plain if plain is not None else func
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return call(*flat[:k], z, *flat[k + 1 :], **kwargs)
+
+    return rules.elementwise(fn, flat[k])
+
+
+def _bilinear(func, args, kwargs):
+    if _name(func) == "einsum":
+        equation, operands = args[0], args[1:] if len(args) > 2 else args[1]
+        if len(operands) != 2:
+            raise _refusal("einsum", "einsum of more than two explained operands has no rule")
+        return rules.bilinear(lambda a, b: torch.einsum(equation, a, b), *operands)
+    a, b = args[0], args[1]
+    op = getattr(torch, _name(func).lstrip("i") if _name(func) == "imul" else _name(func), None) or torch.mul
+    return rules.bilinear(lambda x, y: op(x, y, **kwargs), a, b)
+
+
+def _division(func, args, kwargs):
+    a, b = args[0], args[1]
+    if _name(func).startswith("r"):  # reflected: b / a
+        a, b = b, a
+    if kwargs.get("rounding_mode"):
+        raise _refusal(_name(func), "division with rounding has no rule")
+    if not explained(b):  # a / constant: linear
+        return func(*args, **kwargs)
+    return rules.divide(a, b, a_varies=explained(a))
+
+
+def _softmax(func, args, kwargs, log: bool = False):
+    z, dim = args[0], _dim_arg(args, kwargs, 1)
+    if dim is None:
+        raise _refusal(_name(func), "softmax without dim has no rule; pass dim")
+    dtype = kwargs.get("dtype") or (args[2] if len(args) > 2 and isinstance(args[2], torch.dtype) else None)
+    z = z.to(dtype) if dtype is not None else z
+    return rules.log_softmax(z, dim) if log else rules.softmax(z, dim)
+
+
+def _max(func, args, kwargs, sign: float = 1.0):
+    name = _name(func)
+    z = args[0]
+    other = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else kwargs.get("other")
+    if other is not None or name in ("maximum", "minimum", "fmax", "fmin"):
+        other = args[1] if other is None else other
+        return sign * rules.maximum(sign * z, sign * other)
+    dim = _dim_arg(args, kwargs, 1)
+    keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) != 1):
+        raise _refusal(name, "a maximum over all elements (or several dims) mixes the batch; give one dim")
+    dim = dim[0] if isinstance(dim, (tuple, list)) else dim
+    if dim % z.dim() == 0:
+        raise _refusal(name, "a maximum over the batch dimension has no rule")
+    values = sign * rules.amax(sign * z, dim, keepdim)
+    if name in ("amax", "amin"):
+        return values
+    with torch.no_grad():
+        indices = (sign * z).argmax(dim=dim, keepdim=keepdim)
+    return (torch.return_types.max if sign > 0 else torch.return_types.min)((values, indices))
+
+
+def _layer_norm(func, args, kwargs):
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    values = dict(zip(names, args), **kwargs)
+    if explained(values.get("weight")) or explained(values.get("bias")):
+        raise _refusal("layer_norm", "explained weights of a layer norm have no rule")
+    return rules.layer_norm(values["input"], tuple(values["normalized_shape"]), values.get("weight"),
+                            values.get("bias"), values.get("eps", 1e-5))
+
+
+def _reduction(func, args, kwargs):
+    """sum / mean: linear, but not over the batch (dim 0), which would mix inputs and references."""
+    dim = _dim_arg(args, kwargs, 1)
+    tensor = args[0]
+    if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+        dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
+        if dims is None or any(d % tensor.dim() == 0 for d in dims):
+            raise _refusal(_name(func), "a sum or mean over the batch dimension (or over all elements) mixes the "
+                                        "explained inputs; reduce over the other dimensions")
+    return func(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the transform treats one op on explained tensors: ``apply(func, args, kwargs)``."""
+
+    kind: str
+    apply: Callable
+
+
+def _run(func, args, kwargs):
+    return func(*args, **kwargs)
+
+
+def _linear_product(func, args, kwargs):
+    explained_args = [a for a in tree_flatten((args, kwargs))[0] if explained(a)]
+    return _bilinear(func, args, kwargs) if len(explained_args) > 1 else func(*args, **kwargs)
+
+
+RULES: dict[str, Rule] = {
+    **{name: Rule("linear", _run) for name in LINEAR},
+    **{name: Rule("rescale", _elementwise) for name in ELEMENTWISE},
+    **{name: Rule("shapley", _linear_product) for name in BILINEAR},
+    **{name: Rule("shapley", _division) for name in DIVISION},
+    "sum": Rule("linear", _reduction),
+    "mean": Rule("linear", _reduction),
+    "masked_fill": Rule("linear", _run),
+    "masked_fill_": Rule("linear", _run),
+    "where": Rule("linear", _run),
+    "softmax": Rule("softmax", _softmax),
+    "log_softmax": Rule("log-softmax", lambda f, a, k: _softmax(f, a, k, log=True)),
+    "max": Rule("max", _max), "amax": Rule("max", _max), "maximum": Rule("max", _max),
+    "min": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)), "amin": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)),
+    "minimum": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)),
+    "layer_norm": Rule("layer-norm", _layer_norm),
+}
+
+
+# ---------------------------------------------------------------- where in the user's code
+
+_OWN = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+
+
+def user_location() -> str:
+    """'file:line (code)' of the innermost frame outside torch and this package: where the user wrote the op."""
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        if not frame.filename.startswith(_OWN) and "torch_imdb/explain" not in frame.filename:
+            return f"{Path(frame.filename).name}:{frame.lineno} ({(frame.line or '').strip()})"
+    return "an unknown place"
+
+
+def _refusal(name: str, why: str = "") -> UnruledOpError:
+    return UnruledOpError(f"the transform has no exact rule for `{name}` on an explained tensor at {user_location()}"
+                          + (f": {why}" if why else "; see the README's list of covered ops"))
+
+
+class RuleMode(TorchFunctionMode):
+    """Applies :data:`RULES` to every torch call on explained tensors while the copy runs forward.
+
+    ``rules`` maps op names to :class:`Rule`; pass a changed copy of :data:`RULES` to switch
+    one off (for tests of the completeness guard).
+    """
+
+    def __init__(self, rules_table: dict[str, Rule] | None = None, watch: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.rules = RULES if rules_table is None else rules_table
+        self.watch = watch
+        self.watched_read = False  # whether any op read ``watch`` (the ids: masks, lengths)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat = tree_flatten((args, kwargs))[0]
+        if self.watch is not None and not self.watched_read:
+            self.watched_read = any(a is self.watch for a in flat)
+        if not torch.is_grad_enabled() or not any(explained(a) for a in flat):
+            return func(*args, **kwargs)
+        raw, name = getattr(func, "__name__", ""), _name(func)
+        if raw == "__get__":  # attribute reads: .shape, .dtype, .grad_fn, ...
+            return func(*args, **kwargs)
+        if raw in REFUSALS:
+            raise _refusal(name, REFUSALS[raw])
+        if name in COMPARISONS:
+            raise _refusal(name, "a comparison or ranking of explained values (a mask, or an `if` on them) is a step "
+                                 "function with no rule; compute masks from the token ids or pass them as extra arguments")
+        rule = self.rules.get(name)
+        if rule is None:
+            raise _refusal(name)
+        if name.endswith("_") and rule.kind != "linear" and kwargs.get("inplace") is None and \
+                not getattr(func, "__module__", "") == "torch.nn.functional":
+            raise _refusal(name, "an in-place nonlinear op on an explained tensor has no rule; use the out-of-place op")
+        return rule.apply(func, args, kwargs)
+
+
+# ---------------------------------------------------------------- the explainable copy
+
+
+class _Context:
+    """The explained batch for the copy's embedding: set by :class:`ExplainableModel` per call."""
+
+    def __init__(self) -> None:
+        self.vectors: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
+
+
+class EmbeddingFromContext(nn.Module):
+    """Stands in for the model's ``nn.Embedding``: returns the explained vectors for the model's own ids.
+
+    Outside an explanation (no vectors set) it embeds ids as the original did and passes
+    already-embedded float input (…, E) through, so the copy can also be handed to shap or
+    Captum directly with embeddings (for models that use their ids for nothing else).
+    """
+
+    def __init__(self, embedding: nn.Embedding, context: _Context) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.context = context
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.embedding.num_embeddings
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ctx = self.context
+        if ctx.vectors is None:
+            return ids if ids.is_floating_point() else self.embedding(ids)
+        if ids is not ctx.ids:
+            raise UnruledOpError(f"the model's nn.Embedding is applied to something other than its input ids at "
+                                 f"{user_location()}; the transform explains the embedding of the input ids")
+        return ctx.vectors
+
+
+class _Plain(nn.Module):
+    """A module the libraries would apply their own rule to, run through the transform's rules instead.
+
+    shap treats ``nn.Softmax`` as elementwise and Captum subtracts a mean over the whole tensor;
+    neither is exact. Wrapped, the libraries pass the gradient through and :class:`RuleMode`
+    gives the op its rule.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = [module]  # a plain list: not a child, so no library hooks it
+
+    def forward(self, *args, **kwargs):
+        return self.inner[0].forward(*args, **kwargs)
+
+
+# Module types shap or Captum hook with rules of their own.
+LIBRARY_RULED = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.Softplus,
+                 nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GELU, nn.SiLU, nn.Mish, nn.Hardtanh, nn.Hardsigmoid,
+                 nn.Hardswish, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.MaxPool1d, nn.MaxPool2d,
+                 nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.Threshold,
+                 nn.PReLU, nn.Dropout, nn.BatchNorm1d, nn.LayerNorm)
+
+
+def _prepare_copy(model: nn.Module, steps: int, context: _Context) -> tuple[nn.Module, int]:
+    """The copy: recurrent modules unrolled, embeddings served from the context, library-ruled modules plain."""
+    from torch_imdb.explain.twin import ExplainableRNN
+
+    root = copy.deepcopy(model).eval()
+    for p in root.parameters():
+        p.requires_grad_(False)  # only the explained input requires grad: that is what marks it
+    embeddings = 0
+
+    def swap(module: nn.Module) -> nn.Module:
+        nonlocal embeddings
+        if isinstance(module, (nn.LSTM, nn.GRU)):
+            return ExplainableRNN(module, steps).eval()
+        if type(module) is nn.Embedding:
+            embeddings += 1
+            return EmbeddingFromContext(module, context)
+        if isinstance(module, LIBRARY_RULED):
+            return _Plain(module)
+        for name, child in module.named_children():
+            setattr(module, name, swap(child))
+        return module
+
+    root = swap(root)
+    for p in root.parameters():
+        p.requires_grad_(False)
+    return root, embeddings
+
+
+class ExplainableModel(nn.Module):
+    """A copy of ``model`` that shap and Captum explain exactly: ``forward(x, ids=None, *extra) -> (batch, K)``.
+
+    x: the explained input, float (batch, T, F) sequences, or for a token model its
+    embeddings (batch, T, E); ids: for a token model, the token ids (batch, T) the rest of
+    the forward pass sees (masks, lengths); extra: further forward arguments, passed through
+    as constants. The model's output (a tensor, or the entry ``output`` of a tuple or dict
+    output) is returned as (batch, K): a (batch,) output becomes (batch, 1).
+    ``rules_table`` replaces :data:`RULES` (to switch a rule off in a test).
+    """
+
+    def __init__(self, model: nn.Module, steps: int, output: int | str | None = None,
+                 rules_table: dict[str, Rule] | None = None) -> None:
+        super().__init__()
+        self.context = _Context()
+        self.model, self.embeddings = _prepare_copy(model, steps, self.context)
+        self.output = output
+        self.rules_table = rules_table
+        self.ids_read = False  # whether the last forward pass computed anything from the ids (a mask, lengths)
+
+    @property
+    def tokens(self) -> bool:
+        return self.embeddings > 0
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings (n, T, E) of ids (n, T): the explained input of a token model."""
+        if self.embeddings != 1:
+            raise UsageError(f"token ids need a model with exactly one nn.Embedding (found {self.embeddings}); "
+                             "pass embedded float inputs (N, T, E) instead")
+        emb = next(m for m in self.model.modules() if isinstance(m, EmbeddingFromContext))
+        with torch.no_grad():
+            return emb.embedding(ids)
+
+    def vocab_size(self) -> int:
+        return next(m for m in self.model.modules() if isinstance(m, EmbeddingFromContext)).num_embeddings
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None, *extra) -> torch.Tensor:
+        ctx = self.context
+        ctx.vectors, ctx.ids = (x, ids) if ids is not None else (None, None)
+        mode = RuleMode(self.rules_table, watch=ids)
+        try:
+            with mode:
+                out = self.model(ids if ids is not None else x, *extra)
+        finally:
+            ctx.vectors = ctx.ids = None
+        self.ids_read = mode.watched_read
+        return self.select(out)
+
+    def select(self, out) -> torch.Tensor:
+        """The explained output (batch, K) of the model's raw output."""
+        key = self.output
+        if isinstance(out, dict):
+            if key is None and len(out) == 1:
+                key = next(iter(out))
+            if key not in out:
+                raise UsageError(f"the model returns a dict with keys {sorted(map(str, out))}; choose one with "
+                                 f"output=KEY (--output KEY)")
+            out = out[key]
+        elif isinstance(out, (tuple, list)):
+            if key is None:
+                raise UsageError(f"the model returns a {type(out).__name__} of {len(out)}; choose one with output=INDEX")
+            if not isinstance(key, int) or not -len(out) <= key < len(out):
+                raise UsageError(f"output={key!r} is not an index of the model's {len(out)} outputs")
+            out = out[key]
+        elif key is not None:
+            raise UsageError(f"output={key!r} was given but the model returns a single tensor")
+        if not isinstance(out, torch.Tensor):
+            raise UsageError(f"the explained output is a {type(out).__name__}, not a tensor")
+        if out.dim() == 1:
+            return out.unsqueeze(1)
+        if out.dim() != 2:
+            raise UsageError(f"the explained output has shape {tuple(out.shape)}; explain a (batch,) or (batch, K) output")
+        return out
+
+
+def make_explainable(model: nn.Module, steps: int, output: int | str | None = None,
+                     rules_table: dict[str, Rule] | None = None) -> ExplainableModel:
+    """The explainable copy of ``model`` for sequences of up to ``steps`` steps (the original is not changed).
+
+    See :class:`ExplainableModel`. Ops without a rule are refused, in one line naming the
+    op and the line of the user's code, the first time the copy runs forward while differentiated.
+    """
+    if isinstance(model, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)) or any(
+            isinstance(m, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)) for m in model.modules()):
+        bad = next(m for m in model.modules() if isinstance(m, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)))
+        raise UsageError(f"the model holds an {type(bad).__name__}, which the explainable twin does not cover; "
+                         "it explains nn.LSTM and nn.GRU")
+    return ExplainableModel(model, steps, output, rules_table).eval()
+
+
+def describe_rules() -> dict[str, list[str]]:
+    """The op names the transform covers, by rule kind (for docs and error messages)."""
+    by_kind: dict[str, list[str]] = {}
+    for name, rule in sorted(RULES.items()):
+        by_kind.setdefault(rule.kind, []).append(name)
+    return by_kind
+
+
+__all__ = ["ExplainableModel", "RULES", "Rule", "RuleMode", "UnruledOpError", "describe_rules", "explained",
+           "make_explainable"]
