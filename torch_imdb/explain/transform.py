@@ -121,7 +121,7 @@ def _dim_arg(args, kwargs, position: int, default=None):
 def _elementwise(func, args, kwargs):
     """The rescale rule on the one explained argument of ``func``; the others are constants of fn."""
     kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-    flat = [a for a in args]
+    flat = list(args)
     slots = [k for k, a in enumerate(flat) if explained(a)]
     if len(slots) != 1 or any(explained(v) for v in kwargs.values()):
         raise _refusal(_name(func), "two explained arguments of an elementwise op have no rule")
@@ -142,7 +142,8 @@ def _bilinear(func, args, kwargs):
             raise _refusal("einsum", "einsum of more than two explained operands has no rule")
         return rules.bilinear(lambda a, b: torch.einsum(equation, a, b), *operands)
     a, b = args[0], args[1]
-    op = getattr(torch, _name(func).lstrip("i") if _name(func) == "imul" else _name(func), None) or torch.mul
+    name = _name(func)
+    op = getattr(torch, "mul" if name == "imul" else name, torch.mul)  # ``a *= b`` is rebound to the result
     return rules.bilinear(lambda x, y: op(x, y, **kwargs), a, b)
 
 
@@ -253,7 +254,7 @@ _OWN = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
 def user_location() -> str:
     """'file:line (code)' of the innermost frame outside torch and this package: where the user wrote the op."""
     for frame in reversed(traceback.extract_stack()[:-1]):
-        if not frame.filename.startswith(_OWN) and "torch_imdb/explain" not in frame.filename:
+        if not frame.filename.startswith(_OWN):
             return f"{Path(frame.filename).name}:{frame.lineno} ({(frame.line or '').strip()})"
     return "an unknown place"
 
@@ -367,7 +368,7 @@ def _prepare_copy(model: nn.Module, steps: int, context: _Context) -> tuple[nn.M
     from torch_imdb.explain.twin import ExplainableRNN
 
     root = copy.deepcopy(model).eval()
-    for p in root.parameters():
+    for p in root.parameters():  # now: the modules _Plain hides are out of root.parameters() after the swap
         p.requires_grad_(False)  # only the explained input requires grad: that is what marks it
     embeddings = 0
 
@@ -385,7 +386,7 @@ def _prepare_copy(model: nn.Module, steps: int, context: _Context) -> tuple[nn.M
         return module
 
     root = swap(root)
-    for p in root.parameters():
+    for p in root.parameters():  # and again: the twins copied requires_grad from the originals
         p.requires_grad_(False)
     return root, embeddings
 
