@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def test_architecture_mismatch_is_one_line(tmp_path):
         load_checkpoint(tmp_path)
     cfg["model"]["cell"] = "transformer"
     (tmp_path / CONFIG).write_text(json.dumps(cfg))
-    with pytest.raises(UsageError, match="cell must be one of lstm, gru"):
+    with pytest.raises(UsageError, match="cell = .transformer. is not one of lstm, gru"):
         load_checkpoint(tmp_path)
 
 
@@ -156,3 +157,150 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
         assert ck.fingerprint in expected and model_fingerprint(ck.model) == ck.fingerprint
         saves.append(ck.config.get("save", 0))
     assert max(saves) > 1, "the saver was killed before it saved twice: the test proved nothing"
+
+
+# --- checkpoints from elsewhere: nothing in config.json can make the loader read outside the folder, hang,
+# allocate before the checks or print a traceback ---------------------------------------------------------
+
+def load_within(folder, seconds: float = 20.0):
+    """load_checkpoint in a thread: a loader that hangs (a FIFO, /dev/zero) fails the test instead of the run."""
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = load_checkpoint(folder)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"load_checkpoint({folder}) still runs after {seconds} s"
+    return outcome
+
+
+def refused(folder, match: str) -> str:
+    outcome = load_within(folder)
+    error = outcome.get("error")
+    assert isinstance(error, UsageError), outcome
+    message = str(error)
+    assert "\n" not in message and re.search(match, message), message
+    return message
+
+
+def saved(tmp_path, **arch):
+    vocab = Vocab.build(["a b c d e"])
+    save_checkpoint(tmp_path, small(vocab, **arch), vocab, {"maxlen": 7})
+    return files(tmp_path)
+
+
+def rewrite(folder, cfg):
+    (folder / CONFIG).write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../model.pt", "sub/model.pt", "..", ".", "", 7, None, "a\nb"])
+def test_config_names_only_plain_files_in_the_folder(tmp_path, name):
+    weights, _, cfg = saved(tmp_path)
+    (tmp_path.parent / "model.pt").write_bytes(weights.read_bytes())  # a real weights file one level up
+    rewrite(tmp_path, {**cfg, "weights_file": name})
+    refused(tmp_path, "not a plain file name in the folder")
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "outside"])
+@pytest.mark.parametrize("role", ["weights_file", "vocab_file", "config"])
+def test_links_fifos_and_devices_are_refused_without_hanging(tmp_path, target, role):
+    weights, vocab, cfg = saved(tmp_path / "ck")
+    folder = tmp_path / "ck"
+    victim = folder / (CONFIG if role == "config" else cfg[role])
+    kept = victim.read_bytes()
+    victim.unlink()
+    if target == "fifo":
+        os.mkfifo(victim)
+    elif target == "/dev/zero":
+        victim.symlink_to("/dev/zero")
+    else:
+        outside = tmp_path / victim.name
+        outside.write_bytes(kept)
+        victim.symlink_to(outside)
+    refused(folder, "not a regular file inside the folder")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("hidden", -3, r"hidden = -3 is not an integer in \[1, 65536\]"),
+    ("hidden", "3", r"hidden = '3' is not an integer"),
+    ("layers", 1.5, r"layers = 1.5 is not an integer"),
+    ("bidirectional", "yes", "is not true or false"),
+    ("dropout", 2, r"dropout = 2 is not a rate in \[0, 1\)"),
+    ("vocab_size", 10**12, r"vocab_size = 1000000000000 is not an integer in \[3, 10000000\]"),
+    ("pool", "sum", "pool = 'sum' is not one of last, mean, max, attention"),
+    ("activation", "relu", r"unknown model settings \(activation\)"),
+])
+def test_config_fields_are_checked_before_anything_is_built(tmp_path, field, value, match):
+    _, _, cfg = saved(tmp_path)
+    cfg["model"][field] = value
+    rewrite(tmp_path, cfg)
+    refused(tmp_path, match)
+
+
+def test_a_model_larger_than_its_weights_file_is_refused_before_allocation(tmp_path, monkeypatch):
+    """10M words x 65536 wide would be 2.6 TB: refused from the file size, and SentimentRNN is never called."""
+    import torch_imdb.checkpoint as checkpoint
+
+    _, _, cfg = saved(tmp_path)
+    cfg["model"].update(vocab_size=10_000_000, embed_dim=65536)
+    rewrite(tmp_path, cfg)
+    monkeypatch.setattr(checkpoint, "SentimentRNN", lambda *a, **k: pytest.fail("the model was built"))
+    refused(tmp_path, "describes 655,36.* parameters, which model-.*cannot hold")
+
+
+@pytest.mark.parametrize("content,match", [
+    ("[1, 2]", "holds a list, not a training config"),
+    ("{", "config.json is unreadable"),
+    ('{"maxlen": 7}', "has no `model` settings"),
+    ("\xff\xfe", "config.json is unreadable"),
+])
+def test_malformed_configs_are_one_line(tmp_path, content, match):
+    saved(tmp_path)
+    (tmp_path / CONFIG).write_bytes(content.encode("latin-1"))
+    refused(tmp_path, match)
+
+
+def test_maxlen_is_checked(tmp_path):
+    _, _, cfg = saved(tmp_path)
+    rewrite(tmp_path, {**cfg, "maxlen": -1})
+    refused(tmp_path, r"maxlen = -1 is not an integer in \[1, 1048576\]")
+
+
+def test_a_pickle_that_weights_only_blocks_is_one_line(tmp_path):
+    weights, _, _ = saved(tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"x": Payload(), "pad": torch.zeros(4096)}, weights)  # past the size check: the unpickler is reached
+    message = refused(tmp_path, "unreadable \\(UnpicklingError: Weights only load failed")
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 5000, b"PK\x03\x04" + b"\0" * 5000])
+def test_damaged_weights_and_vocabulary_are_one_line(tmp_path, content):
+    weights, vocab, _ = saved(tmp_path)
+    weights.write_bytes(content)
+    refused(tmp_path, "cannot hold|unreadable")
+    weights.unlink()
+    saved(tmp_path)
+    _, vocab, _ = files(tmp_path)
+    vocab.write_bytes(b'{"words": [1, 2]}')
+    refused(tmp_path, "unreadable .*not a vocabulary")
+
+
+def test_saves_remove_the_temporary_files_of_killed_saves(tmp_path):
+    saved(tmp_path)
+    for stale in (".model-0123456789abcdef.pt.x1y2.tmp", ".vocab-aa.json.zz.tmp", ".config.json.q.tmp"):
+        (tmp_path / stale).write_bytes(b"\0" * 100)
+    (tmp_path / ".notes.txt.tmp").write_text("not ours")
+    saved(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == [".notes.txt.tmp"]

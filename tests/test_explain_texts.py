@@ -21,17 +21,17 @@ def write_parquet(path, **columns):
 
 def test_ids_and_labels_come_from_the_file_when_it_has_them(tmp_path):
     path = write_parquet(tmp_path / "r.parquet", id=[40, 7, 12], text=["good film", " ", "bad film"], label=[1, 0, 0])
-    ids, texts, labels, problems = read_texts(path)
-    np.testing.assert_array_equal(ids, [40, 12])
-    assert texts == ["good film", "bad film"] and labels.tolist() == [1, 0]
-    assert problems == ["row 1: no text, skipped"]
+    got = read_texts(path)
+    np.testing.assert_array_equal(got.ids, [40, 12])
+    assert got.texts == ["good film", "bad film"] and got.labels.tolist() == [1, 0]
+    assert got.skipped == ["row 1: no text, skipped"] and got.rows == 3 and not got.warnings
 
 
 def test_without_ids_a_review_is_numbered_by_its_row(tmp_path):
     (tmp_path / "r.jsonl").write_text("\n".join([json.dumps({"text": "a"}), "not json", json.dumps({"text": "b"})]))
-    ids, texts, labels, problems = read_texts(tmp_path / "r.jsonl")
-    assert ids.tolist() == [0, 2] and texts == ["a", "b"] and labels.tolist() == [-1, -1]
-    assert problems == ["row 1: not a JSON object with a `text` field"]
+    got = read_texts(tmp_path / "r.jsonl")
+    assert got.ids.tolist() == [0, 2] and got.texts == ["a", "b"] and got.labels.tolist() == [-1, -1]
+    assert got.skipped == ["row 1: not a JSON object with a `text` field"]
 
 
 def test_a_folder_or_a_glob_reads_every_file_in_order(tmp_path):
@@ -42,14 +42,14 @@ def test_a_folder_or_a_glob_reads_every_file_in_order(tmp_path):
             w.writerows([(10 * k, f"review {k}a"), (10 * k + 1, f"review {k}b")])
     (tmp_path / "notes.md").write_text("not an input")
     assert [p.name for p in input_files(tmp_path)] == ["part0.csv", "part1.csv", "part2.csv"]
-    ids, texts, _, _ = read_texts(str(tmp_path / "part[12].csv"))
-    assert ids.tolist() == [10, 11, 20, 21] and texts[0] == "review 1a"
-    assert read_texts(tmp_path)[0].tolist() == [0, 1, 10, 11, 20, 21]
+    got = read_texts(str(tmp_path / "part[12].csv"))
+    assert got.ids.tolist() == [10, 11, 20, 21] and got.texts[0] == "review 1a"
+    assert read_texts(tmp_path).ids.tolist() == [0, 1, 10, 11, 20, 21]
 
 
 @pytest.mark.parametrize("setup, message", [
-    (lambda d: [write_parquet(d / "a.parquet", text=["x"]), write_parquet(d / "b.parquet", text=["y"])],
-     "spans 2 files and not all have an `id` column"),
+    (lambda d: [write_parquet(d / "a.parquet", text=["x"]), write_parquet(d / "b.parquet", id=[1], text=["y"])],
+     "a.parquet has no `id` column but other files do"),
     (lambda d: [write_parquet(d / "a.parquet", id=[1, 1], text=["x", "y"])], "id 1 appears 2 times"),
     (lambda d: [write_parquet(d / "a.parquet", id=["one"], text=["x"])], "not an integer"),
     (lambda d: [write_parquet(d / "a.parquet", id=[1], text=["x"]), (d / "b.txt").write_text("y\n")], "mixes formats"),
@@ -70,4 +70,4 @@ def test_a_pattern_that_matches_nothing(tmp_path):
 def test_large_integer_ids_stay_exact(tmp_path):
     big = 2**60 + 1  # not representable as a float64
     path = write_parquet(tmp_path / "r.parquet", id=[big], text=["good film"])
-    assert read_texts(path)[0].tolist() == [big]
+    assert read_texts(path).ids.tolist() == [big]

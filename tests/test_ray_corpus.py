@@ -66,7 +66,8 @@ def local_reference(setup, tmp_path_factory):
     """The local runner's attributions of the same input: what every Ray run must reproduce."""
     ck, data, path, _ = setup
     ckpt = load_checkpoint(ck)
-    rows, texts, labels, _ = read_texts(path)
+    got = read_texts(path)
+    rows, texts, labels = got.ids, got.texts, got.labels
     out = tmp_path_factory.mktemp("local") / "out"
     explain_ids(ckpt, load_imdb(str(data)), ckpt.vocab.encode_many(texts, ckpt.maxlen), rows, labels, out,
                 {"input": str(path)}, background=BACKGROUND, compile=False, log=lambda *_: None)

@@ -102,7 +102,7 @@ def test_help_documents_every_option():
 
     res = run_cli(["--help"], {})
     assert res.returncode == 0, res.stderr
-    options = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)] + ["--out", "--metrics-out"]
+    options = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)] + ["--out", "--metrics-out", "--resume"]
     assert len(options) >= 23
     for opt in options:
         assert opt in res.stdout, opt
@@ -119,3 +119,89 @@ def test_real_data_one_epoch(real_data, tmp_path):
     # one epoch on 300 reviews learns little, but the metric must be a real accuracy over 200 reviews
     assert abs(metrics["final_test_accuracy"] * 200 - round(metrics["final_test_accuracy"] * 200)) < 1e-9
     assert 0.3 <= metrics["final_test_accuracy"] <= 0.8
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(line_start: str):
+    """A log that raises when training prints ``line_start``: a run stopped right after that epoch's metrics."""
+    def log(line: str) -> None:
+        if line.startswith(line_start):
+            raise Interrupt(line)
+    return log
+
+
+@pytest.mark.parametrize("extra", [{}, dict(val_fraction=0.2, patience=2, lr=5e-2)], ids=["last-epoch", "best-val"])
+def test_resume_ends_with_the_uninterrupted_weights(planted_data, tmp_path, extra):
+    cfg = TrainConfig(epochs=5, data=str(planted_data), seed=1, **SMALL, **extra)
+    whole = fit(cfg, tmp_path / "whole", log=lambda *_: None)
+    assert not (tmp_path / "whole" / "train_state.pt").exists()  # a finished run leaves no state behind
+    with pytest.raises(Interrupt):
+        fit(cfg, tmp_path / "cut", log=interrupt_at("epoch  3/5"))  # epoch 3 ran, its state was not saved
+    assert torch_load_epoch(tmp_path / "cut" / "train_state.pt") == 2
+    resumed = fit(cfg, tmp_path / "cut", log=lambda *_: None, resume=True)
+    assert resumed["resumed_after_epoch"] == 2
+    assert resumed["weights_fingerprint"] == whole["weights_fingerprint"]
+    assert [r["test_loss"] for r in resumed["epochs"]] == [r["test_loss"] for r in whole["epochs"]]
+    assert resumed["checkpoint_epoch"] == whole["checkpoint_epoch"]
+
+
+def torch_load_epoch(path) -> int:
+    import torch
+
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+def test_resume_refuses_other_settings_and_missing_state(planted_data, tmp_path):
+    cfg = TrainConfig(epochs=3, data=str(planted_data), **SMALL)
+    with pytest.raises(UsageError, match="no killed run to continue"):
+        fit(cfg, tmp_path / "ck", log=lambda *_: None, resume=True)
+    with pytest.raises(Interrupt):
+        fit(cfg, tmp_path / "ck", log=interrupt_at("epoch  2/3"))
+    other = TrainConfig(epochs=3, data=str(planted_data), **{**SMALL, "hidden": 8})
+    with pytest.raises(UsageError, match="other settings \\(hidden differ\\)"):
+        fit(other, tmp_path / "ck", log=lambda *_: None, resume=True)
+    (tmp_path / "ck" / "train_state.pt").write_bytes(b"\x80\x04 not a torch file")
+    with pytest.raises(UsageError, match="unreadable"):
+        fit(cfg, tmp_path / "ck", log=lambda *_: None, resume=True)
+
+
+def test_sigkill_at_a_random_moment_then_resume_gives_the_same_weights(planted_data, tmp_path):
+    """The acceptance test: SIGKILL a training process at a random moment after its first epoch, resume it."""
+    import random
+    import signal
+    import time
+
+    args = ["--epochs", "30", "--maxlen", "16", "--embed-dim", "16", "--hidden", "16", "--seed", "2",
+            "--data", str(planted_data), "--device", "cpu"]
+    env = {"OMP_NUM_THREADS": "1"}  # one thread in both runs: the same arithmetic, bit for bit
+    whole = run_cli([*args, "--out", str(tmp_path / "whole")], env)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    full_env = {k: v for k, v in os.environ.items() if k != "TORCH_IMDB_DATA"} | env
+    proc = subprocess.Popen([sys.executable, "-m", "torch_imdb.train", *args, "--out", str(cut)], env=full_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "train_state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0, 0.5))  # anywhere in an epoch, a save included
+    assert proc.poll() is None, "the run finished before it could be killed; give it more epochs"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli([*args, "--out", str(cut), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stdout
+    assert load_checkpoint(cut).fingerprint == load_checkpoint(tmp_path / "whole").fingerprint
+    assert not list(cut.glob(".*.tmp"))  # a save cut short leaves no temporary file once the next one ran
+
+
+def test_progress_lines_in_a_log(planted_data, tmp_path):
+    lines = []
+    fit(TrainConfig(epochs=1, data=str(planted_data), **SMALL), tmp_path / "ck", log=lines.append)
+    from torch_imdb.training import PROGRESS_LINES
+
+    progress = [line for line in lines if "batches, loss" in line]  # pytest's output is no terminal: lines, no bar
+    assert PROGRESS_LINES // 2 <= len(progress) < PROGRESS_LINES, lines
+    assert progress[0].startswith("epoch 1/1: 3/25 batches, loss 0.69"), lines  # 800 reviews / 32 = 25 batches

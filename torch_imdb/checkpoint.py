@@ -11,24 +11,40 @@ commit. Every write is flushed to disk before its rename (see :mod:`torch_imdb.i
 
 The weights fingerprint (a hash of the exact tensors) ties every derived
 output to the weights it came from.
+
+A checkpoint may come from elsewhere, so the loader trusts nothing in it: the
+files config.json names must be plain names of regular files inside the folder
+(no paths, links out, FIFOs or devices), every config field is type- and
+range-checked before anything is built, a model larger than its weights file
+could hold is refused before it is allocated, and every failure is one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import re
+import stat
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from torch_imdb.data import Vocab
 from torch_imdb.errors import UsageError
-from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from torch_imdb.model import ModelConfig, SentimentRNN
+from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps
+from torch_imdb.model import CELLS, DROPOUT_MASKS, POOLS, ModelConfig, SentimentRNN
 
 CONFIG = "config.json"
 LEGACY_WEIGHTS, LEGACY_VOCAB = "model.pt", "vocab.json"  # names used before fingerprinted files
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_PARAMETERS = 1 << 30  # 4 GiB of float32: far above any model of this project
+# (low, high) of every integer field of ModelConfig, and of the training config's maxlen
+INT_RANGES = {"vocab_size": (3, 10_000_000), "embed_dim": (1, 1 << 16), "hidden": (1, 1 << 16), "layers": (1, 64),
+              "attention_dim": (1, 1 << 16), "maxlen": (1, 1 << 20)}
+CHOICES = {"cell": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS}
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -69,6 +85,7 @@ def save_checkpoint(folder: str | Path, model: SentimentRNN, vocab: Vocab, confi
         raise ValueError(f"vocabulary has {vocab.size} ids but the model embeds {model.config.vocab_size}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fingerprint = weights_fingerprint(state)
+    remove_stale_temps(folder, "model-*.pt", "vocab-*.json", CONFIG)  # left by saves that were killed
     weights_file, vocab_file = f"model-{fingerprint}.pt", f"vocab-{vocab.fingerprint()}.json"
     atomic_torch_save(folder / weights_file, state)
     atomic_write_text(folder / vocab_file, vocab.to_json())
@@ -82,47 +99,127 @@ def save_checkpoint(folder: str | Path, model: SentimentRNN, vocab: Vocab, confi
 
 
 def saved_fingerprint(folder: str | Path) -> str | None:
-    """The weights fingerprint recorded in a checkpoint folder's config, or None if there is none."""
-    path = Path(folder) / CONFIG
+    """The weights fingerprint recorded in a checkpoint folder's config, or None if there is none or it is unreadable."""
     try:
-        return json.loads(path.read_text()).get("weights_fingerprint") if path.exists() else None
-    except ValueError:
+        config = read_config(Path(folder))
+    except UsageError:
         return None
+    fingerprint = config.get("weights_fingerprint") if config else None
+    return fingerprint if isinstance(fingerprint, str) and PLAIN_NAME.fullmatch(fingerprint) else None
+
+
+def member(folder: Path, name, what: str) -> Path:
+    """``folder/name`` when ``name`` is a plain file name and the path is a regular file inside ``folder``."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} names {name!r} as the {what} file, which is not a plain "
+                         "file name in the folder; the config is damaged or not from torch_imdb.train")
+    path = folder / name
+    try:
+        info = os.stat(path)  # follows links: what counts is what would be read
+    except OSError:
+        raise UsageError(f"checkpoint folder {folder} lacks {name}; it is not a finished torch_imdb.train output "
+                         "(re-run training)") from None
+    if not stat.S_ISREG(info.st_mode) or path.resolve().parent != folder.resolve():
+        raise UsageError(f"checkpoint in {folder}: {name} is not a regular file inside the folder (a link out, a FIFO "
+                         "or a device); refusing to read it")
+    return path
+
+
+def read_config(folder: Path) -> dict | None:
+    """``config.json`` as a dict (None when the folder has none); one-line errors for anything else."""
+    path = folder / CONFIG
+    if not path.exists():
+        return None
+    path = member(folder, CONFIG, "config")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} is {path.stat().st_size} bytes, not a training config")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} is unreadable ({exc}); re-run training") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} holds a {type(config).__name__}, not a training config")
+    return config
+
+
+def model_config_from(folder: Path, config: dict) -> ModelConfig:
+    """The ModelConfig in ``config["model"]``, each field's type and range checked first (and ``maxlen``)."""
+    fields_ = config.get("model")
+    if not isinstance(fields_, dict):
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} has no `model` settings; re-run training")
+    known = {f.name: f.type for f in fields(ModelConfig)}
+    unknown = sorted(set(fields_) - set(known))
+    if unknown:
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} has unknown model settings ({', '.join(unknown)}); it comes "
+                         "from another program or a newer torch_imdb")
+    checked = {**fields_, "maxlen": config.get("maxlen")}
+    for name, value in checked.items():
+        where = f"checkpoint in {folder}: {CONFIG} {name} = {value!r}"
+        if name in INT_RANGES:
+            low, high = INT_RANGES[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"{where} is not an integer in [{low}, {high}]")
+        elif name in CHOICES:
+            if value not in CHOICES[name]:
+                raise UsageError(f"{where} is not one of {', '.join(CHOICES[name])}")
+        elif name == "bidirectional":
+            if not isinstance(value, bool):
+                raise UsageError(f"{where} is not true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise UsageError(f"{where} is not a rate in [0, 1)")
+    return ModelConfig(**fields_)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of ``SentimentRNN(cfg)``, computed without building it (so a huge config allocates nothing)."""
+    gates = 4 if cfg.cell == "lstm" else 3
+    width = cfg.directions * cfg.hidden
+    rnn = sum(cfg.directions * gates * cfg.hidden * ((cfg.embed_dim if layer == 0 else width) + cfg.hidden + 2)
+              for layer in range(cfg.layers))
+    attention = width * cfg.attention_dim + 2 * cfg.attention_dim if cfg.pool == "attention" else 0
+    return cfg.vocab_size * cfg.embed_dim + rnn + attention + width + 1
 
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model (in eval mode) and vocabulary saved by :func:`save_checkpoint`.
 
     Raises :class:`UsageError` with one line when the folder is missing or
-    incomplete, or when the vocabulary, weights and config do not belong together.
+    incomplete, when a file is not what it should be (see the module docstring),
+    or when the vocabulary, weights and config do not belong together.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"checkpoint folder {folder} does not exist; train first with "
                          f"`python -m torch_imdb.train --out {folder}` or pass --checkpoint")
-    if not (folder / CONFIG).exists():
+    config = read_config(folder)
+    if config is None:
         raise UsageError(f"checkpoint folder {folder} lacks {CONFIG}; it is not a finished torch_imdb.train output "
                          "(re-run training)")
+    model_config = model_config_from(folder, config)
+    weights_path = member(folder, config.get("weights_file", LEGACY_WEIGHTS), "weights")
+    vocab_path = member(folder, config.get("vocab_file", LEGACY_VOCAB), "vocabulary")
+    count = parameter_count(model_config)
+    if count > MAX_PARAMETERS or 4 * count > weights_path.stat().st_size:
+        raise UsageError(f"checkpoint in {folder}: {CONFIG} describes {count:,} parameters, which "
+                         f"{weights_path.name} ({weights_path.stat().st_size:,} bytes) cannot hold; the files do not "
+                         "belong together (re-run training)")
+    if vocab_path.stat().st_size > 64 * model_config.vocab_size + MAX_CONFIG_BYTES:
+        raise UsageError(f"checkpoint in {folder}: {vocab_path.name} is far larger than a vocabulary of "
+                         f"{model_config.vocab_size} words; the files do not belong together (re-run training)")
     try:
-        config = json.loads((folder / CONFIG).read_text())
-    except ValueError as exc:
-        raise UsageError(f"checkpoint in {folder}: {CONFIG} is unreadable ({exc}); re-run training") from None
-    weights_file, vocab_file = config.get("weights_file", LEGACY_WEIGHTS), config.get("vocab_file", LEGACY_VOCAB)
-    missing = [name for name in (weights_file, vocab_file) if not (folder / name).exists()]
-    if missing:
-        raise UsageError(f"checkpoint folder {folder} lacks {', '.join(missing)}; it is not a finished "
-                         "torch_imdb.train output (re-run training)")
-    try:
-        vocab = Vocab.from_json((folder / vocab_file).read_text())
-        model_config = ModelConfig(**config["model"])
-        state = torch.load(folder / weights_file, map_location="cpu", weights_only=True)
+        vocab = Vocab.from_json(vocab_path.read_text(encoding="utf-8"))
+        state = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TypeError("not a state dict of tensors")
         # checkpoints from before the GRU existed named the recurrent module "lstm"
         state = {("rnn." + k[5:] if k.startswith("lstm.") else k): v for k, v in state.items()}
-    except (ValueError, KeyError, TypeError, RuntimeError, EOFError, AttributeError) as exc:
-        raise UsageError(f"checkpoint in {folder} is unreadable ({type(exc).__name__}: {exc}); re-run training") from None
+    except Exception as exc:  # anything a damaged or foreign file raises: JSON, zip, pickle, torch errors
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UsageError(f"checkpoint in {folder} is unreadable ({type(exc).__name__}: {reason}); "
+                         "re-run training") from None
     if vocab.size != model_config.vocab_size or config.get("vocab_fingerprint") != vocab.fingerprint():
-        raise UsageError(f"checkpoint in {folder}: {vocab_file} has {vocab.size} ids but the model was trained with "
-                         f"{model_config.vocab_size}; the vocabulary and the weights come from different runs")
+        raise UsageError(f"checkpoint in {folder}: {vocab_path.name} has {vocab.size} ids but the model was trained "
+                         f"with {model_config.vocab_size}; the vocabulary and the weights come from different runs")
     model = SentimentRNN(model_config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
@@ -133,6 +230,6 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     model.load_state_dict(state)
     fingerprint = model_fingerprint(model)
     if config.setdefault("weights_fingerprint", fingerprint) != fingerprint:
-        raise UsageError(f"checkpoint in {folder}: {weights_file} is not the file config.json was written for "
+        raise UsageError(f"checkpoint in {folder}: {weights_path.name} is not the file config.json was written for "
                          f"(fingerprint {fingerprint}, config says {config['weights_fingerprint']}); re-run training")
     return Checkpoint(model.to(device).eval(), vocab, config)

@@ -116,7 +116,10 @@ class Vocab:
 
     @classmethod
     def from_json(cls, text: str) -> "Vocab":
-        return cls(tuple(json.loads(text)["words"]))
+        words = json.loads(text).get("words") if text.lstrip().startswith("{") else None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError("not a vocabulary: expected {\"words\": [strings]}")
+        return cls(tuple(words))
 
 
 def pad_pre(ids: Sequence[int], maxlen: int) -> np.ndarray:

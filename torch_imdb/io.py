@@ -72,3 +72,14 @@ def atomic_savefig(target: str | Path, fig, **kwargs) -> None:
     target = Path(target)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format=target.suffix.lstrip("."), **kwargs)
+
+
+def remove_stale_temps(folder: str | Path, *names: str) -> None:
+    """Remove the temporary files that killed writes of ``names`` (globs such as ``model-*.pt``) left in ``folder``.
+
+    Only for a folder one process writes at a time: a concurrent writer's
+    temporary file would go too.
+    """
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)

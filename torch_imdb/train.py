@@ -2,6 +2,7 @@
 
 Writes the checkpoint (weights, vocabulary, config) to ``--out`` and the
 per-epoch metrics to ``--out``/metrics.json (and ``--metrics-out`` if given).
+A killed run continues with ``--resume``.
 """
 
 from __future__ import annotations
@@ -57,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=kind, default=default, help=HELP[f.name])
     p.add_argument("--out", default="artifacts", help="checkpoint folder (weights, vocab.json, config.json)")
     p.add_argument("--metrics-out", default=None, help="also write the metrics JSON here (e.g. results/train_metrics.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run in --out from its last finished epoch (OUT/train_state.pt, saved "
+                        "every epoch); give the same options. Ends with the same weights as an uninterrupted run")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    metrics = fit(cfg, args.out)
+    metrics = fit(cfg, args.out, resume=args.resume)
     metrics["command"] = "python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv)
     write_metrics(Path(args.out) / "metrics.json", metrics)
     if args.metrics_out:

@@ -3,6 +3,13 @@
 With ``val_fraction > 0`` a seeded slice of the TRAIN split is held out and the
 checkpoint of the best validation epoch is kept; the test split is reported
 every epoch (as the original's ``validation_data``) but never used to choose.
+
+After every epoch the whole training state (weights, optimiser moments, the
+shuffling generator and torch's RNG, the epoch and the metrics so far) is saved
+to ``OUT/train_state.pt``; ``fit(..., resume=True)`` (``--resume``) continues a
+killed run from it and ends with the same weights, bit for bit, as a run that was
+never interrupted (same seed, device and thread count). The file is removed when
+the run finishes.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from tqdm import tqdm
 from torch_imdb.checkpoint import save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
-from torch_imdb.io import atomic_write_json
+from torch_imdb.io import atomic_torch_save, atomic_write_json, remove_stale_temps
 from torch_imdb.model import CELLS, DROPOUT_MASKS, POOLS, ModelConfig, SentimentRNN
 
 
@@ -144,14 +151,23 @@ def evaluate(model: SentimentRNN, x: torch.Tensor, y: torch.Tensor, batch_size: 
     return loss_sum / len(x), correct / len(x)
 
 
+PROGRESS_LINES = 10  # lines per epoch when the output is not a terminal (a log file)
+
+
 def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                batch_size: int, generator: torch.Generator, desc: str = "") -> tuple[float, float]:
-    """One pass over (x, y) in a seeded random order; returns mean loss and accuracy."""
+                batch_size: int, generator: torch.Generator, desc: str = "", log=None) -> tuple[float, float]:
+    """One pass over (x, y) in a seeded random order; returns mean loss and accuracy.
+
+    Progress: a bar on a terminal; otherwise, with ``log``, ``PROGRESS_LINES`` lines per epoch.
+    """
     model.train()
     order = torch.randperm(len(x), generator=generator).to(x.device)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(0, len(x), batch_size), desc=desc, leave=False, mininterval=1.0, disable=None)
-    for k in bar:
+    starts = range(0, len(x), batch_size)
+    bar = tqdm(starts, desc=desc, leave=False, mininterval=1.0, disable=None)
+    every = math.ceil(len(starts) / PROGRESS_LINES) if bar.disable and log is not None else 0
+    t0 = time.perf_counter()
+    for step, k in enumerate(bar, 1):
         idx = order[k : k + batch_size]
         logits = model(x[idx])
         loss = F.binary_cross_entropy_with_logits(logits, y[idx])
@@ -162,6 +178,9 @@ def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor
         correct += ((logits.detach() > 0).float() == y[idx]).sum().item()
         seen += len(idx)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        if every and step % every == 0 and step < len(starts):
+            log(f"{desc}: {step}/{len(starts)} batches, loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
     return loss_sum / seen, correct / seen
 
 
@@ -191,18 +210,54 @@ def move_aside_derived(out_dir: Path, log=print) -> list[Path]:
     return moved
 
 
-def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None, log=print) -> dict:
+STATE = "train_state.pt"
+
+
+def save_state(path: Path, **state) -> None:
+    """Everything a killed run needs to go on exactly where it stopped (see :func:`fit`)."""
+    atomic_torch_save(path, {**state, "torch_rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+
+
+def load_state(path: Path, saved_config: dict, vocab: Vocab) -> dict:
+    """The state :func:`save_state` wrote, checked to belong to this run's settings and data; one-line errors."""
+    if not path.is_file():
+        raise UsageError(f"--resume: {path} does not exist, so there is no killed run to continue in {path.parent} "
+                         "(a finished run removes it); run without --resume to train from the start")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: pickle, zip and torch errors alike
+        raise UsageError(f"--resume: {path} is unreadable ({type(exc).__name__}); delete it and run without --resume") from None
+    if not isinstance(state, dict) or state.get("config") != saved_config:
+        old = state.get("config") if isinstance(state, dict) else None
+        diff = sorted(k for k in saved_config if not isinstance(old, dict) or old.get(k) != saved_config[k])
+        raise UsageError(f"--resume: {path} is a run with other settings ({', '.join(diff) or 'format'} differ); "
+                         "give the killed run's options, or run without --resume to start over")
+    if state.get("vocab_fingerprint") != vocab.fingerprint():
+        raise UsageError(f"--resume: {path} was trained on other data (vocabulary differs); run without --resume")
+    return state
+
+
+def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None, log=print,
+        resume: bool = False) -> dict:
     """Train a model per ``cfg``, save its checkpoint to ``out_dir``, return the metrics dict.
 
     The checkpoint saved is the last epoch's, or with ``val_fraction > 0`` the
-    best validation epoch's (by ``cfg.monitor``).
+    best validation epoch's (by ``cfg.monitor``). ``resume`` continues the run
+    whose state ``out_dir/train_state.pt`` holds (same settings required).
     """
     cfg.validate()
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     if data is None:
         data = prepare_data(cfg, cache_dir=out_dir / "cache")
+    saved_config = {**asdict(cfg), "data": data.source, "device": str(device)}
+    state_path = out_dir / STATE
+    state = load_state(state_path, saved_config, data.vocab) if resume else None
+    if state is None and state_path.exists():
+        log(f"starting over: the state of an unfinished run in {state_path} will be replaced (--resume continues it)")
     move_aside_derived(out_dir, log)
+    remove_stale_temps(out_dir, STATE)
     torch.manual_seed(cfg.seed)
     x_all = torch.from_numpy(data.x_train)
     y_all = torch.from_numpy(data.y_train)
@@ -221,14 +276,26 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     # Keras' Adam defaults (epsilon 1e-7); the fused kernel is ~6x faster than the loop on CPU.
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    saved_config = {**asdict(cfg), "data": data.source, "device": str(device)}
 
     log(f"model: {model.config.describe()}, Keras dropout {cfg.dropout}/{cfg.recurrent_dropout} "
         f"({cfg.dropout_masks} masks)")
-    history, best, best_epoch, since_best = [], None, None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    history, best, best_epoch, since_best, stopped, fingerprint = [], None, None, 0, False, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+        since_best, stopped, fingerprint = state["since_best"], state["stopped"], state["fingerprint"]
+        log(f"resuming after epoch {state['epoch']} of {cfg.epochs} from {state_path}")
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
-        tr_loss, tr_acc = train_epoch(model, opt, x_tr, y_tr, cfg.batch_size, gen, desc=f"epoch {epoch}/{cfg.epochs}")
+        tr_loss, tr_acc = train_epoch(model, opt, x_tr, y_tr, cfg.batch_size, gen,
+                                      desc=f"epoch {epoch}/{cfg.epochs}", log=log)
         train_s = time.perf_counter() - t0
         te_loss, te_acc = evaluate(model, x_te, y_te)
         row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc}
@@ -240,20 +307,25 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         val_txt = f" val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}" if x_val is not None else ""
         log(f"epoch {epoch:2d}/{cfg.epochs}: loss {tr_loss:.4f} acc {tr_acc:.4f}{val_txt} "
             f"test_loss {te_loss:.4f} test_acc {te_acc:.4f} ({row['seconds']:.1f} s)")
-        if x_val is None:
-            continue
-        score = row["val_loss"] if cfg.monitor == "val_loss" else -row["val_acc"]
-        if best is None or score < best:
-            best, best_epoch, since_best = score, epoch, 0
-            fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": epoch})
-        else:
-            since_best += 1
-            if cfg.patience and since_best >= cfg.patience:
-                log(f"no {cfg.monitor} improvement for {cfg.patience} epochs: stopping")
-                break
+        if x_val is not None:
+            score = row["val_loss"] if cfg.monitor == "val_loss" else -row["val_acc"]
+            if best is None or score < best:
+                best, best_epoch, since_best = score, epoch, 0
+                fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": epoch})
+            else:
+                since_best += 1
+                if cfg.patience and since_best >= cfg.patience:
+                    log(f"no {cfg.monitor} improvement for {cfg.patience} epochs: stopping")
+                    stopped = True
+        # The state is saved after the checkpoint: a kill between the two repeats this epoch, bit for bit.
+        save_state(state_path, config=saved_config, vocab_fingerprint=data.vocab.fingerprint(), epoch=epoch,
+                   model=model.state_dict(), optimizer=opt.state_dict(), shuffle_rng=gen.get_state(),
+                   history=history, best=best, best_epoch=best_epoch, since_best=since_best, stopped=stopped,
+                   fingerprint=fingerprint)
     if x_val is None:
         best_epoch = history[-1]["epoch"]
         fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": best_epoch})
+    state_path.unlink(missing_ok=True)
     final = next(r for r in history if r["epoch"] == best_epoch)
     log(f"Test score: {final['test_loss']:.4f}")
     log(f"Test accuracy: {final['test_acc']:.4f}" + (f" (checkpoint of epoch {best_epoch}, best {cfg.monitor})"
@@ -262,6 +334,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         "config": saved_config,
         "n_train": int(len(x_tr)), "n_val": int(0 if x_val is None else len(x_val)), "n_test": int(len(x_te)),
         "epochs": history,
+        "resumed_after_epoch": state["epoch"] if state is not None else None,
         "architecture": model.config.describe(),
         "checkpoint_epoch": best_epoch,
         "selected_by": cfg.monitor if x_val is not None else "last epoch",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -209,16 +208,31 @@ def plot_top_words(path: str | Path, stats: list[WordStat], k: int = 20, title: 
 
 
 def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sample: int, background: int, seed: int,
-                           cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Token ids and values (N, T): from a finished ``--all-test`` folder, else a fresh seeded sample."""
-    from torch_imdb.explain.corpus import read_attributions
+                           cache_dir: str | Path | None = None, required: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Token ids and values (N, T): from a finished ``--all-test`` / ``--input`` folder, else a fresh seeded sample.
+
+    ``required``: the user named the folder, so a folder that is missing, unfinished
+    or of other weights is refused in one line rather than replaced by a sample.
+    """
+    from torch_imdb.explain.corpus import read_attributions, read_manifest
     from torch_imdb.explain.compare import sample_background, sample_test_reviews
     from torch_imdb.explain.fast import FastDeepShap
 
-    manifest = Path(attributions) / "manifest.json" if attributions else None
-    if manifest is not None and manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-        meta = json.loads(manifest.read_text())
-        got = read_attributions(attributions, fingerprint=ckpt.fingerprint)
+    folder = Path(attributions) if attributions else None
+    meta = read_manifest(folder) if folder is not None and folder.is_dir() else None
+    if required:
+        if folder is None or not folder.is_dir():
+            raise UsageError(f"--attributions {attributions} is not a folder; give the --out-dir of "
+                             "`python -m torch_imdb.explain --all-test` or `--input`, or leave it out to explain a sample")
+        if meta is None:
+            raise UsageError(f"--attributions {attributions} holds no manifest.json: it is not an output of "
+                             "`python -m torch_imdb.explain --all-test` or `--input`")
+        if not meta.get("complete"):
+            raise UsageError(f"--attributions {attributions} is an unfinished run; run the command that started it "
+                             "again to finish it (it resumes), then summarise")
+    if meta is not None and meta.get("complete"):
+        got = read_attributions(folder, fingerprint=ckpt.fingerprint)
         source = f"{attributions} (python -m torch_imdb.explain --all-test or --input)"
         return got["ids"], got["values"], {"source": source,
                                            "reviews": int(len(got["ids"])), "background": meta["background"],
@@ -238,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--attributions", default=None,
-                   help="folder of `explain --all-test` (default: CHECKPOINT/all_test); used when complete, "
-                        "else a sample is explained")
+                   help="folder of `explain --all-test` or `--input` to summarise; refused unless finished and of "
+                        "these weights (default: CHECKPOINT/all_test when finished, else a sample is explained)")
     p.add_argument("--sample", type=int, default=2000, help="test reviews to explain when there is no --attributions")
     p.add_argument("--min-count", type=int, default=20, help="leave out words seen fewer times")
     p.add_argument("--top", type=int, default=20, help="words per side in the figure")
@@ -260,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     attributions = args.attributions or default_out_dir(args.checkpoint)
     dataset = load_imdb(args.data)
-    ids, values, meta = attributions_for_words(ckpt, dataset, attributions, args.sample,
-                                               args.background, args.seed, Path(args.checkpoint) / "cache")
+    ids, values, meta = attributions_for_words(ckpt, dataset, attributions, args.sample, args.background, args.seed,
+                                               Path(args.checkpoint) / "cache", required=args.attributions is not None)
     stats = word_importance(ids, values, ckpt.vocab, args.min_count)
     if sum(s.kind == "word" for s in stats) < 2:
         raise UsageError(f"fewer than 2 words occur at least {args.min_count} times; lower --min-count or explain more reviews")

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the `text` column (and `id`, `label` when present) of .csv, .parquet or .jsonl files; "
                         "writes parquet parts to --out-dir (default: CHECKPOINT/explain_input), and with the local "
                         "engine tokens.csv and word_summary.csv")
+    p.add_argument("--encoding", default="utf-8",
+                   help="with --input: how .txt, .csv and .jsonl files are decoded (a byte-order mark is dropped; "
+                        "bytes that do not decode become U+FFFD with a warning naming the row)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="with --input: run the fast engine in this process, or on Ray Data (pip install "
                         "'torch-imdb[ray]')")
@@ -74,22 +77,23 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
 
         manifest = explain_input_ray(ckpt, dataset, args.input, out, args.background, args.seed, args.chunk_reviews,
                                      not args.no_compile, args.ray_address, args.workers, args.threads_per_worker,
-                                     cache, log=lambda line: print(line, file=sys.stderr))
+                                     cache, log=lambda line: print(line, file=sys.stderr), encoding=args.encoding)
         print(f"explained {manifest['reviews_computed_this_run']} reviews on Ray ({manifest['workers']} workers on "
               f"{manifest['nodes_used']} node(s), {manifest['seconds_this_run']:.1f} s) into {out}: "
               f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet part(s); summarise them by word with "
               f"`python -m torch_imdb.words --attributions {out}`")
         return 0
-    rows, texts, labels, problems = read_usable_texts(args.input, log=lambda line: print(line, file=sys.stderr))
-    ids = ckpt.vocab.encode_many(texts, ckpt.maxlen)
-    source = {"input": str(Path(args.input).resolve()), "input_rows": len(rows) + len(problems),
-              "skipped_rows": len(problems)}
-    manifest = explain_ids(ckpt, dataset, ids, rows, labels, out, source, args.background, args.seed,
+    got = read_usable_texts(args.input, lambda line: print(line, file=sys.stderr), args.encoding)
+    ids = ckpt.vocab.encode_many(got.texts, ckpt.maxlen)
+    source = {"input": str(Path(args.input).resolve()), "input_sha256": got.fingerprint, "encoding": args.encoding,
+              "input_rows": got.rows, "skipped_rows": len(got.skipped)}
+    manifest = explain_ids(ckpt, dataset, ids, got.ids, got.labels, out, source, args.background, args.seed,
                            args.chunk_reviews, not args.no_compile, cache)
-    got = read_attributions(out, fingerprint=ckpt.fingerprint)
-    n_tokens = write_token_table(out / "tokens.csv", ckpt, got)
-    write_words(out / "word_summary.csv", word_importance(got["ids"], got["values"], ckpt.vocab, min_count=1))
-    print(f"explained {manifest['n_reviews']} reviews ({len(problems)} rows skipped) into {out}: "
+    attributions = read_attributions(out, fingerprint=ckpt.fingerprint)
+    n_tokens = write_token_table(out / "tokens.csv", ckpt, attributions)
+    write_words(out / "word_summary.csv", word_importance(attributions["ids"], attributions["values"], ckpt.vocab,
+                                                          min_count=1))
+    print(f"explained {manifest['n_reviews']} reviews ({len(got.skipped)} rows skipped) into {out}: "
           f"{n_tokens} tokens in tokens.csv, words in word_summary.csv")
     return 0
 

@@ -2,13 +2,16 @@
 
 Each chunk of reviews becomes ``chunk-XXXXX.parquet`` (written atomically);
 a restart skips chunks already on disk, so an interrupted run loses at most one
-chunk. ``manifest.json`` records the seed, background rows, the timing and the
-weights fingerprint; every chunk carries the fingerprint in its parquet metadata,
-and neither a restart nor a reader combines chunks of different weights.
+chunk. ``manifest.json`` records the settings (seed, background rows, the
+input's content hash, ...), the timing and the weights fingerprint; every chunk
+carries the fingerprint and a hash of the settings (the run key) in its parquet
+metadata, and neither a restart nor a reader combines chunks of different
+weights, settings or input.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,6 +31,12 @@ from torch_imdb.io import atomic_path, atomic_write_json
 
 
 FINGERPRINT_KEY = "torch_imdb.weights_fingerprint"
+RUN_KEY = "torch_imdb.run_key"
+
+
+def run_key(settings: dict) -> str:
+    """A hash of a run's settings (weights, input content, background, ...): a chunk carries the key of its run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -55,7 +64,7 @@ def fast_engine(model, background: int, compile: bool = True) -> FastDeepShap:
 
 
 def explain_batch(engine: FastDeepShap, bg: torch.Tensor, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                  fingerprint: str) -> pa.Table:
+                  fingerprint: str, key: str = "") -> pa.Table:
     """Attribute one batch of encoded reviews ids (n, T) against the background ids (B, T): one parquet table.
 
     The one per-batch function behind the local runner and the Ray actors, so both
@@ -71,7 +80,7 @@ def explain_batch(engine: FastDeepShap, bg: torch.Tensor, ids: np.ndarray, rows:
         "residual": pa.array(result.residual.astype(np.float32)),
         "ids": pa.array(list(np.asarray(ids, dtype=np.int32)), type=pa.list_(pa.int32())),
         "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
-    }).replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
+    }).replace_schema_metadata({FINGERPRINT_KEY: fingerprint, RUN_KEY: key})
 
 
 def write_part(path: Path, table: pa.Table) -> None:
@@ -85,11 +94,20 @@ def part_files(out: Path) -> list[Path]:
     return sorted([*out.glob("chunk-*.parquet"), *out.glob("part-*.parquet")])
 
 
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One finished part; a one-line error when it is damaged (a chunk can only be damaged from outside the run)."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise UsageError(f"{path} is damaged ({str(exc).strip()[:120] or type(exc).__name__}); delete it and run the "
+                         "same command again to recompute it") from None
+
+
 def part_rows(parts: list[Path]) -> np.ndarray:
     """The review ids (``row``) held by these parts, sorted."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate([pq.read_table(p, columns=["row"])["row"].to_numpy() for p in parts]))
+    return np.sort(np.concatenate([read_part(p, columns=["row"])["row"].to_numpy() for p in parts]))
 
 
 def first_repeat(sorted_rows: np.ndarray) -> int | None:
@@ -98,33 +116,55 @@ def first_repeat(sorted_rows: np.ndarray) -> int | None:
     return int(repeated[0]) if len(repeated) else None
 
 
-def start_run(out: Path, settings: dict) -> list[Path]:
-    """Open ``out`` for a run with ``settings``; returns the parts a previous run finished there.
+def read_manifest(out: Path) -> dict | None:
+    """``out/manifest.json`` (None when there is none); a one-line error when it is damaged."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}); delete {out} to start over") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is not a run's manifest; delete {out} to start over")
+    return manifest
 
-    An empty folder starts a run; a folder of the same weights and settings resumes
-    it (every finished part's fingerprint is checked); anything else is refused in
-    one line. Leftover temporary files of an interrupted run are removed, and the
-    manifest is marked incomplete until the run ends.
+
+def start_run(out: Path, settings: dict) -> list[Path]:
+    """Check that ``out`` can take a run with ``settings``; returns the parts a previous run finished there.
+
+    An empty folder starts a run; a folder of the same weights, settings and input
+    resumes it (every finished part's fingerprint and run key is checked); anything
+    else is refused in one line. Nothing is written here: a refused folder is left as
+    it was, and :func:`mark_started` writes the manifest once there is work to do.
+    Leftover temporary files of an interrupted run are removed.
     """
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = settings["weights_fingerprint"]
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+    fingerprint, key = settings["weights_fingerprint"], run_key(settings)
+    old, finished = read_manifest(out), part_files(out)
+    if old is None and finished:
+        raise UsageError(f"{out} holds attribution chunks but no manifest; use another --out-dir or delete it to start over")
+    if old is not None:
         if old.get("weights_fingerprint") != fingerprint:
             raise UsageError(f"{out} holds attributions of other weights (fingerprint {old.get('weights_fingerprint')}, "
                              f"the checkpoint's is {fingerprint}); use another --out-dir or delete it to start over")
-        if {k: old.get(k) for k in settings} != settings:
-            raise UsageError(f"{out} holds a run with other settings; use another --out-dir or delete it to start over")
-    elif part_files(out):
-        raise UsageError(f"{out} holds attribution chunks but no manifest; use another --out-dir or delete it to start over")
+        if "input_sha256" in settings and old.get("input_sha256") != settings["input_sha256"]:
+            raise UsageError(f"the input changed since the run in {out} began (its content hash differs); its finished "
+                             "chunks hold the old texts' values: delete the folder or use another --out-dir")
+        diff = sorted(k for k in settings if old.get(k) != settings[k])
+        if diff:
+            raise UsageError(f"{out} holds a run with other settings ({', '.join(diff)} differ); use another --out-dir "
+                             "or delete it to start over")
+    for path in finished:
+        check_part(path, fingerprint, key)
     for stale in [*out.glob(".chunk-*.tmp"), *out.glob(".part-*.tmp")]:
         stale.unlink(missing_ok=True)
-    atomic_write_json(manifest_path, {**settings, "complete": False})
-    finished = part_files(out)
-    for path in finished:
-        chunk_fingerprint(path, expected=fingerprint)
     return finished
+
+
+def mark_started(out: Path, settings: dict) -> None:
+    """Write the manifest of a run about to compute parts: its settings and run key, marked incomplete until the end."""
+    atomic_write_json(out / "manifest.json", {**settings, "run_key": run_key(settings), "complete": False})
 
 
 def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray, out_dir: str | Path,
@@ -146,11 +186,14 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
                 "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
                 "weights_fingerprint": ckpt.fingerprint}
     done = start_run(out, settings)
+    key = run_key(settings)
     engine = fast_engine(ckpt.model, background, compile)
     bg = torch.from_numpy(bg_ids)
     chunks = list(range(0, len(rows), chunk_reviews))
     if done:
         log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
+    if len(done) < len(chunks):
+        mark_started(out, settings)
     t0 = time.perf_counter()
     computed = 0
     for start in tqdm(chunks, desc="explaining", unit="chunk", disable=None):
@@ -158,10 +201,10 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
         if path.exists():
             continue
         sl = slice(start, start + chunk_reviews)
-        write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint))
+        write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint, key))
         computed += len(rows[sl])
     seconds = time.perf_counter() - t0
-    manifest = {**settings, "complete": True, "expected_value": engine.expected_value(bg),
+    manifest = {**settings, "run_key": key, "complete": True, "expected_value": engine.expected_value(bg),
                 "reviews_computed_this_run": computed, "seconds_this_run": seconds,
                 "seconds_per_review_this_run": seconds / computed if computed else None,
                 "compiled": compile, "chunks": len(chunks), "torch_threads": torch.get_num_threads()}
@@ -169,14 +212,21 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
     return manifest
 
 
-def chunk_fingerprint(path: Path, expected: str | None = None) -> str:
-    """The weights fingerprint a chunk was computed with; a one-line error if it is not ``expected``."""
-    meta = pq.read_schema(path).metadata or {}
+def check_part(path: Path, fingerprint: str | None, key: str | None) -> None:
+    """A one-line error unless the part carries this weights ``fingerprint`` and run ``key`` (None: not checked)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError):
+        read_part(path)  # raises the damaged-file line
+        raise
     found = meta.get(FINGERPRINT_KEY.encode(), b"").decode() or None
-    if expected is not None and found != expected:
-        raise UsageError(f"{path} was computed from other weights (fingerprint {found}, expected {expected}); "
+    if fingerprint is not None and found != fingerprint:
+        raise UsageError(f"{path} was computed from other weights (fingerprint {found}, expected {fingerprint}); "
                          f"delete {path.parent} or use another --out-dir to start over")
-    return found
+    found_key = meta.get(RUN_KEY.encode(), b"").decode() or None
+    if key is not None and found_key != key:
+        raise UsageError(f"{path} belongs to another run (other input or settings) than {path.parent}/manifest.json; "
+                         f"delete {path.parent} or use another --out-dir to start over")
 
 
 def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, np.ndarray]:
@@ -187,7 +237,7 @@ def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> di
     when given), and no review may appear twice.
     """
     out = Path(out_dir)
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    manifest = read_manifest(out) or {}
     expected = manifest.get("weights_fingerprint")
     if fingerprint is not None and expected != fingerprint:
         raise UsageError(f"attributions in {out_dir} come from other weights (fingerprint {expected}, the checkpoint's "
@@ -196,8 +246,8 @@ def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> di
     if not files:
         raise UsageError(f"no attribution chunks in {out_dir}; run `python -m torch_imdb.explain --all-test` first")
     for f in files:
-        chunk_fingerprint(f, expected=expected)
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+        check_part(f, expected, manifest.get("run_key"))
+    table = pa.concat_tables(read_part(f) for f in files)
     order = np.argsort(table["row"].to_numpy(), kind="stable")
     cols = {k: table[k].to_numpy()[order] for k in ("row", "label", "output", "residual")}
     repeated = first_repeat(cols["row"])

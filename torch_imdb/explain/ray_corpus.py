@@ -2,9 +2,11 @@
 
 ``python -m torch_imdb.explain --input PATH --engine ray [--ray-address ADDR] [--workers N]``
 
-- Ray Data reads the texts (parquet, CSV or JSON lines; a file, a folder or a glob).
-  An input without an ``id`` column is read by the driver, since only one reader
-  can number its rows, and must be a single file (see :mod:`.texts`).
+- Ray Data reads parquet files that carry an ``id`` column. Text files (.txt, CSV,
+  JSON lines) and inputs without ids are read by the driver with the local
+  runner's reader (:mod:`.texts`: one encoding policy, one numbering, one set of
+  row checks) and handed to Ray as Arrow blocks. Ids and labels are checked by
+  the same functions in both runners.
 - Each actor of the pool loads the model and the background once, from Ray's object
   store, and sets torch's thread count to its CPU share: actors that each use every
   core slow each other down.
@@ -43,8 +45,10 @@ from tqdm import tqdm
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
-from torch_imdb.explain.corpus import explain_batch, fast_engine, first_repeat, part_rows, start_run, write_part
-from torch_imdb.explain.texts import columns_of, input_files, read_usable_texts, review_id
+from torch_imdb.explain.corpus import (explain_batch, fast_engine, first_repeat, mark_started, part_rows, run_key,
+                                      start_run, write_part)
+from torch_imdb.explain.texts import (columns_of, input_files, input_fingerprint, read_usable_texts, review_id,
+                                      review_label)
 from torch_imdb.io import atomic_write_json
 
 INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
@@ -86,7 +90,7 @@ class BatchExplainer:
     """The actor: holds the model, vocabulary and background; explains one batch of texts per call.
 
     ``payload`` is ``[ObjectRef]`` to a dict with checkpoint, bg_ids (B, T), done (sorted
-    ids to skip), out, compile. Returns one summary row per batch: the part written,
+    ids to skip), out, compile, key (the run key each part carries). Returns one summary row per batch: the part written,
     its reviews, the ids skipped for lack of text, the node it ran on.
     """
 
@@ -99,50 +103,44 @@ class BatchExplainer:
         self.bg = torch.from_numpy(p["bg_ids"])
         self.done = p["done"]
         self.out = Path(p["out"])
+        self.key = p["key"]
         self.engine = fast_engine(self.ckpt.model, len(self.bg), p["compile"])
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = np.array([review_id(v, "--input") for v in batch["id"]], dtype=np.int64)
         texts = batch["text"]
-        labels = batch["label"] if "label" in batch else np.full(len(rows), -1)
-        labels = np.where(np.isfinite(np.asarray(labels, dtype=np.float64)), labels, -1).astype(np.int64)
+        labels = batch["label"] if "label" in batch else [None] * len(rows)
+        labels = np.array([review_label(v, f"--input id {r}") for v, r in zip(labels, rows)], dtype=np.int64)
         has_text = np.array([isinstance(t, str) and bool(t.strip()) for t in texts], dtype=bool)
         todo = has_text & ~already_done(rows, self.done)
         name = ""
         if todo.any():
             ids = self.ckpt.vocab.encode_many([t for t, k in zip(texts, todo) if k], self.ckpt.maxlen)
-            table = explain_batch(self.engine, self.bg, ids, rows[todo], labels[todo], self.ckpt.fingerprint)
+            table = explain_batch(self.engine, self.bg, ids, rows[todo], labels[todo], self.ckpt.fingerprint, self.key)
             name = part_name(rows[todo])
             write_part(self.out / name, table)
         return {"part": np.array([name]), "reviews": np.array([int(todo.sum())]),
                 "skipped": np.array([json.dumps(rows[~has_text].tolist())]), "node": np.array([self.node])}
 
 
-def read_dataset(ray, spec: str, files: list[Path], blocks: int, log=print):
-    """The input as a Ray Dataset of id, text[, label]: Ray Data's readers when the files carry ids."""
-    if not all("id" in columns_of(f) for f in files):
-        ids, texts, labels, _ = read_usable_texts(spec, log)  # a single file numbered by row (read_texts checks)
-        table = pa.table({"id": ids, "text": texts, "label": labels})
-        step = max(1, math.ceil(len(ids) / blocks))
-        return ray.data.from_arrow([table.slice(k, step) for k in range(0, len(ids), step)])
+def read_dataset(ray, spec: str, files: list[Path], blocks: int, encoding: str, log=print):
+    """The input as a Ray Dataset of id, text[, label]: Ray Data's reader for parquet with ids, else ours."""
+    if files[0].suffix.lower() != ".parquet" or not all("id" in columns_of(f) for f in files):
+        got = read_usable_texts(spec, log, encoding)
+        table = pa.table({"id": got.ids, "text": got.texts, "label": got.labels})
+        step = max(1, math.ceil(len(got.ids) / blocks))
+        return ray.data.from_arrow([table.slice(k, step) for k in range(0, len(got.ids), step)])
     # Reading is light, and a full actor pool must not starve it (see explain_input_ray): 0 CPUs.
-    paths = [str(f) for f in files]
-    suffix = files[0].suffix.lower()
-    if suffix == ".parquet":
-        wanted = [c for c in ("id", "text", "label") if c in columns_of(files[0])]
-        return ray.data.read_parquet(paths, columns=wanted, num_cpus=0, override_num_blocks=blocks)
-    if suffix == ".csv":
-        return ray.data.read_csv(paths, num_cpus=0, override_num_blocks=blocks)
-    if suffix in (".jsonl", ".json"):
-        return ray.data.read_json(paths, num_cpus=0, override_num_blocks=blocks)
-    raise UsageError(f"--input {spec}: .txt files have no `id` column; give a single .txt file, or CSV, parquet or "
-                     "JSON lines with `id` and `text` columns")
+    wanted = [c for c in ("id", "text", "label") if c in columns_of(files[0])]
+    return ray.data.read_parquet([str(f) for f in files], columns=wanted, num_cpus=0, override_num_blocks=blocks)
 
 
 def estimated_rows(files: list[Path]) -> int:
     """Rows in the input: exact for parquet (from its footer), a guess from the size otherwise."""
     if files[0].suffix.lower() == ".parquet":
+        for f in files:
+            columns_of(f)  # a damaged file is one line here, not a traceback from inside Ray
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return max(1, sum(f.stat().st_size for f in files) // BYTES_PER_ROW_GUESS)
 
@@ -189,7 +187,7 @@ def cause(exc: BaseException) -> UsageError | None:
 def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path, background: int = 100,
                       seed: int = 0, batch_reviews: int = 500, compile: bool = True, address: str | None = None,
                       workers: int = 0, threads_per_worker: int = 1, cache_dir: str | Path | None = None,
-                      log=print) -> dict:
+                      log=print, encoding: str = "utf-8") -> dict:
     """Attribute every review of ``spec`` on Ray into parquet parts under ``out_dir``; returns the manifest.
 
     ``workers`` actors (0: as many as the cluster's CPUs allow) of ``threads_per_worker``
@@ -203,7 +201,8 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     files = input_files(spec)
     out = Path(out_dir)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
-    settings = {"runner": "ray", "input": [str(f.resolve()) for f in files], "background": background, "seed": seed,
+    settings = {"runner": "ray", "input": [str(f.resolve()) for f in files], "encoding": encoding,
+                "input_sha256": input_fingerprint(files, encoding), "background": background, "seed": seed,
                 "background_train_rows": [int(r) for r in bg_rows], "maxlen": ckpt.maxlen,
                 "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
                 "weights_fingerprint": ckpt.fingerprint}
@@ -233,9 +232,10 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
         rows_guess = estimated_rows(files)
         batch_reviews = max(1, min(batch_reviews, math.ceil(rows_guess / workers)))  # a small input still feeds every actor
         blocks = max(2 * workers, math.ceil(rows_guess / batch_reviews))
-        ds = read_dataset(ray, spec, files, blocks, log)
+        ds = read_dataset(ray, spec, files, blocks, encoding, log)
+        mark_started(out, settings)
         payload = ray.put({"checkpoint": ckpt, "bg_ids": bg_ids, "done": done, "out": str(out.resolve()),
-                           "compile": compile})
+                           "compile": compile, "key": run_key(settings)})
         results = ds.map_batches(BatchExplainer, fn_constructor_kwargs={"payload": [payload],
                                                                         "threads": threads_per_worker},
                                  batch_size=batch_reviews, compute=ray.data.ActorPoolStrategy(
@@ -272,7 +272,8 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     if repeated is not None:
         raise UsageError(f"review id {repeated} was explained twice: the input repeats it; ids must be unique")
     expected = fast_engine(ckpt.model, background, compile=False).expected_value(torch.from_numpy(bg_ids))
-    manifest = {**settings, "complete": True, "expected_value": expected, "n_reviews": int(len(total)),
+    manifest = {**settings, "run_key": run_key(settings), "complete": True, "expected_value": expected,
+                "n_reviews": int(len(total)),
                 "skipped_rows": len(skipped), "reviews_computed_this_run": computed, "seconds_this_run": seconds,
                 "seconds_ray_start": ray_started, "reviews_per_second_this_run": computed / seconds if computed else None,
                 "workers": workers, "threads_per_worker": threads_per_worker, "nodes_used": len(nodes),
