@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare.
+ENGINES = ("shap", "captum", "fast", "fast-compiled")
+
 
 def checkpoint_options() -> argparse.ArgumentParser:
     """--checkpoint and --data: which trained model, and where the IMDB copy is."""
@@ -19,3 +22,13 @@ def sampling_options() -> argparse.ArgumentParser:
     p.add_argument("--background", type=int, default=100, help="training reviews in the background (reference) set")
     p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
     return p
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults printed once: not for options whose help names its default already, nor for None and flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, argparse.SUPPRESS):
+            return help
+        return super()._get_help_string(action)

@@ -22,12 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from torch_imdb.config import CELLS, DROPOUT_MASKS, POOLS
 from torch_imdb.data import PAD_ID
-from torch_imdb.keras_dropout import GATES, keras_dropout_rnn
-
-CELLS = tuple(GATES)
-DROPOUT_MASKS = ("per-gate", "shared")
-POOLS = ("last", "mean", "max", "attention")
+from torch_imdb.keras_dropout import keras_dropout_rnn
 
 
 @dataclass(frozen=True)

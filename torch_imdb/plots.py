@@ -59,8 +59,8 @@ def save_force_png(path: str | Path, expected_value: float, values: np.ndarray, 
     shap.force_plot(expected_value, vals, feature_names=np.array(labels), matplotlib=True, show=False,
                     figsize=(18, 3.2), text_rotation=30, out_names="P(positive)", contribution_threshold=0.04)
     fig = plt.gcf()
-    if title:
-        fig.suptitle(title, y=1.18, fontsize=11)
+    if title:  # below the plot: above it, shap's "higher / lower" legend sits where a title would go
+        fig.text(0.5, 0.0, title, ha="center", va="top", fontsize=11)
     atomic_savefig(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torch_imdb.cli import HelpFormatter
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_write_text
 
@@ -266,12 +267,16 @@ def build_report(results: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.report", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--results", default="results", help="folder with the project's results")
     p.add_argument("--out", default=None, help="HTML file to write (default: RESULTS/report.html)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     out = build_report(args.results, args.out or Path(args.results) / "report.html")
     print(f"wrote {out}")
     return 0

@@ -153,12 +153,16 @@ def passed(res: dict) -> bool:
             and not res["token_problems"] and not res["script_errors"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.report_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", nargs="?", default="results/report.html")
     p.add_argument("--screenshot", default=None, help="also save a full-page PNG screenshot here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if find_chromium() is None:
         print("SKIPPED: chromium is not installed (apt-get install chromium); the report was not checked")
         return 0

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from torch_imdb.cli import HelpFormatter
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_savefig, atomic_write_json
 
@@ -140,16 +141,20 @@ def plot(path: Path, record: dict) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.series", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--train", type=int, default=2000, help="training sequences")
     p.add_argument("--explain", type=int, default=200, help="test sequences to explain")
     p.add_argument("--background", type=int, default=50, help="training sequences in the background")
     p.add_argument("--epochs", type=int, default=30, help="training epochs")
     p.add_argument("--seed", type=int, default=0, help="seed for the data, the initialisation and the background")
     p.add_argument("--out", default="results", help="folder for series_attributions.png/.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     record = run(args.train, args.explain, args.background, args.epochs, args.seed)
     out = Path(args.out)
     plot(out / "series_attributions.png", record)

@@ -12,8 +12,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from torch_imdb.cli import HelpFormatter
 from torch_imdb.errors import run_cli
-from torch_imdb.training import TrainConfig, fit, write_metrics
+from torch_imdb.config import TrainConfig
 
 HELP = {
     "epochs": "passes over the training data",
@@ -46,7 +47,7 @@ HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from torch_imdb.training import fit, write_metrics  # torch loads here, not for --help
+
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     metrics = fit(cfg, args.out, resume=args.resume)
     metrics["command"] = "python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -37,12 +37,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from torch_imdb.cli import checkpoint_options, sampling_options
+from torch_imdb.cli import HelpFormatter, checkpoint_options, sampling_options
 from torch_imdb.data import N_RESERVED, Vocab
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
+
 
 @dataclass
 class WordStat:
@@ -218,6 +218,7 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     from torch_imdb.explain.corpus import read_attributions, read_manifest
     from torch_imdb.explain.compare import sample_background, sample_test_reviews
     from torch_imdb.explain.fast import FastDeepShap
+    import torch
 
     folder = Path(attributions) if attributions else None
     meta = read_manifest(folder) if folder is not None and folder.is_dir() else None
@@ -249,7 +250,7 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.words", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--attributions", default=None,
                    help="folder of `explain --all-test` or `--input` to summarise; refused unless finished and of "
@@ -264,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch_imdb.checkpoint import load_checkpoint
+    args = build_parser().parse_args(argv)
+    from torch_imdb.checkpoint import load_checkpoint  # torch loads here, not for --help
     from torch_imdb.data import load_imdb
     from torch_imdb.explain.corpus import default_out_dir
 
-    args = build_parser().parse_args(argv)
     if args.min_count < 1 or args.top < 1:
         raise UsageError("--min-count and --top must be at least 1")
     ckpt = load_checkpoint(args.checkpoint)

@@ -11,11 +11,25 @@ Every engine has ``attribute(inputs, baselines, target=0) -> Attribution`` with
 token ids (N, T) and (B, T), or float sequences (N, T, F) and (B, T, F).
 """
 
-from torch_imdb.explain.backends import Attribution, CaptumDeepLiftShap, ShapDeepExplainer, check_completeness
-from torch_imdb.explain.fast import FastDeepLiftShap, FastDeepShap, RNNParts
-from torch_imdb.explain.transform import ExplainableModel, UnruledOpError, describe_rules, make_explainable
-from torch_imdb.explain.twin import ExplainableRNN
+# Loaded on first use (PEP 562), so that `python -m torch_imdb.explain --help` does not wait for torch.
+_EXPORTS = {
+    "Attribution": "backends", "CaptumDeepLiftShap": "backends", "ShapDeepExplainer": "backends",
+    "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "fast",
+    "ExplainableModel": "transform", "UnruledOpError": "transform", "describe_rules": "transform",
+    "make_explainable": "transform", "ExplainableRNN": "twin",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Attribution", "CaptumDeepLiftShap", "ExplainableModel", "ExplainableRNN", "FastDeepLiftShap",
-           "FastDeepShap", "RNNParts", "ShapDeepExplainer", "UnruledOpError", "check_completeness",
-           "describe_rules", "make_explainable"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'torch_imdb.explain' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"torch_imdb.explain.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -13,20 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from torch_imdb.checkpoint import load_checkpoint
-from torch_imdb.cli import checkpoint_options, sampling_options
-from torch_imdb.data import load_imdb
+from torch_imdb.cli import ENGINES, HelpFormatter, checkpoint_options, sampling_options
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.explain.compare import ENGINES, explain_reviews, summarize, write_csv, write_summary
-from torch_imdb.plots import force_plot, save_force_html, save_force_png, save_token_figure
-from torch_imdb.training import machine_info
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.explain", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
     p.add_argument("--engines", default="shap,captum",
@@ -55,11 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: CPUs each actor asks for, and its torch thread count")
     p.add_argument("--all-test", action="store_true",
                    help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
-    p.add_argument("--out-dir", default=None, help="with --all-test: where the parquet chunks go (default: CHECKPOINT/all_test)")
+    p.add_argument("--out-dir", default=None, help="with --all-test or --input: where the parquet chunks go (default: CHECKPOINT/all_test, or "
+                        "CHECKPOINT/explain_input)")
     p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
     p.add_argument("--chunk-reviews", type=int, default=500,
                    help="with --all-test or --input: reviews per parquet chunk, or per Ray batch (what a restart can lose)")
-    p.add_argument("--no-compile", action="store_true", help="with --all-test: run the fast engine without torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="with --all-test or --input: run the fast engine without torch.compile")
     p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
     return p
 
@@ -100,6 +94,15 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch and the libraries load here, not for --help
+    import numpy as np
+
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import load_imdb
+    from torch_imdb.explain.compare import explain_reviews, summarize, write_csv, write_summary
+    from torch_imdb.plots import force_plot, save_force_html, save_force_png, save_token_figure
+    from torch_imdb.training import machine_info
+
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_imdb(args.data)
     cache = Path(args.checkpoint) / "cache"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from torch_imdb.checkpoint import Checkpoint
+from torch_imdb.cli import ENGINES
 from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, Attribution, plain_rnn_failures
@@ -23,7 +24,6 @@ from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
 # The one engine registry: the command line, the benchmark and the report name engines from here.
-ENGINES = ("shap", "captum", "fast", "fast-compiled")
 
 
 def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **fast_options):

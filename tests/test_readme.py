@@ -1,0 +1,117 @@
+"""The README and docs/ as a reader meets them: short enough, every link resolves, every command parses, and
+`make train` gives the same weights twice. (The README's Python example runs in test_explain_twin.py.)"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = re.compile(r"^python (?:-m (torch_imdb[\w.]*)|(benchmarks/\w+\.py))(.*)$")
+PLACEHOLDERS = {"N": "1", "DIR": "dir", "PATH": "path", "ADDR": "10.0.0.1:6379", "HEAD:6379": "10.0.0.1:6379"}
+
+
+def test_the_readme_is_a_manual_not_a_notebook():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 250, len(lines)
+    text = "\n".join(lines).lower()
+    for diary in ("previous session", "previous run", "this session", "goal:", "commit "):
+        assert diary not in text, diary
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    return {slug(line.lstrip("#")) for line in path.read_text().splitlines() if line.startswith("#")}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_link_resolves(doc):
+    text = doc.read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert targets or doc.name == "changelog.md"
+    for target in targets:
+        if re.match(r"https?://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (doc.parent / path).resolve() if path else doc
+        assert resolved.exists(), f"{doc.name} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in anchors(resolved), f"{doc.name} links to {target}: no such heading"
+
+
+def commands(doc: Path) -> list[str]:
+    """Every `python -m torch_imdb...` / `python benchmarks/...` command in a code span or a code block line."""
+    text = doc.read_text()
+    found = re.findall(r"`([^`\n]+)`", text)
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        found += [line.split(" #")[0].strip() for line in block.splitlines()]
+    return [c for c in found if COMMAND.match(c)]
+
+
+def parser_of(module: str | None, script: str | None):
+    if script:
+        spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
+        mod = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(ROOT))
+        spec.loader.exec_module(mod)
+        return mod.build_parser()
+    name = module + ".__main__" if module == "torch_imdb.explain" else module
+    return importlib.import_module(name).build_parser()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_command_in_the_docs_parses(doc):
+    """Each documented command is accepted by its parser as written: no stale flag, no stale value."""
+    cmds = commands(doc)
+    if doc.name == "README.md":
+        assert len(cmds) >= 8
+    for cmd in cmds:
+        module, script, rest = COMMAND.match(cmd).groups()
+        args = [PLACEHOLDERS.get(a, a) for a in shlex.split(rest)]
+        if "..." in rest:
+            args = args[: next(k for k, a in enumerate(args) if "..." in a)]
+        try:
+            parser_of(module, script).parse_args(args)
+        except SystemExit as exc:
+            pytest.fail(f"{doc.name}: `{cmd}` is refused by its parser (exit {exc.code})")
+
+
+def test_make_train_twice_gives_the_same_weights(planted_data, tmp_path):
+    """`make train`'s own recipe (one torch thread), on a small setting, run twice: the same fingerprint."""
+    venv = Path(sys.executable).parent.parent
+    prints = []
+    for run in ("a", "b"):
+        small = (f"--data {planted_data} --epochs 1 --maxlen 16 --embed-dim 8 --hidden 8 --device cpu "
+                 f"--out {tmp_path / run} --metrics-out {tmp_path / run}.json")
+        res = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/.installed", "train", f"VENV={venv}",
+                              f"TRAIN_ARGS={small}"], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        assert "the committed weights f481cd03785a2c28" in res.stdout and "OMP_NUM_THREADS=1" in res.stdout
+        prints.append(json.loads((tmp_path / f"{run}.json").read_text())["weights_fingerprint"])
+    assert prints[0] == prints[1]
+    assert json.loads((tmp_path / "a.json").read_text())["machine"]["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("command", ["torch_imdb.explain", "torch_imdb.train", "torch_imdb.words", "torch_imdb.report"])
+def test_help_does_not_load_torch(command):
+    """`--help` answers at once: the command parses its options before torch (seconds to import) is loaded."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", command, "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and "usage:" in res.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported, f"{command} --help imported torch"
+    for line in res.stdout.split("  -")[1:]:  # one option each: its default named once
+        assert line.count("default") <= 1 or "(default:" not in line, line
