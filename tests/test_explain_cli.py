@@ -17,7 +17,7 @@ def run(ck, data, out, *extra):
 def test_text_end_to_end(tiny_checkpoint, tmp_path, capsys):
     ck, data = tiny_checkpoint
     assert run(ck, data, tmp_path, "--background", "8", "--text", "w1 w2 superb w3 wonderful",
-               "--text", "w4 awful w5 boring", "--no-plain-rnn") == 0
+               "--text", "w4 awful w5 boring", "--engines", "shap,captum") == 0
     summary = json.loads((tmp_path / "explain_summary.json").read_text())
     assert summary["config"]["reviews"] == 2
     assert summary["engines"]["shap"]["max_abs_completeness_residual"] < 1e-5
@@ -38,6 +38,39 @@ def test_text_end_to_end(tiny_checkpoint, tmp_path, capsys):
     for png in ("force_plot.png", "token_attributions.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert "shap_vs_captum" in capsys.readouterr().out
+
+
+def test_typed_reviews_default_to_the_fast_engine_beside_the_checkpoint(tiny_checkpoint, capsys):
+    """--text alone: every review printed, the fast engine, no negative control, output in CHECKPOINT/explain_text,
+    and a warning for a review cut to its last words and for one the vocabulary does not know."""
+    ck, data = tiny_checkpoint
+    long_review = " ".join(["w1"] * 30 + ["superb"])
+    texts = ["w1 superb w2", "w4 awful", "w5 boring w6", long_review, "qqq zzz"]
+    assert explain_main(["--checkpoint", str(ck), "--data", str(data), "--background", "4",
+                         *[a for t in texts for a in ("--text", t)]]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((ck / "explain_text" / "explain_summary.json").read_text())
+    assert summary["config"]["engines"] == ["fast"] and summary["plain_nn_rnn"] is None
+    assert sum(line.startswith("review ") for line in captured.out.splitlines()) == 5
+    warnings = captured.err.strip().splitlines()
+    assert warnings == ["warning: --text 4: 31 words, the model reads the last 15 (maxlen 16, as in training)",
+                        "warning: --text 5: 2 of 2 words are not in the model's vocabulary; its prediction rests on "
+                        "the start token and padding, not on this review"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--text", "superb", "--input", "x.txt"], "--text and --input are two modes"),
+    (["--all-test", "--input", "x.txt"], "--input and --all-test are two modes"),
+    (["--limit", "5"], "--limit is an option of --all-test; it does nothing with sampled reviews"),
+    (["--text", "superb", "--reviews", "3"], "--reviews is an option of sampled reviews; it does nothing with --text"),
+    (["--input", "x.txt", "--workers", "2"], "--workers is an option of --engine ray; it does nothing with --input"),
+    (["--all-test", "--engines", "shap"], "--engines is an option of sampled reviews or --text"),
+    (["--out-dir", "o"], "--out-dir is an option of --input or --all-test"),
+])
+def test_options_of_another_mode_are_refused(tiny_checkpoint, tmp_path, extra, message):
+    ck, data = tiny_checkpoint
+    with pytest.raises(UsageError, match=message.replace("(", "\\(")):
+        explain_main(["--checkpoint", str(ck), "--data", str(data), *extra])
 
 
 def test_sampled_reviews_with_all_engines(tiny_checkpoint, tmp_path):

@@ -115,3 +115,24 @@ def test_help_does_not_load_torch(command):
     assert "torch" not in imported, f"{command} --help imported torch"
     for line in res.stdout.split("  -")[1:]:  # one option each: its default named once
         assert line.count("default") <= 1 or "(default:" not in line, line
+
+
+def test_the_python_example_for_the_trained_model_runs(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """The README's example, as written, on the tests' own checkpoint and data instead of artifacts/ and IMDB."""
+    ck, data = tiny_checkpoint
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Explain the trained model from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'load_checkpoint("artifacts")' in code
+    monkeypatch.setenv("TORCH_IMDB_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.replace('"artifacts"', repr(str(ck))), "README.md", "exec"), namespace)
+    explanation, model, ids = namespace["explanation"], namespace["ckpt"].model, namespace["ids"]
+    p = model.predict_proba(ids).numpy()
+    for k in range(2):
+        assert abs(explanation[k].base_values + explanation[k].values.sum() - p[k]) < 1e-4
+        assert explanation[k].data[0].startswith("<pad> x")
+    page = (tmp_path / "reviews.html").read_text()
+    assert "wonderful " in page and "np.float64" not in page
+    assert "'wonderful '" in capsys.readouterr().out  # printed: review 0's last words (OOV ones as <unk>)

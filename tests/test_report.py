@@ -7,7 +7,7 @@ import pytest
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.__main__ import main as explain_main
-from torch_imdb.report import build_report, plain_numbers
+from torch_imdb.report import build_report
 from torch_imdb.report_check import check_report, find_chromium, passed, token_problems
 
 needs_chromium = pytest.mark.skipif(
@@ -44,10 +44,6 @@ def test_report_is_self_contained_and_shows_the_summary_numbers(report):
         assert f"P(positive) = {r['output']:.3f}" in page
     assert summary["weights_fingerprint"] in page
     assert "np.float" not in page, "numpy reprs in shap's colours are not CSS"
-
-
-def test_plain_numbers_makes_shap_colours_css():
-    assert plain_numbers("rgba(np.float64(255.0), np.float32(13.0), 87.0, np.float64(1.0))") == "rgba(255.0, 13.0, 87.0, 1.0)"
 
 
 def test_report_refuses_outputs_of_two_models(report, tmp_path):

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from torch_imdb.data import PAD_ID, PAD_WORD  # noqa: E402
+from torch_imdb.errors import UsageError  # noqa: E402
 from torch_imdb.io import atomic_path, atomic_savefig  # noqa: E402
 
 # shap's colours: red pushes P(positive) up, blue pushes it down.
@@ -31,6 +32,94 @@ def merge_padding(values: np.ndarray, words: list[str], ids: np.ndarray) -> tupl
         vals.insert(0, float(values[pad].sum()))
         labels.insert(0, f"{PAD_WORD} x{int(pad.sum())}")
     return np.asarray(vals), labels
+
+
+PADDING = ("merge", "drop", "keep")
+
+
+def readable_text_colours() -> None:
+    """Make ``shap.plots.text`` write colours browsers parse, under numpy 2.
+
+    shap 0.51's text plot formats colours as ``rgba{tuple}`` / ``rgb{tuple}`` of
+    numpy floats, which numpy 2 prints as ``np.float64(30.0)``: no browser parses
+    that, so tokens and the output bar show no colour. The text plot's module gets
+    a view of shap's colours that yields plain floats; the rest of shap is left as
+    it is. Idempotent.
+    """
+    from shap.plots import _text
+
+    if isinstance(_text.colors, _PlainColours):
+        return
+    _text.colors = _PlainColours(_text.colors)
+
+
+class _PlainRGB:
+    """An RGB triple whose product with a number is a tuple of plain floats (``tuple(red_rgb * 255)``)."""
+
+    def __init__(self, rgb) -> None:
+        self.rgb = [float(c) for c in rgb]
+
+    def __mul__(self, k: float) -> tuple:
+        return tuple(c * k for c in self.rgb)
+
+    def __iter__(self):
+        return iter(self.rgb)
+
+
+class _PlainColours:
+    """shap's colours module as the text plot sees it: the same colours, as plain floats."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+        self.red_rgb, self.blue_rgb = _PlainRGB(module.red_rgb), _PlainRGB(module.blue_rgb)
+
+    def red_transparent_blue(self, *args, **kwargs) -> tuple:
+        return tuple(float(c) for c in self._module.red_transparent_blue(*args, **kwargs))
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def token_explanation(values: np.ndarray, base_values, ids: np.ndarray, words: list[list[str]],
+                      padding: str = "merge"):
+    """Token attributions as a ``shap.Explanation`` that shap's plots show as text.
+
+    values (N, T), base_values a float or (N,), ids (N, T), words N lists of T tokens.
+    ``padding``: "merge" sums each review's padding into one leading feature
+    ("<pad> x52"), "drop" leaves it out and adds its share to the base value (so
+    base + sum(values) is still f(x)), "keep" keeps every position. Tokens carry a
+    trailing space, so ``shap.plots.text`` draws a sentence; rows of different
+    lengths make a ragged (object) Explanation, as shap's own text explainer does.
+    """
+    import shap
+
+    if padding not in PADDING:
+        raise UsageError(f"padding={padding!r}: choose one of {', '.join(PADDING)}")
+    readable_text_colours()
+    base = np.broadcast_to(np.asarray(base_values, dtype=np.float64), (len(values),))
+    rows_v, rows_w, rows_b = [], [], []
+    for v, b, i, w in zip(values, base, ids, words):
+        pad = i == PAD_ID
+        if padding == "keep":
+            vals, labels = np.asarray(v, dtype=np.float64), list(w)
+        elif padding == "merge":
+            vals, labels = merge_padding(v, w, i)
+        else:
+            vals, labels = np.asarray(v[~pad], dtype=np.float64), [x for x, p in zip(w, pad) if not p]
+            b = b + float(v[pad].sum())
+        rows_v.append(vals)
+        rows_w.append(labels)
+        rows_b.append(float(b))
+    if len({len(r) for r in rows_v}) == 1:
+        values_out, data, names = np.stack(rows_v), np.array([[t + " " for t in r] for r in rows_w], dtype=object), rows_w[0]
+    else:
+        values_out = np.empty(len(rows_v), dtype=object)
+        data = np.empty(len(rows_v), dtype=object)
+        names = np.empty(len(rows_v), dtype=object)
+        for k, (v, w) in enumerate(zip(rows_v, rows_w)):
+            values_out[k], data[k], names[k] = v, np.array([t + " " for t in w], dtype=object), np.array(w, dtype=object)
+    return shap.Explanation(values=values_out, base_values=np.array(rows_b), data=data, feature_names=names,
+                            output_names="P(positive)")
 
 
 def force_plot(expected_value: float, values: np.ndarray, words: list[str], ids: np.ndarray):

@@ -17,7 +17,6 @@ import csv
 import html
 import io
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -38,12 +37,6 @@ th { background: #f5f5f5; } td.l, th.l { text-align: left; }
 img { max-width: 100%; } .note { color: #a60; } .review { margin: 1.2em 0 2em; }
 .force { min-height: 150px; } code { background: #f4f4f4; padding: 0 .2em; }
 """
-
-
-def plain_numbers(page: str) -> str:
-    """``np.float64(30.0)`` -> ``30.0``: shap's text plot writes numpy reprs into its CSS colours under numpy 2,
-    which no browser parses (the tokens would show no colour)."""
-    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", page)
 
 
 # Derived outputs of the one model the report is about, and the command that makes each.
@@ -149,7 +142,7 @@ def explanation_section(results: Path) -> tuple[str, bool]:
     """Force plots and text plots of every explained review, and the agreement table. Returns (html, has_js)."""
     import shap
 
-    from torch_imdb.plots import force_plot, merge_padding
+    from torch_imdb.plots import force_plot, token_explanation
 
     summary = _read_json(results / "explain_summary.json")
     csv_path = results / "explain_attributions.csv"
@@ -179,9 +172,7 @@ def explanation_section(results: Path) -> tuple[str, bool]:
         r, meta = reviews[n], summary["reviews"][n]
         values, ids = np.array(r["values"]), np.array(r["ids"])
         plot = force_plot(ev, values, r["words"], ids)
-        vals, labels = merge_padding(values, r["words"], ids)
-        tokens = np.array([w + " " for w in labels])  # shap joins tokens as given: each carries its space
-        text = plain_numbers(shap.plots.text(shap.Explanation(values=vals, base_values=ev, data=tokens), display=False))
+        text = shap.plots.text(token_explanation(values[None], ev, ids[None], [r["words"]])[0], display=False)
         parts.append(f'<div class="review"><h3>{html.escape(r["source"])} — label {meta["label"]}, '
                      f'P(positive) = {meta["output"]:.3f}</h3><div class="force">{plot.html()}</div>{text}</div>')
     return "\n".join(parts), True

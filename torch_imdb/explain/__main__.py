@@ -17,45 +17,80 @@ from torch_imdb.cli import ENGINES, HelpFormatter, checkpoint_options, sampling_
 from torch_imdb.errors import UsageError, run_cli
 
 
+# Which mode each mode-specific option belongs to: an option given in another mode is refused, not ignored.
+MODES = ("sample", "text", "input", "all-test")
+OPTION_MODES = {
+    "reviews": ("sample",), "text": ("text",), "engines": ("sample", "text"), "out": ("sample", "text"),
+    "plain_rnn": ("sample", "text"), "input": ("input",), "encoding": ("input",), "engine": ("input",),
+    "ray_address": ("ray",), "workers": ("ray",), "threads_per_worker": ("ray",), "all_test": ("all-test",),
+    "out_dir": ("input", "all-test"), "limit": ("all-test",), "chunk_reviews": ("input", "all-test"),
+    "no_compile": ("input", "all-test"), "timing_out": ("all-test",),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torch_imdb.explain", description=__doc__,
                                 formatter_class=HelpFormatter,
                                 parents=[checkpoint_options(), sampling_options()])
-    p.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
-    p.add_argument("--engines", default="shap,captum",
-                   help=f"comma-separated engines from {', '.join(ENGINES)}; the first is the reference")
-    p.add_argument("--text", action="append", default=None,
+    g = p.add_argument_group("sampled test reviews (the default) or --text: shap, Captum and the fast engine compared")
+    g.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
+    g.add_argument("--text", action="append", default=None,
                    help="explain this review instead of sampled ones (repeat for several)")
-    p.add_argument("--out", default=None, help="output folder (default: results/, or artifacts/explain_text with --text)")
-    p.add_argument("--no-plain-rnn", action="store_true",
-                   help="skip running the libraries on the plain nn.LSTM / nn.GRU (the negative control)")
-    p.add_argument("--input", default=None,
-                   help="explain every review in this file, folder or glob with the fast engine: one per line (.txt), "
-                        "or the `text` column (and `id`, `label` when present) of .csv, .parquet or .jsonl files; "
-                        "writes parquet parts to --out-dir (default: CHECKPOINT/explain_input), and with the local "
-                        "engine tokens.csv and word_summary.csv")
-    p.add_argument("--encoding", default="utf-8",
-                   help="with --input: how .txt, .csv and .jsonl files are decoded (a byte-order mark is dropped; "
-                        "bytes that do not decode become U+FFFD with a warning naming the row)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="with --input: run the fast engine in this process, or on Ray Data (pip install "
-                        "'torch-imdb[ray]')")
-    p.add_argument("--ray-address", default=None,
-                   help="with --engine ray: the cluster to join (e.g. 10.0.0.1:6379); default: start a local Ray")
-    p.add_argument("--workers", type=int, default=0,
+    g.add_argument("--engines", default=None,
+                   help=f"comma-separated engines from {', '.join(ENGINES)}; the first is the reference (default: "
+                        "shap,captum for sampled reviews; for --text the fast engine, or shap for a model it does not take)")
+    g.add_argument("--out", default=None,
+                   help="output folder (default: results/ for sampled reviews, CHECKPOINT/explain_text for --text)")
+    g.add_argument("--plain-rnn", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run the libraries on the plain nn.LSTM / nn.GRU, the negative control (default: on for "
+                        "sampled reviews, off for --text)")
+    g = p.add_argument_group("--input PATH: every review of your files, with the fast engine")
+    g.add_argument("--input", default=None,
+                   help="a file, folder or glob: one review per line (.txt), or the `text` column (and `id`, `label` "
+                        "when present) of .csv, .parquet or .jsonl files; writes parquet parts to --out-dir (default "
+                        "CHECKPOINT/explain_input), and with the local engine tokens.csv and word_summary.csv")
+    g.add_argument("--encoding", default="utf-8",
+                   help="how .txt, .csv and .jsonl files are decoded (a byte-order mark is dropped; bytes that do not "
+                        "decode become U+FFFD with a warning naming the row)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="run the fast engine in this process, or on Ray Data (pip install 'torch-imdb[ray]')")
+    g.add_argument("--ray-address", default=None,
+                   help="with --engine ray: the cluster to join (e.g. 10.0.0.1:6379; default: a new local Ray)")
+    g.add_argument("--workers", type=int, default=0,
                    help="with --engine ray: actors in the pool (0: as many as the cluster's CPUs allow)")
-    p.add_argument("--threads-per-worker", type=int, default=1,
+    g.add_argument("--threads-per-worker", type=int, default=1,
                    help="with --engine ray: CPUs each actor asks for, and its torch thread count")
-    p.add_argument("--all-test", action="store_true",
-                   help="explain the whole test split with the fast engine, streamed to parquet (resumable)")
-    p.add_argument("--out-dir", default=None, help="with --all-test or --input: where the parquet chunks go (default: CHECKPOINT/all_test, or "
-                        "CHECKPOINT/explain_input)")
-    p.add_argument("--limit", type=int, default=0, help="with --all-test: a seeded sample of this many reviews (0: all)")
-    p.add_argument("--chunk-reviews", type=int, default=500,
-                   help="with --all-test or --input: reviews per parquet chunk, or per Ray batch (what a restart can lose)")
-    p.add_argument("--no-compile", action="store_true", help="with --all-test or --input: run the fast engine without torch.compile")
-    p.add_argument("--timing-out", default=None, help="with --all-test: also copy the run's manifest (timing) here")
+    g = p.add_argument_group("--all-test: the whole test split, with the fast engine")
+    g.add_argument("--all-test", action="store_true",
+                   help="explain the whole test split, streamed to resumable parquet chunks")
+    g.add_argument("--limit", type=int, default=0, help="a seeded sample of this many test reviews (0: all)")
+    g.add_argument("--timing-out", default=None, help="also copy the run's manifest (timing) here")
+    g = p.add_argument_group("--input and --all-test")
+    g.add_argument("--out-dir", default=None,
+                   help="where the parquet chunks go (default: CHECKPOINT/explain_input or CHECKPOINT/all_test)")
+    g.add_argument("--chunk-reviews", type=int, default=500,
+                   help="reviews per parquet chunk, or per Ray batch (what a restart can lose)")
+    g.add_argument("--no-compile", action="store_true", help="run the fast engine without torch.compile")
     return p
+
+
+def mode_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The one mode the options ask for; a one-line error for two modes, or an option of another mode."""
+    chosen = [m for m, on in (("text", args.text), ("input", args.input), ("all-test", args.all_test)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"--{chosen[0]} and --{chosen[1]} are two modes; give one")
+    mode = chosen[0] if chosen else "sample"
+    for dest, modes in OPTION_MODES.items():
+        if getattr(args, dest) == parser.get_default(dest):
+            continue
+        here = mode if not (mode == "input" and args.engine == "ray") else "ray"
+        if mode not in modes and here not in modes:
+            flag = "--" + dest.replace("_", "-")
+            wants = "--engine ray" if modes == ("ray",) else " or ".join(
+                "sampled reviews" if m == "sample" else f"--{m}" for m in modes)
+            doing = {"sample": "sampled reviews", "text": "--text", "input": "--input", "all-test": "--all-test"}[mode]
+            raise UsageError(f"{flag} is an option of {wants}; it does nothing with {doing}, so leave it out")
+    return mode
 
 
 def explain_input(args, ckpt, dataset, cache: Path) -> int:
@@ -92,8 +127,42 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
     return 0
 
 
+def default_engines(model, mode: str) -> str:
+    """shap,captum for sampled reviews; for typed reviews the fastest engine that takes the model."""
+    if mode != "text":
+        return "shap,captum"
+    from torch_imdb.explain.fast import FastDeepShap
+
+    try:
+        FastDeepShap(model, compile=False)
+    except UsageError:
+        return "shap"  # pooled or attention heads: the fast engine takes the final state only
+    return "fast"
+
+
+def text_warnings(texts: list[str], ckpt) -> list[str]:
+    """A warning per typed review the model reads poorly: mostly unknown words, or cut to its last maxlen tokens."""
+    from torch_imdb.data import N_RESERVED, tokenize
+
+    index = {w: k + N_RESERVED for k, w in enumerate(ckpt.vocab.words)}
+    lines = []
+    for n, text in enumerate(texts, 1):
+        words = tokenize(text)
+        seen = words[-(ckpt.maxlen - 1):] if ckpt.maxlen > 1 else []  # the start token takes one position
+        unknown = sum(w not in index for w in seen)
+        if len(words) > len(seen):
+            lines.append(f"warning: --text {n}: {len(words)} words, the model reads the last {len(seen)} (maxlen "
+                         f"{ckpt.maxlen}, as in training)")
+        if not seen or unknown * 2 >= len(seen):
+            lines.append(f"warning: --text {n}: {unknown} of {len(seen)} words are not in the model's vocabulary; "
+                         "its prediction rests on the start token and padding, not on this review")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = mode_of(args, parser)
     # torch and the libraries load here, not for --help
     import numpy as np
 
@@ -106,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_imdb(args.data)
     cache = Path(args.checkpoint) / "cache"
-    if args.input:
+    if mode == "input":
         return explain_input(args, ckpt, dataset, cache)
-    if args.all_test:
+    if mode == "all-test":
         from torch_imdb.explain.corpus import default_out_dir, explain_split
         from torch_imdb.io import atomic_write_json
 
@@ -123,13 +192,17 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(args.timing_out, {k: v for k, v in manifest.items() if k != "background_train_rows"})
         return 0
 
-    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    engines = tuple(e.strip() for e in (args.engines or default_engines(ckpt.model, mode)).split(",") if e.strip())
     bad = [e for e in engines if e not in ENGINES]
     if bad or not engines:
         raise UsageError(f"--engines: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(ENGINES)}")
-    out = Path(args.out or ("artifacts/explain_text" if args.text else "results"))
+    out = Path(args.out or (Path(args.checkpoint) / "explain_text" if mode == "text" else "results"))
+    if mode == "text":
+        for line in text_warnings(args.text, ckpt):
+            print(line, file=sys.stderr)
+    plain_rnn = args.plain_rnn if args.plain_rnn is not None else mode == "sample"
     ex = explain_reviews(ckpt, dataset, args.background, args.reviews, args.seed, engines, texts=args.text,
-                         cache_dir=cache, with_plain_rnn=not args.no_plain_rnn)
+                         cache_dir=cache, with_plain_rnn=plain_rnn)
     summary = summarize(ex, machine_info())
     write_csv(out / "explain_attributions.csv", ex)
     write_summary(out / "explain_summary.json", summary)
@@ -150,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>7}: {e['seconds']:.2f} s, max |completeness residual| {e['max_abs_completeness_residual']:.2e}")
     for pair, a in summary["agreement"].items():
         print(f"{pair}: max |diff| {a['max_abs_diff']:.2e}, correlation {a['correlation']:.8f}")
-    for n, r in enumerate(summary["reviews"][:3]):
+    for n, r in enumerate(summary["reviews"]):
         top = ", ".join(f"{t['word']} {t['value']:+.3f}" for t in r[f"top5_{engines[0]}"])
         print(f"review {n} ({r['source']}, P={r['output']:.3f}): {top}")
     att = summary["attention_vs_attributions"]

@@ -417,10 +417,14 @@ class FastDeepShap:
 
     def explain(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = 0,
                 words: list[list[str]] | None = None, feature_names: list[str] | None = None,
-                output_names: list[str] | None = None):
+                output_names: list[str] | None = None, vocab=None, padding: str = "merge"):
         """The attributions as a ``shap.Explanation``, ready for ``shap.plots.text / bar / waterfall / force``.
 
-        Token ids (N, T): values (N, T), data = ``words`` (the token at each position) when given.
+        Token ids (N, T) with ``vocab`` (a :class:`~torch_imdb.data.Vocab`) or ``words``
+        (N lists of T tokens): a text Explanation of the words (see
+        :func:`torch_imdb.plots.token_explanation`; ``padding`` "merge", "drop" or
+        "keep"), whose text plots show a coloured sentence. Token ids without words:
+        values (N, T), data = the ids.
         Float sequences (N, T, F): flattened to (N, T*F) features named ``name@t`` (``feature_names``
         default f0, f1, ...), data = the input values. ``target=None`` explains every output: values
         gain a last axis (K) and base_values are (N, K). values.sum() + base_values = the model output.
@@ -430,6 +434,12 @@ class FastDeepShap:
         targets = range(self.n_outputs) if target is None else [target]
         results = [self.attribute(inputs, baselines, k) for k in targets]
         n, T = inputs.shape[:2]
+        if self.tokens and (vocab is not None or words is not None) and target is not None:
+            from torch_imdb.plots import token_explanation
+
+            ids = inputs.cpu().numpy()
+            words = words if words is not None else [vocab.decode(row) for row in ids]
+            return token_explanation(results[0].values, results[0].expected_value, ids, words, padding)
         if self.tokens:
             data = np.array(words, dtype=object) if words is not None else inputs.cpu().numpy()
             names = [f"t{t}" for t in range(T)]

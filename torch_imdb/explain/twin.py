@@ -18,7 +18,6 @@ called any number of times in a forward pass.
 
 from __future__ import annotations
 
-import copy
 import torch
 from torch import nn
 from torch.nn import functional as F
