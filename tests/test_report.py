@@ -111,3 +111,12 @@ def test_committed_report_renders():
     res = check_report(committed)
     assert res["force_plots"] == len(summary["reviews"]) == res["rendered"]
     assert passed(res), res
+
+
+def test_training_runs_are_labelled_from_their_own_config():
+    from torch_imdb.report import run_label
+
+    epochs = [{"epoch": k} for k in range(1, 4)]
+    assert run_label({"config": {"epochs": 3, "val_fraction": 0.0}, "epochs": epochs}) == "3 of 3 epochs"
+    stopped = {"config": {"epochs": 15, "val_fraction": 0.1}, "epochs": epochs, "selected_by": "val_acc"}
+    assert run_label(stopped) == "3 of 15 epochs, best val_acc (--val-fraction 0.1)"

@@ -172,14 +172,21 @@ def save_token_figure(path: str | Path, reviews: list[dict], max_chars: int = 11
         if line:
             lines.append(line)
         lines_per.append(lines)
-    total = sum(len(lines) + 2 for lines in lines_per)
+    total = sum(len(lines) + 2 for lines in lines_per) + 2  # + the colour key
     char_in = 0.6 * 9 / 72  # width of one 9-pt monospace character, in inches: x is in characters
     fig = plt.figure(figsize=(char_in * (max_chars + 1), 0.3 * total + 0.3))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, max_chars)
     ax.set_ylim(total, 0)
     ax.axis("off")
-    y = 0.8
+    x, y = 0.5, 0.8
+    for label, colour, alpha in (("raises P(positive)", POS_COLOR, 0.8), ("lowers P(positive)", NEG_COLOR, 0.8),
+                                 ("small effect", POS_COLOR, 0.12)):
+        ax.text(x, y, label, fontsize=9, va="center", family="monospace",
+                bbox=dict(boxstyle="square,pad=0.15", lw=0, fc=colour, alpha=alpha))
+        x += len(label) + 2
+    ax.text(x, y, "(opacity: |value| relative to the review's largest)", fontsize=9, va="center", color="#555555")
+    y += 2
     for r, lines in zip(reviews, lines_per):
         scale = max(1e-12, float(np.abs(np.asarray(r["values"])).max()))
         ax.text(0.5, y, r["title"], fontsize=10, fontweight="bold", va="center")

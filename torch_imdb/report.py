@@ -89,15 +89,23 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def run_label(metrics: dict) -> str:
+    """What a training run was, from its own config: epochs, and how its checkpoint was chosen."""
+    cfg = metrics.get("config", {})
+    label = f"{len(metrics['epochs'])} of {cfg.get('epochs', '?')} epochs"
+    if cfg.get("val_fraction"):
+        label += f", best {metrics.get('selected_by')} (--val-fraction {cfg['val_fraction']})"
+    return label
+
+
 def training_section(results: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(name, _read_json(results / f)) for name, f in
-            (("default (15 epochs)", "train_metrics.json"), ("early stop (--val-fraction 0.1)", "train_metrics_early_stop.json"))]
-    runs = [(n, m) for n, m in runs if m]
+    runs = [(run_label(m), m) for m in (_read_json(results / f) for f in ("train_metrics.json",
+                                                                          "train_metrics_early_stop.json")) if m]
     if not runs:
         return '<p class="note">No training metrics: run <code>python -m torch_imdb.train --metrics-out results/train_metrics.json</code>.</p>'
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))

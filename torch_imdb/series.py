@@ -25,7 +25,8 @@ from torch_imdb.cli import HelpFormatter
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_savefig, atomic_write_json
 
-FEATURES = ["f0", "f1", "f2 (planted)", "f3"]
+FEATURES = ["f0", "f1", "f2", "f3"]
+PLANTED_FEATURE, PLANTED_LAST = 2, 5  # the target is the sum of f2 over the last 5 steps
 
 
 def make_series(n: int, seed: int, steps: int = 30, features: int = 4, feature: int = 2, last: int = 5,
@@ -86,7 +87,8 @@ def planted_share(values: np.ndarray, feature: int = 2, last: int = 5) -> dict:
             "margin": float(mean_abs[planted].min() / max(mean_abs[~planted].max(), 1e-30))}
 
 
-def run(n_train: int = 2000, n_explain: int = 200, background: int = 50, epochs: int = 30, seed: int = 0) -> dict:
+def run(n_train: int = 2000, n_explain: int = 200, background: int = 50, epochs: int = 30, seed: int = 0,
+        log=lambda line: None) -> dict:
     """Make data, train, explain ``n_explain`` test sequences against ``background`` training ones; return the record."""
     from torch_imdb.checkpoint import model_fingerprint
     from torch_imdb.explain.fast import FastDeepShap
@@ -95,9 +97,12 @@ def run(n_train: int = 2000, n_explain: int = 200, background: int = 50, epochs:
         raise UsageError("--train, --explain, --background and --epochs must be at least 1, and --background <= --train")
     x, y = make_series(n_train, seed)
     x_test, y_test = make_series(n_explain, seed + 1)
+    log(f"training the LSTM(16) regressor on {n_train} sequences for {epochs} epochs")
     t0 = time.perf_counter()
     model, losses = train_regressor(x, y, epochs, seed)
     train_s = time.perf_counter() - t0
+    log(f"trained in {train_s:.1f} s; explaining {n_explain} test sequences against {background} training sequences "
+        "(the fast engine compiles its kernels on the first call)")
     with torch.no_grad():
         test_mse = float(F.mse_loss(model(x_test), y_test))
     bg = x[torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:background]]
@@ -122,7 +127,10 @@ def plot(path: Path, record: dict) -> None:
     mean_abs = np.abs(record["_values"]).mean(axis=0)  # (T, F)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [3, 2]})
     im = axes[0].imshow(mean_abs.T, aspect="auto", cmap="magma")
-    axes[0].set_yticks(range(len(FEATURES)), FEATURES)
+    T = mean_abs.shape[0]
+    planted_steps = f"t{T - PLANTED_LAST}-t{T - 1}"
+    axes[0].set_yticks(range(len(FEATURES)), [f"{f} (planted at {planted_steps})" if k == PLANTED_FEATURE else f
+                                              for k, f in enumerate(FEATURES)])
     axes[0].set_xlabel("time step")
     axes[0].set_title(f"mean |attribution| over {record['n_explained']} test sequences (fast engine)", fontsize=10)
     fig.colorbar(im, ax=axes[0])
@@ -130,11 +138,14 @@ def plot(path: Path, record: dict) -> None:
     one = exp[0]
     top = np.argsort(-np.abs(one.values))[:8][::-1]
     axes[1].barh(range(len(top)), one.values[top], color=["#ff0051" if v > 0 else "#008bfb" for v in one.values[top]])
-    axes[1].set_yticks(range(len(top)), [one.feature_names[k] for k in top], fontsize=8)
+    F_ = len(FEATURES)
+    planted = {t * F_ + PLANTED_FEATURE for t in range(T - PLANTED_LAST, T)}  # flattened (t, feature) cells
+    axes[1].set_yticks(range(len(top)), [one.feature_names[k] + (" (planted)" if k in planted else "") for k in top],
+                       fontsize=8)
     axes[1].axvline(0, color="k", lw=0.6)
     axes[1].set_title(f"sequence 0: f(x) = {one.base_values + one.values.sum():.2f}, E f = {one.base_values:.2f}",
                       fontsize=10)
-    fig.suptitle(f"planted: the target is the sum of f2 over the last 5 steps. Share of |attribution| on them: "
+    fig.suptitle(f"planted: the target is the sum of f2 over the last {PLANTED_LAST} steps. Share of |attribution| on them: "
                  f"{record['planted_share']:.3f}", fontsize=10)
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=110)
@@ -155,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    record = run(args.train, args.explain, args.background, args.epochs, args.seed)
+    record = run(args.train, args.explain, args.background, args.epochs, args.seed,
+                 log=lambda line: print(line, flush=True))
     out = Path(args.out)
     plot(out / "series_attributions.png", record)
     atomic_write_json(out / "series_attributions.json", {k: v for k, v in record.items() if not k.startswith("_")})
