@@ -27,26 +27,31 @@ $(VENV)/.installed: pyproject.toml
 
 # One torch thread: with the same seed and thread count training is reproducible bit for bit, and this run
 # gives the committed weights (fingerprint f481cd03785a2c28), so the results/ files it rewrites stay one model's.
-# TRAIN_ARGS adds options (the tests use it for a small run).
+# CHECKPOINT and RESULTS name the folders; the *_ARGS variables add options (the tests use them for a small run).
+CHECKPOINT ?= artifacts
+RESULTS ?= results
 TRAIN_ARGS ?=
+EXPLAIN_ARGS ?=
+ALL_TEST_ARGS ?=
+WORDS_ARGS ?=
 train: setup
 	@echo "training the seed model with one torch thread (about 11 minutes on 2 cores): the committed weights f481cd03785a2c28"
-	OMP_NUM_THREADS=1 $(BIN)/python -m torch_imdb.train --metrics-out results/train_metrics.json $(TRAIN_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m torch_imdb.train --out $(CHECKPOINT) --metrics-out $(RESULTS)/train_metrics.json $(TRAIN_ARGS)
 
 explain: setup
-	$(BIN)/python -m torch_imdb.explain --engines shap,captum,fast
+	$(BIN)/python -m torch_imdb.explain --checkpoint $(CHECKPOINT) --engines shap,captum,fast --out $(RESULTS) $(EXPLAIN_ARGS)
 
 all-test: setup
-	$(BIN)/python -m torch_imdb.explain --all-test --timing-out results/all_test_timing.json
+	$(BIN)/python -m torch_imdb.explain --checkpoint $(CHECKPOINT) --all-test --timing-out $(RESULTS)/all_test_timing.json $(ALL_TEST_ARGS)
 
 benchmark: setup
 	$(BIN)/python benchmarks/explainer_speed.py
 
 words: setup
-	$(BIN)/python -m torch_imdb.words
+	$(BIN)/python -m torch_imdb.words --checkpoint $(CHECKPOINT) --out $(RESULTS) $(WORDS_ARGS)
 
 report: setup
-	$(BIN)/python -m torch_imdb.report
+	$(BIN)/python -m torch_imdb.report --results $(RESULTS)
 
 # The chain behind results/ for the seed model: every step reads the checkpoint the first one writes.
 results:

@@ -136,3 +136,24 @@ def test_the_python_example_for_the_trained_model_runs(tiny_checkpoint, tmp_path
     page = (tmp_path / "reviews.html").read_text()
     assert "wonderful " in page and "np.float64" not in page
     assert "'wonderful '" in capsys.readouterr().out  # printed: review 0's last words (OOV ones as <unk>)
+
+
+def test_make_results_chain_gives_one_models_files(planted_data, tmp_path):
+    """`make results` (train, explain, all test reviews, words, report) on a small setting: the report, which refuses
+    files of two models, is built from the one checkpoint the chain trained."""
+    venv = Path(sys.executable).parent.parent
+    ck, results = tmp_path / "ck", tmp_path / "results"
+    small = {"TRAIN_ARGS": f"--data {planted_data} --epochs 2 --lr 5e-3 --maxlen 16 --embed-dim 8 --hidden 8 --device cpu",
+             "EXPLAIN_ARGS": f"--data {planted_data} --background 5 --reviews 3",
+             "ALL_TEST_ARGS": f"--data {planted_data} --background 5 --no-compile",
+             "WORDS_ARGS": f"--data {planted_data} --background 5 --min-count 2"}
+    res = subprocess.run(["make", "-C", str(ROOT), "-o", f"{venv}/.installed", "results", f"VENV={venv}",
+                          f"CHECKPOINT={ck}", f"RESULTS={results}", *[f"{k}={v}" for k, v in small.items()]],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    fingerprint = json.loads((ck / "config.json").read_text())["weights_fingerprint"]
+    for name in ("train_metrics.json", "explain_summary.json", "word_importance.json"):
+        assert json.loads((results / name).read_text())["weights_fingerprint"] == fingerprint, name
+    assert (ck / "all_test" / "manifest.json").exists()
+    page = (results / "report.html").read_text()
+    assert fingerprint in page
