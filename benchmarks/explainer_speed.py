@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch_imdb.progress import Progress
 
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_savefig, atomic_write_json
@@ -145,16 +145,15 @@ def run(args) -> dict:
         engine.attribute(torch.from_numpy(ids_pool[:1]), torch.from_numpy(bg_pool[: min(args.backgrounds)]))
         warm[name] = time.perf_counter() - t0
     points, check = [], None
-    bar = tqdm(total=len(plan) * len(engines), desc="benchmark", unit="point", disable=None)
+    bar = Progress(len(plan) * len(engines), "benchmark", "points")
     for b, n in plan:
         ids, bg = torch.from_numpy(ids_pool[:n]), torch.from_numpy(bg_pool[:b])
         values = {}
         for name, engine in engines.items():
-            bar.set_postfix(engine=name, B=b, N=n)
             p = time_point(engine, ids, bg, args.repeats, args.point_budget)
             values[name] = p.pop("_values")
             points.append({"engine": name, **p})
-            bar.update()
+            bar.update(1, f"{name} at B={b}, N={n}")
         if (b, n) == (args.check_background, args.reviews) and "shap" in values:
             check = {"background": b, "reviews": n, "max_abs_diff_vs_shap": {
                 k: float(np.abs(v - values["shap"]).max()) for k, v in values.items() if k != "shap"}}

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch_imdb.progress import Progress
 
 from torch_imdb.cli import checkpoint_options, sampling_options
 from torch_imdb.data import PAD_ID
@@ -124,7 +124,9 @@ def shapley_reference(predict, ids: np.ndarray, bg: np.ndarray, permutations: in
     T = ids.shape[1]
     masker = shap.maskers.Independent(bg, max_samples=len(bg))
     out = np.empty(ids.shape)
-    for k in tqdm(range(len(ids)), desc=f"Shapley reference (seed {seed})", disable=not progress):
+    bar = Progress(len(ids), f"Shapley reference (seed {seed})", "reviews", enabled=progress)
+    for k in range(len(ids)):
+        bar.update(1)
         path = cache / f"seed{seed}-review{k:05d}.npy" if cache else None
         if path is not None and path.exists():
             out[k] = np.load(path)
@@ -135,6 +137,7 @@ def shapley_reference(predict, ids: np.ndarray, bg: np.ndarray, permutations: in
             counter.append(k)
         if path is not None:
             atomic_save_npy(path, out[k])
+    bar.close()
     return out
 
 

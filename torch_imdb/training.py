@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from torch_imdb.checkpoint import save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
@@ -32,6 +31,7 @@ from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_torch_save, atomic_write_json, remove_stale_temps
 from torch_imdb.config import TrainConfig
 from torch_imdb.model import SentimentRNN
+from torch_imdb.progress import Progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,29 +106,24 @@ def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor
                 batch_size: int, generator: torch.Generator, desc: str = "", log=None) -> tuple[float, float]:
     """One pass over (x, y) in a seeded random order; returns mean loss and accuracy.
 
-    Progress: a bar on a terminal; otherwise, with ``log``, ``PROGRESS_LINES`` lines per epoch.
+    Progress: a bar on a terminal; otherwise ``PROGRESS_LINES`` lines per epoch through ``log`` (default stderr).
     """
     model.train()
     order = torch.randperm(len(x), generator=generator).to(x.device)
     loss_sum, correct, seen = 0.0, 0, 0
     starts = range(0, len(x), batch_size)
-    bar = tqdm(starts, desc=desc, leave=False, mininterval=1.0, disable=None)
-    every = math.ceil(len(starts) / PROGRESS_LINES) if bar.disable and log is not None else 0
-    t0 = time.perf_counter()
-    for step, k in enumerate(bar, 1):
-        idx = order[k : k + batch_size]
-        logits = model(x[idx])
-        loss = F.binary_cross_entropy_with_logits(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.item() * len(idx)
-        correct += ((logits.detach() > 0).float() == y[idx]).sum().item()
-        seen += len(idx)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        if every and step % every == 0 and step < len(starts):
-            log(f"{desc}: {step}/{len(starts)} batches, loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+    with Progress(len(starts), desc, "batches", log, lines=PROGRESS_LINES, leave=False) as progress:
+        for k in starts:
+            idx = order[k : k + batch_size]
+            logits = model(x[idx])
+            loss = F.binary_cross_entropy_with_logits(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += ((logits.detach() > 0).float() == y[idx]).sum().item()
+            seen += len(idx)
+            progress.update(1, f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}")
     return loss_sum / seen, correct / seen
 
 

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.data import encode_split, sample_indices
@@ -28,6 +27,7 @@ from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
+from torch_imdb.progress import Progress
 
 
 FINGERPRINT_KEY = "torch_imdb.weights_fingerprint"
@@ -196,13 +196,14 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
         mark_started(out, settings)
     t0 = time.perf_counter()
     computed = 0
-    for start in tqdm(chunks, desc="explaining", unit="chunk", disable=None):
-        path = out / f"chunk-{start // chunk_reviews:05d}.parquet"
-        if path.exists():
-            continue
-        sl = slice(start, start + chunk_reviews)
-        write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint, key))
-        computed += len(rows[sl])
+    with Progress(len(rows), "explaining", "reviews", log) as progress:
+        for start in chunks:
+            path = out / f"chunk-{start // chunk_reviews:05d}.parquet"
+            sl = slice(start, start + chunk_reviews)
+            if not path.exists():
+                write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint, key))
+                computed += len(rows[sl])
+            progress.update(len(rows[sl]))
     seconds = time.perf_counter() - t0
     manifest = {**settings, "run_key": key, "complete": True, "expected_value": engine.expected_value(bg),
                 "reviews_computed_this_run": computed, "seconds_this_run": seconds,

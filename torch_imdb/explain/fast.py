@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import Attribution, check_completeness, check_ids, check_sequences, guard
@@ -46,6 +45,7 @@ from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, 
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import rescale
 from torch_imdb.keras_dropout import cell_name
+from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
 OUTPUTS = ("sigmoid", "logits", "identity")
@@ -388,7 +388,7 @@ class FastDeepShap:
         bg = self._background(baselines)
         expected = self.expected_value(baselines, target)
         per_chunk = max(1, self.chunk_pairs // len(baselines))
-        bar = tqdm(total=len(inputs), unit="input", desc="fast DeepSHAP", disable=not self.progress)
+        bar = Progress(len(inputs), "fast DeepSHAP", "inputs", enabled=self.progress)
         for start in range(0, len(inputs), per_chunk):
             chunk = inputs[start : start + per_chunk]
             n = len(chunk)

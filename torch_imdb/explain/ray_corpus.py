@@ -40,7 +40,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.errors import UsageError
@@ -50,6 +49,7 @@ from torch_imdb.explain.corpus import (explain_batch, fast_engine, first_repeat,
 from torch_imdb.explain.texts import (columns_of, input_files, input_fingerprint, read_usable_texts, review_id,
                                       review_label)
 from torch_imdb.io import atomic_write_json
+from torch_imdb.progress import Progress
 
 INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
 BYTES_PER_ROW_GUESS = 1000  # sizes the blocks of CSV / JSON input, whose row count is unknown before reading
@@ -243,8 +243,8 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
                                  num_cpus=threads_per_worker,
                                  batch_format="numpy")
         computed, skipped, nodes = 0, [], set()
-        bar = tqdm(total=rows_guess if files[0].suffix.lower() == ".parquet" else None, desc="explaining on Ray",
-                   unit="review", disable=None)
+        bar = Progress(rows_guess if files[0].suffix.lower() == ".parquet" else None, "explaining on Ray", "reviews",
+                       log)
         try:
             for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
                 for n, skip, node in zip(batch["reviews"], batch["skipped"], batch["node"]):
