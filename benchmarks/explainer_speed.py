@@ -25,15 +25,53 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch_imdb.progress import Progress
-
+from torch_imdb.cli import ENGINES, answer_help, checkpoint_options
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.io import atomic_savefig, atomic_write_json
-from torch_imdb.cli import checkpoint_options
-from torch_imdb.explain.compare import ENGINES, make_engine
-from torch_imdb.model import ModelConfig, SentimentRNN
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"comma-separated, from {', '.join(ENGINES)} (default: all)")
+    p.add_argument("--backgrounds", type=int_list, default=[10, 25, 50, 100, 200],
+                   help="background sizes of the first sweep (default: 10,25,50,100,200)")
+    p.add_argument("--reviews", type=int, default=10, help="reviews explained in the background sweep (default: 10)")
+    p.add_argument("--reviews-sweep", type=int_list, default=[1, 10, 50],
+                   help="numbers of reviews of the second sweep (default: 1,10,50)")
+    p.add_argument("--sweep-background", type=int, default=100, help="background of the second sweep (default: 100)")
+    p.add_argument("--check-background", type=int, default=None,
+                   help="background size at which all engines are compared (default: the smallest)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default: 3)")
+    p.add_argument("--point-budget", type=float, default=60.0,
+                   help="stop repeating a point once its repeats took this many seconds (default: 60)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--out", default="results", help="folder for explainer_speed.json/.png (default: results)")
+    p.add_argument("--quick", action="store_true", help="tiny sweep on a small random model, under a minute")
+    return p
+
+
+if __name__ == "__main__":
+    answer_help(build_parser)  # before the heavy imports below
+
+# Everything below loads torch: --help has been answered above.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from torch_imdb.explain.compare import make_engine  # noqa: E402
+from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
+from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
+from torch_imdb.progress import Progress  # noqa: E402
 
 
 class PeakRSS:
@@ -227,39 +265,6 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=120)
     plt.close(fig)
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engines", default=",".join(ENGINES),
-                   help=f"comma-separated, from {', '.join(ENGINES)} (default: all)")
-    p.add_argument("--backgrounds", type=int_list, default=[10, 25, 50, 100, 200],
-                   help="background sizes of the first sweep (default: 10,25,50,100,200)")
-    p.add_argument("--reviews", type=int, default=10, help="reviews explained in the background sweep (default: 10)")
-    p.add_argument("--reviews-sweep", type=int_list, default=[1, 10, 50],
-                   help="numbers of reviews of the second sweep (default: 1,10,50)")
-    p.add_argument("--sweep-background", type=int, default=100, help="background of the second sweep (default: 100)")
-    p.add_argument("--check-background", type=int, default=None,
-                   help="background size at which all engines are compared (default: the smallest)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default: 3)")
-    p.add_argument("--point-budget", type=float, default=60.0,
-                   help="stop repeating a point once its repeats took this many seconds (default: 60)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--out", default="results", help="folder for explainer_speed.json/.png (default: results)")
-    p.add_argument("--quick", action="store_true", help="tiny sweep on a small random model, under a minute")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

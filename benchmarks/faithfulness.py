@@ -37,19 +37,37 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch_imdb.progress import Progress
-
-from torch_imdb.cli import checkpoint_options, sampling_options
-from torch_imdb.data import PAD_ID
+from torch_imdb.cli import answer_help, checkpoint_options, sampling_options
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve, insertion_curve,
-                                     rank_agreement, sufficiency)
-from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json
 
 METHODS = ("deepshap_exact", "deepshap_plain_shap", "deepshap_plain_captum", "expected_gradients", "ig_padding",
            "grad_x_input", "occlusion", "lrp", "random")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/faithfulness.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
+    p.add_argument("--reviews", type=int, default=500, help="test reviews (seeded sample)")
+    p.add_argument("--reference-reviews", type=int, default=100, help="reviews with a Shapley reference (0: none)")
+    p.add_argument("--reference-background", type=int, default=20, help="background rows of the Shapley comparison")
+    p.add_argument("--permutations", type=int, default=10, help="permutations per review and seed for the reference")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
+    p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
+    return p
+
+
+if __name__ == "__main__":
+    answer_help(build_parser)  # before the heavy imports below
+
+# Everything below loads torch: --help has been answered above.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from torch_imdb.data import PAD_ID  # noqa: E402
+from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve,  # noqa: E402
+                                     insertion_curve, rank_agreement, sufficiency)
+from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json  # noqa: E402
+from torch_imdb.progress import Progress  # noqa: E402
 
 
 def predictor(model):
@@ -241,19 +259,6 @@ def plot(path: Path, res: dict) -> None:
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/faithfulness.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
-    p.add_argument("--reviews", type=int, default=500, help="test reviews (seeded sample)")
-    p.add_argument("--reference-reviews", type=int, default=100, help="reviews with a Shapley reference (0: none)")
-    p.add_argument("--reference-background", type=int, default=20, help="background rows of the Shapley comparison")
-    p.add_argument("--permutations", type=int, default=10, help="permutations per review and seed for the reference")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
-    p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,19 +27,36 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
-from torch_imdb.checkpoint import load_checkpoint
-from torch_imdb.cli import checkpoint_options, sampling_options
-from torch_imdb.data import load_imdb, sample_indices
+from torch_imdb.cli import answer_help, checkpoint_options, sampling_options
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.explain.compare import sample_background
-from torch_imdb.explain.corpus import fast_engine, read_attributions
-from torch_imdb.io import atomic_path, atomic_write_json
-from torch_imdb.training import machine_info
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/scale_out.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[checkpoint_options(), sampling_options()])
+    p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many test reviews (0: all 25,000)")
+    p.add_argument("--chunk-reviews", type=int, default=250,
+                   help="reviews per local chunk and per Ray batch (smaller batches shorten the tail where one actor idles)")
+    p.add_argument("--work-dir", default="artifacts/scale_out", help="where the input file and the runs' outputs go")
+    p.add_argument("--out", default="results/scale_out.json")
+    return p
+
+
+if __name__ == "__main__":
+    answer_help(build_parser)  # before the heavy imports below
+
+# Everything below loads torch: --help has been answered above.
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from torch_imdb.checkpoint import load_checkpoint  # noqa: E402
+from torch_imdb.data import load_imdb, sample_indices  # noqa: E402
+from torch_imdb.explain.compare import sample_background  # noqa: E402
+from torch_imdb.explain.corpus import fast_engine, read_attributions  # noqa: E402
+from torch_imdb.io import atomic_path, atomic_write_json  # noqa: E402
+from torch_imdb.training import machine_info  # noqa: E402
 
 CORPUS, MACHINES, CORES = 10_000_000, 16, 16
 
@@ -70,18 +87,6 @@ def run_explain(args, path: Path, out: Path, *extra: str) -> float:
 
 def folder_bytes(folder: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(pattern))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/scale_out.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[checkpoint_options(), sampling_options()])
-    p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many test reviews (0: all 25,000)")
-    p.add_argument("--chunk-reviews", type=int, default=250,
-                   help="reviews per local chunk and per Ray batch (smaller batches shorten the tail where one actor idles)")
-    p.add_argument("--work-dir", default="artifacts/scale_out", help="where the input file and the runs' outputs go")
-    p.add_argument("--out", default="results/scale_out.json")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

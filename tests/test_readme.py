@@ -105,10 +105,14 @@ def test_make_train_twice_gives_the_same_weights(planted_data, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["machine"]["torch_threads"] == 1
 
 
-@pytest.mark.parametrize("command", ["torch_imdb.explain", "torch_imdb.train", "torch_imdb.words", "torch_imdb.report"])
+HELP_COMMANDS = [["-m", f"torch_imdb.{m}"] for m in ("explain", "train", "words", "report", "series")] + [
+    [f"benchmarks/{b}.py"] for b in ("explainer_speed", "faithfulness", "scale_out")]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: c[-1])
 def test_help_does_not_load_torch(command):
     """`--help` answers at once: the command parses its options before torch (seconds to import) is loaded."""
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", command, "--help"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-X", "importtime", *command, "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode == 0 and "usage:" in res.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}

@@ -32,3 +32,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in help or action.default in (None, False, argparse.SUPPRESS):
             return help
         return super()._get_help_string(action)
+
+
+def answer_help(build_parser) -> None:
+    """For scripts: answer ``-h/--help`` at once, before the script's heavy imports (torch takes seconds).
+
+    Call it right after ``build_parser`` is defined, under ``if __name__ == "__main__":``.
+    """
+    import sys
+
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        build_parser().parse_args(["--help"])  # prints the help and exits 0

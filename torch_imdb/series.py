@@ -16,14 +16,31 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
-
-from torch_imdb.cli import HelpFormatter
+from torch_imdb.cli import HelpFormatter, answer_help
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.io import atomic_savefig, atomic_write_json
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torch_imdb.series", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--train", type=int, default=2000, help="training sequences")
+    p.add_argument("--explain", type=int, default=200, help="test sequences to explain")
+    p.add_argument("--background", type=int, default=50, help="training sequences in the background")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data, the initialisation and the background")
+    p.add_argument("--out", default="results", help="folder for series_attributions.png/.json")
+    return p
+
+
+if __name__ == "__main__":
+    answer_help(build_parser)  # before the heavy imports below
+
+# Everything below loads torch: --help has been answered above.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 PLANTED_FEATURE, PLANTED_LAST = 2, 5  # the target is the sum of f2 over the last 5 steps
@@ -150,18 +167,6 @@ def plot(path: Path, record: dict) -> None:
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.series", description=__doc__,
-                                formatter_class=HelpFormatter)
-    p.add_argument("--train", type=int, default=2000, help="training sequences")
-    p.add_argument("--explain", type=int, default=200, help="test sequences to explain")
-    p.add_argument("--background", type=int, default=50, help="training sequences in the background")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed for the data, the initialisation and the background")
-    p.add_argument("--out", default="results", help="folder for series_attributions.png/.json")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
