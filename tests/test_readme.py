@@ -161,3 +161,16 @@ def test_make_results_chain_gives_one_models_files(planted_data, tmp_path):
     assert (ck / "all_test" / "manifest.json").exists()
     page = (results / "report.html").read_text()
     assert fingerprint in page
+
+
+def test_public_names_are_documented_with_shapes():
+    import torch_imdb.explain as explain
+
+    assert {"FastDeepLiftShap", "FastDeepShap", "ShapDeepExplainer", "CaptumDeepLiftShap", "make_explainable"} <= set(
+        explain.__all__)
+    for name in explain.__all__:
+        obj = getattr(explain, name)
+        assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+        method = getattr(obj, "attribute", None)
+        if method is not None:
+            assert "(N, T)" in (method.__doc__ or ""), f"{name}.attribute's docstring gives no shapes"

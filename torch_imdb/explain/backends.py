@@ -246,6 +246,17 @@ class ShapDeepExplainer(_LibraryExplainer):
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
                   additional_forward_args: tuple = ()) -> Attribution:
+        """Attribute ``inputs`` against ``baselines`` at output ``target``: an :class:`Attribution`.
+
+        inputs: token ids (N, T) or float sequences (N, T, F); baselines: (B, T) or
+        (B, T, F), the reference set. additional_forward_args: further arguments of
+        the model's forward, the same for inputs and baselines. Returns values (N, T)
+        (per token) or (N, T, F), outputs f(x) (N,), the expected value E f over the
+        baselines (a float, or (N,) when the model reads constants from its inputs,
+        such as a padding mask) and the completeness residuals (N,). Raises
+        :class:`~torch_imdb.errors.CompletenessError` when a residual exceeds the
+        guard's tolerance (unless the explainer was made with check_completeness=False).
+        """
         import shap
 
         twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
@@ -283,6 +294,17 @@ class CaptumDeepLiftShap(_LibraryExplainer):
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
                   additional_forward_args: tuple = ()) -> Attribution:
+        """Attribute ``inputs`` against ``baselines`` at output ``target``: an :class:`Attribution`.
+
+        inputs: token ids (N, T) or float sequences (N, T, F); baselines: (B, T) or
+        (B, T, F), the reference set. additional_forward_args: further arguments of
+        the model's forward, the same for inputs and baselines. Returns values (N, T)
+        (per token) or (N, T, F), outputs f(x) (N,), the expected value E f over the
+        baselines (a float, or (N,) when the model reads constants from its inputs,
+        such as a padding mask) and the completeness residuals (N,). Raises
+        :class:`~torch_imdb.errors.CompletenessError` when a residual exceeds the
+        guard's tolerance (unless the explainer was made with check_completeness=False).
+        """
         from captum.attr import DeepLiftShap
 
         if baselines.shape[0] < 2:

@@ -474,6 +474,9 @@ class FastDeepLiftShap:
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = None,
                   return_convergence_delta: bool = False):
+        """Values as a tensor (N, T) for token ids (N, T), or (N, T, F) for float sequences, against
+        baselines (B, T[, F]) at output ``target`` (None: the only output); with
+        ``return_convergence_delta`` also the per-input completeness error (N,)."""
         if target is None:
             if self.engine.n_outputs != 1:
                 raise UsageError(f"the model has {self.engine.n_outputs} outputs: pass target=")
