@@ -30,6 +30,7 @@ def test_report_is_self_contained_and_shows_the_summary_numbers(report):
     page = path.read_text()
     summary = json.loads((res / "explain_summary.json").read_text())
     assert page.count('class="force"') == 3  # one force plot per explained review
+    assert 'height="80px"' not in page  # and no second, smaller bar from shap's text plot under it
     assert "SHAP" in page and "<script" in page  # shap's JS inlined
     assert not re.search(r"""(src|href)=["']https?://""", page), "nothing is fetched from the network"
     assert "data:image/png;base64," in page

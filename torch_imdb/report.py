@@ -89,6 +89,21 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+TEXT_BAR_START = '<svg width="100%" height="80px">'  # shap 0.51's text plot opens its own force bar with this
+TEXT_BAR_END = "<div align='center'><div style=\"color: rgb(120,120,120); font-size: 12px; margin-top: -15px;\">inputs</div>"
+
+
+def without_force_bar(text_html: str) -> str:
+    """shap's text plot without the small force bar it draws above the words (labels cut to a few letters):
+    the report shows shap's interactive force plot of the same review just above it. Left as it is when shap
+    writes its plot differently."""
+    start = text_html.find(TEXT_BAR_START)
+    end = text_html.find(TEXT_BAR_END, start)
+    if start < 0 or end < 0:
+        return text_html
+    return text_html[:start] + "<div align='center'>" + text_html[end + len(TEXT_BAR_END):]
+
+
 def run_label(metrics: dict) -> str:
     """What a training run was, from its own config: epochs, and how its checkpoint was chosen."""
     cfg = metrics.get("config", {})
@@ -180,7 +195,8 @@ def explanation_section(results: Path) -> tuple[str, bool]:
         r, meta = reviews[n], summary["reviews"][n]
         values, ids = np.array(r["values"]), np.array(r["ids"])
         plot = force_plot(ev, values, r["words"], ids)
-        text = shap.plots.text(token_explanation(values[None], ev, ids[None], [r["words"]])[0], display=False)
+        text = without_force_bar(shap.plots.text(token_explanation(values[None], ev, ids[None], [r["words"]])[0],
+                                                 display=False))
         parts.append(f'<div class="review"><h3>{html.escape(r["source"])} — label {meta["label"]}, '
                      f'P(positive) = {meta["output"]:.3f}</h3><div class="force">{plot.html()}</div>{text}</div>')
     return "\n".join(parts), True
