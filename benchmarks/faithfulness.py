@@ -21,9 +21,15 @@ Metrics per review (:mod:`torch_imdb.faithfulness`): deletion and insertion AOPC
 a subset, agreement (Spearman, top-5 overlap, mean |difference|) with
 interventional Shapley values from ``shap.PermutationExplainer`` over an
 ``Independent`` masker of the (smaller) reference background. Every method in
-that comparison is recomputed with the same reference background. The reference
-is computed twice (seeds S and S+1) to show how far it has converged, and is
-cached per review under --cache, so an interrupted run resumes.
+that comparison is recomputed with the same reference background. The
+reference pools --reference-seeds runs of --permutations permutations each; its
+two halves (even and odd seeds) give its split-half reliability, corrected with
+Spearman-Brown, and the ceiling that puts on any method's agreement. Each
+review's values are cached under --cache in a folder named by every setting
+that makes them (weights, background rows, permutations, shap version), so a
+changed setting is recomputed, never read back, and an interrupted run resumes.
+Every method is also compared with exact DeepSHAP review by review: the paired
+difference of each metric with its bootstrap interval.
 
 Writes results/faithfulness.json (every number, settings, seeds, versions) and
 results/faithfulness.png.
@@ -50,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-reviews", type=int, default=100, help="reviews with a Shapley reference (0: none)")
     p.add_argument("--reference-background", type=int, default=20, help="background rows of the Shapley comparison")
     p.add_argument("--permutations", type=int, default=10, help="permutations per review and seed for the reference")
+    p.add_argument("--reference-seeds", type=int, default=6,
+                   help="seeds pooled into the reference (even; its halves measure its convergence)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
     p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
@@ -65,7 +73,7 @@ import torch  # noqa: E402
 
 from torch_imdb.data import PAD_ID  # noqa: E402
 from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve,  # noqa: E402
-                                     insertion_curve, rank_agreement, sufficiency)
+                                     insertion_curve, rank_agreement, split_half_reliability, sufficiency)
 from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json  # noqa: E402
 from torch_imdb.progress import Progress  # noqa: E402
 
@@ -114,11 +122,11 @@ def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) 
         if name == "deepshap_plain_captum":
             attr = torch.cat([DeepLiftShap(plain).attribute(x[k : k + 1], baselines=r, target=0)
                               for k in range(len(x))])
-        elif name == "expected_gradients":  # 50 background samples per review, 10 reviews per call (memory)
+        elif name == "expected_gradients":  # as many samples as background rows, 5 reviews per call (memory)
             torch.manual_seed(seed)  # Captum draws the baselines with torch
             np.random.seed(seed)  # and the points along each path with numpy's global generator
-            attr = torch.cat([GradientShap(plain).attribute(x[k : k + 10], baselines=r, n_samples=50, stdevs=0.0,
-                                                            target=0) for k in range(0, len(x), 10)])
+            attr = torch.cat([GradientShap(plain).attribute(x[k : k + 5], baselines=r, n_samples=len(r), stdevs=0.0,
+                                                            target=0) for k in range(0, len(x), 5)])
         elif name == "ig_padding":
             pad = model.embedding(torch.full_like(x_ids, PAD_ID)).detach()
             attr = IntegratedGradients(plain).attribute(x, baselines=pad, target=0, n_steps=50, internal_batch_size=500)
@@ -129,23 +137,45 @@ def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) 
     return attr.detach().double().sum(dim=2).numpy()
 
 
+def reference_key(bg: np.ndarray, permutations: int, model_key: str = "") -> str:
+    """The settings that make a reference value, as a folder name: a changed setting never reads old values."""
+    import hashlib
+
+    import shap
+
+    h = hashlib.sha256(f"{model_key}|{permutations}|{shap.__version__}|{bg.shape}|".encode())
+    h.update(np.ascontiguousarray(bg, dtype=np.int64).tobytes())
+    return f"perm{permutations}-bg{len(bg)}-{h.hexdigest()[:16]}"
+
+
+def review_key(row: int, ids: np.ndarray) -> str:
+    """A review's cache name: its row and a hash of its token ids."""
+    import hashlib
+
+    return f"row{int(row)}-{hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:12]}"
+
+
 def shapley_reference(predict, ids: np.ndarray, bg: np.ndarray, permutations: int, seed: int,
-                      cache: Path | None = None, progress: bool = False, counter: list | None = None) -> np.ndarray:
+                      cache: Path | None = None, progress: bool = False, counter: list | None = None,
+                      rows: np.ndarray | None = None, model_key: str = "") -> np.ndarray:
     """Interventional Shapley values (n, T) from shap.PermutationExplainer over an Independent masker of bg.
 
-    ``permutations`` antithetic permutations per review (max_evals = permutations * 2 * (T + 1)); each
-    review's values are cached under ``cache`` (named by seed and review index) so a restart skips it.
-    ``counter``, when given, receives the number of reviews computed (not read from the cache).
+    ``permutations`` antithetic permutations per review (max_evals = permutations * 2 * (T + 1)). Each
+    review's values are cached under ``cache/<settings key>/`` (see :func:`reference_key`; ``model_key``
+    names the weights), named by seed, the review's ``rows`` entry and its ids, so a restart skips it and
+    other settings recompute it. ``counter``, when given, receives the reviews computed (not read back).
     """
     import shap
 
     T = ids.shape[1]
     masker = shap.maskers.Independent(bg, max_samples=len(bg))
     out = np.empty(ids.shape)
+    folder = cache / reference_key(bg, permutations, model_key) if cache else None
+    rows = np.arange(len(ids)) if rows is None else rows
     bar = Progress(len(ids), f"Shapley reference (seed {seed})", "reviews", enabled=progress)
     for k in range(len(ids)):
         bar.update(1)
-        path = cache / f"seed{seed}-review{k:05d}.npy" if cache else None
+        path = folder / f"seed{seed}-{review_key(rows[k], ids[k])}.npy" if folder else None
         if path is not None and path.exists():
             out[k] = np.load(path)
             continue
@@ -159,12 +189,22 @@ def shapley_reference(predict, ids: np.ndarray, bg: np.ndarray, permutations: in
     return out
 
 
+METRICS = ("deletion_aopc", "deletion_aopc_remove", "insertion_aopc", "comprehensiveness", "comprehensiveness_remove",
+           "sufficiency", "sufficiency_remove")
+LOWER_IS_BETTER = ("sufficiency", "sufficiency_remove")
+
+
 def faithfulness_metrics(predict, ids: np.ndarray, values: np.ndarray, max_k: int = 20) -> dict[str, np.ndarray]:
-    """Per-review deletion/insertion AOPC, comprehensiveness, sufficiency, and the deletion curve (n, max_k)."""
+    """Per-review METRICS (``_remove``: tokens deleted and the review re-padded, ERASER's removal; otherwise padding
+    written in place) and the deletion curve (n, max_k)."""
     curve = deletion_curve(predict, ids, values, max_k)
-    return {"deletion_aopc": aopc(curve), "insertion_aopc": aopc(insertion_curve(predict, ids, values, max_k)),
+    return {"deletion_aopc": aopc(curve),
+            "deletion_aopc_remove": aopc(deletion_curve(predict, ids, values, max_k, how="remove")),
+            "insertion_aopc": aopc(insertion_curve(predict, ids, values, max_k)),
             "comprehensiveness": comprehensiveness(predict, ids, values),
-            "sufficiency": sufficiency(predict, ids, values), "_deletion_curve": curve}
+            "comprehensiveness_remove": comprehensiveness(predict, ids, values, how="remove"),
+            "sufficiency": sufficiency(predict, ids, values),
+            "sufficiency_remove": sufficiency(predict, ids, values, how="remove"), "_deletion_curve": curve}
 
 
 def run(args) -> dict:
@@ -179,6 +219,8 @@ def run(args) -> dict:
         raise UsageError(f"--methods: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
     if not 0 <= args.reference_reviews <= args.reviews or args.reference_background > args.background:
         raise UsageError("--reference-reviews must be within --reviews and --reference-background within --background")
+    if args.reference_seeds < 2 or args.reference_seeds % 2 or args.permutations < 1:
+        raise UsageError("--reference-seeds must be an even number of at least 2, and --permutations at least 1")
     ckpt = load_checkpoint(args.checkpoint)
     ds = load_imdb(args.data)
     cache_dir = Path(args.checkpoint) / "cache"
@@ -204,58 +246,80 @@ def run(args) -> dict:
     if args.reference_reviews:
         n_ref = args.reference_reviews
         ref_bg = bg[: args.reference_background]  # the first rows of the seeded background: itself a seeded sample
-        cache = Path(args.cache) / ckpt.fingerprint if args.cache else None
+        cache = Path(args.cache) if args.cache else None
         t0, computed = time.perf_counter(), []
-        refs = [shapley_reference(predict, ids[:n_ref], ref_bg, args.permutations, s, cache, True, computed)
-                for s in (args.seed, args.seed + 1)]
+        seeds = [args.seed + j for j in range(args.reference_seeds)]
+        refs = [shapley_reference(predict, ids[:n_ref], ref_bg, args.permutations, s, cache, True, computed,
+                                  rows[:n_ref], ckpt.fingerprint) for s in seeds]
         seconds = time.perf_counter() - t0
-        reference = (refs[0] + refs[1]) / 2
-        conv = rank_agreement(refs[0], refs[1], ids[:n_ref])
-        results["reference"] = {"reviews": n_ref, "background": len(ref_bg), "permutations_per_seed": args.permutations,
-                                "seeds": [args.seed, args.seed + 1],
-                                "reviews_computed_this_run": len(computed), "read_from_cache": 2 * n_ref - len(computed),
-                                "seconds_per_computed_review_and_seed": seconds / len(computed) if computed else None,
-                                "seed_vs_seed": {k: bootstrap_ci(v, args.seed) for k, v in conv.items()}}
+        reference = np.mean(refs, axis=0)
+        halves = np.mean(refs[0::2], axis=0), np.mean(refs[1::2], axis=0)
+        results["reference"] = {
+            "reviews": n_ref, "background": len(ref_bg), "permutations_per_seed": args.permutations, "seeds": seeds,
+            "permutations_per_review": args.permutations * len(seeds),
+            "cache_key": reference_key(ref_bg, args.permutations, ckpt.fingerprint),
+            "reviews_computed_this_run": len(computed), "read_from_cache": len(seeds) * n_ref - len(computed),
+            "seconds_per_computed_review_and_seed": seconds / len(computed) if computed else None,
+            "convergence": split_half_reliability(*halves, ids[:n_ref]),
+            "seed_vs_seed": {k: bootstrap_ci(v, args.seed) for k, v in rank_agreement(refs[0], refs[1],
+                                                                                      ids[:n_ref]).items()}}
         for name in methods:
             values = method_values(name, ckpt.model, ids[:n_ref], ref_bg, args.seed)
             agree = rank_agreement(values, reference, ids[:n_ref])
+            per_review[name]["_agreement"] = agree["spearman"]
             results["methods"][name]["agreement_with_shapley"] = {k: bootstrap_ci(v, args.seed) for k, v in agree.items()}
+    if "deepshap_exact" in per_review:  # each method minus exact DeepSHAP, review by review
+        exact = per_review["deepshap_exact"]
+        for name in methods:
+            if name == "deepshap_exact":
+                continue
+            keys = [k for k in (*METRICS, "_agreement") if k in exact and k in per_review[name]]
+            results["methods"][name]["minus_exact"] = {
+                k.lstrip("_"): bootstrap_ci(per_review[name][k] - exact[k], args.seed) for k in keys}
     return results
 
 
+PANELS = [("deletion_aopc", "deletion AOPC (padding in place)"), ("deletion_aopc_remove", "deletion AOPC (removal)"),
+          ("insertion_aopc", "insertion AOPC"), ("comprehensiveness", "comprehensiveness"),
+          ("sufficiency", "sufficiency (lower is better)"), ("agreement", "Spearman with the Shapley reference")]
+
+
 def plot(path: Path, res: dict) -> None:
+    """One panel per metric: methods sorted best first, the mean and its 95% interval printed on each bar, and for
+    the agreement with the reference, the ceiling a noise-free method could reach against it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(res["methods"])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
-    for name in names:
-        curve = np.array(res["methods"][name]["deletion_curve_mean"])
-        band = np.array(res["methods"][name]["deletion_curve_ci95"])
-        k = np.arange(1, len(curve) + 1)
-        axes[0].plot(k, curve, marker="o", ms=2.5, label=name)
-        axes[0].fill_between(k, curve - band, curve + band, alpha=0.15)
-    axes[0].set_xlabel("top-k tokens replaced by padding")
-    axes[0].set_ylabel("drop in P(predicted class), mean over reviews")
-    axes[0].set_title(f"deletion curves, {len(res['test_rows'])} reviews, 95% bands (higher is more faithful)",
-                      fontsize=10)
-    axes[0].legend(fontsize=7)
-    axes[0].grid(alpha=0.3)
-    with_ref = [n for n in names if "agreement_with_shapley" in res["methods"][n]]
-    if with_ref:
-        rho = [res["methods"][n]["agreement_with_shapley"]["spearman"] for n in with_ref]
-        y = np.arange(len(with_ref))
-        axes[1].barh(y, [r["mean"] for r in rho], xerr=[[r["mean"] - r["low"] for r in rho],
-                                                         [r["high"] - r["mean"] for r in rho]], color="#008bfb", capsize=3)
-        axes[1].set_yticks(y, with_ref, fontsize=8)
-        itself = res["reference"]["seed_vs_seed"]["spearman"]["mean"]
-        axes[1].axvline(itself, color="k", ls="--", lw=0.8)
-        axes[1].text(itself, len(with_ref) - 0.4, " reference seed vs seed", fontsize=7, va="bottom", ha="right")
-        axes[1].set_xlabel("Spearman correlation with the Shapley reference (95% interval)")
-        axes[1].set_title(f"agreement with interventional Shapley values ({res['reference']['reviews']} reviews)",
-                          fontsize=10)
+    panels = [(k, t) for k, t in PANELS if k != "agreement" or "reference" in res]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6))
+    for ax, (key, title) in zip(axes.ravel(), panels):
+        stats = {n: (m["agreement_with_shapley"]["spearman"] if key == "agreement" else m.get(key))
+                 for n, m in res["methods"].items()}
+        stats = {n: v for n, v in stats.items() if v and v.get("mean") is not None}
+        names = sorted(stats, key=lambda n: stats[n]["mean"], reverse=key not in LOWER_IS_BETTER)[::-1]
+        means = [stats[n]["mean"] for n in names]
+        errs = [[stats[n]["mean"] - stats[n]["low"] for n in names], [stats[n]["high"] - stats[n]["mean"] for n in names]]
+        colours = ["#ff0051" if n == "deepshap_exact" else "#008bfb" for n in names]
+        ax.barh(range(len(names)), means, xerr=errs, color=colours, capsize=2)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        span = max(max(means), 0) - min(min(means), 0) or 1.0
+        for y, (m, hi) in enumerate(zip(means, [stats[n]["high"] for n in names])):
+            ax.text(max(hi, m) + 0.02 * span, y, f"{m:.3f}", va="center", fontsize=7)
+        if key == "agreement":
+            conv = res["reference"]["convergence"]
+            ax.axvline(conv["ceiling"], color="k", ls="--", lw=0.8)
+            ax.text(0.02, 1.01, f"dashed: ceiling {conv['ceiling']:.3f} for a noise-free method (reference reliability "
+                                f"{conv['reliability']:.3f})", transform=ax.transAxes, fontsize=7, va="bottom")
+        ax.set_xlim(min(0, min(means)) - 0.05 * span, max(max(means), 0) + 0.22 * span)
+        ax.set_title(title, fontsize=10, pad=14 if key == "agreement" else 6)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    n_ref = res.get("reference", {}).get("reviews")
+    fig.suptitle(f"{len(res['test_rows'])} test reviews" + (f", Shapley reference on {n_ref}" if n_ref else "")
+                 + f"; weights {res['weights_fingerprint']}; means with 95% bootstrap intervals", fontsize=10)
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
@@ -267,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write_json(out / "faithfulness.json", res)
     plot(out / "faithfulness.png", res)
+    if "reference" in res:
+        conv = res["reference"]["convergence"]
+        print(f"reference: {res['reference']['permutations_per_review']} permutations per review; split-half "
+              f"{conv['split_half']:.3f}, reliability {conv['reliability']:.3f}, ceiling {conv['ceiling']:.3f}")
     for name, m in res["methods"].items():
         agree = m.get("agreement_with_shapley", {}).get("spearman", {}).get("mean")
-        print(f"{name:>22}: deletion AOPC {m['deletion_aopc']['mean']:.4f}, comprehensiveness "
-              f"{m['comprehensiveness']['mean']:.4f}, sufficiency {m['sufficiency']['mean']:.4f}"
+        diff = m.get("minus_exact", {}).get("deletion_aopc")
+        print(f"{name:>22}: deletion AOPC {m['deletion_aopc']['mean']:.4f} (removal {m['deletion_aopc_remove']['mean']:.4f})"
+              f", comprehensiveness {m['comprehensiveness']['mean']:.4f}, sufficiency {m['sufficiency']['mean']:.4f}"
               + (f", Spearman with Shapley {agree:.3f}" if agree is not None else "")
+              + (f", deletion minus exact {diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]" if diff else "")
               + f", {m['seconds_per_review']:.4f} s/review")
     print(f"wrote {out / 'faithfulness.json'} and {out / 'faithfulness.png'}")
     return 0

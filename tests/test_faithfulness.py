@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve, insertion_curve,
-                                     rank_agreement, ranking, sufficiency)
+from torch_imdb.faithfulness import (_masked, aopc, bootstrap_ci, comprehensiveness, deletion_curve, insertion_curve,
+                                     rank_agreement, ranking, spearman_brown, split_half_reliability, sufficiency)
 
 PLANTED = 7
 
@@ -63,3 +63,44 @@ def test_rank_agreement_and_bootstrap(reviews):
     ci = bootstrap_ci(np.array([1.0, 2.0, 3.0, np.nan]), seed=0)
     assert ci["mean"] == 2.0 and ci["low"] < 2.0 < ci["high"] and ci["n"] == 3
     assert bootstrap_ci(np.array([1.0, 2.0, 3.0]), seed=0) == bootstrap_ci(np.array([1.0, 2.0, 3.0]), seed=0)
+
+
+def second_to_last_model(ids: np.ndarray) -> np.ndarray:
+    """P(positive) = 0.9 if the token just before the last is the planted one: a model that reads positions."""
+    return np.where(ids[:, -2] == PLANTED, 0.9, 0.2)
+
+
+def test_removal_moves_the_other_tokens_and_padding_in_place_does_not():
+    ids = np.array([[0, 1, PLANTED, 3]])
+    last = np.array([[0.0, 0.0, 0.0, 1.0]])  # all attribution on the last token (id 3)
+    order = ranking(ids, last, np.array([True]))
+    assert _masked(ids, order, np.array([1]), keep=False, how="pad").tolist() == [[0, 1, PLANTED, 0]]
+    assert _masked(ids, order, np.array([1]), keep=False, how="remove").tolist() == [[0, 0, 1, PLANTED]]
+    # padding in place keeps the planted token second to last: no drop; removal shifts it to the end: 0.9 -> 0.2
+    assert deletion_curve(second_to_last_model, ids, last, max_k=1, how="pad") == pytest.approx(0.0)
+    assert deletion_curve(second_to_last_model, ids, last, max_k=1, how="remove") == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="how must be one of pad, remove"):
+        deletion_curve(second_to_last_model, ids, last, max_k=1, how="erase")
+
+
+def test_aopc_is_samek_normalised():
+    """1/(K+1) over k = 0..K with a zero k = 0 term: a constant drop of 0.7 over K = 3 gives 0.7 * 3/4."""
+    assert aopc(np.full((2, 3), 0.7)) == pytest.approx([0.525, 0.525])
+
+
+def test_split_half_reliability_of_a_reference_with_known_noise():
+    """Halves = truth + independent noise of variance s2: each half correlates 1/(1+s2) with the other (Pearson; for
+    ranks of Gaussians, 6/pi asin(rho/2)), the full reference's reliability follows Spearman-Brown, and a noise-free
+    method reaches sqrt(reliability) against it."""
+    rng = np.random.default_rng(0)
+    n, T, s2 = 200, 400, 0.25
+    truth = rng.standard_normal((n, T))
+    ids = np.full((n, T), 5)
+    half_a, half_b = (truth + np.sqrt(s2) * rng.standard_normal((n, T)) for _ in range(2))
+    conv = split_half_reliability(half_a, half_b, ids)
+    rho_ranks = 6 / np.pi * np.arcsin(1 / (1 + s2) / 2)
+    assert conv["split_half"] == pytest.approx(rho_ranks, abs=0.01)
+    assert conv["reliability"] == pytest.approx(spearman_brown(rho_ranks), abs=0.01)
+    achieved = np.mean(rank_agreement(truth, (half_a + half_b) / 2, ids)["spearman"])
+    assert conv["ceiling"] == pytest.approx(achieved, abs=0.01)
+    assert spearman_brown(0.5) == pytest.approx(2 / 3) and spearman_brown(0.916) == pytest.approx(0.9562, abs=1e-4)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "faithfulness.py"
 spec = importlib.util.spec_from_file_location("faithfulness_benchmark", SCRIPT)
@@ -24,22 +25,49 @@ def test_shapley_reference_of_an_additive_model_is_exact(tmp_path):
     exact = weights[ids] - weights[bg].mean(axis=0)
     ref = bench.shapley_reference(predict, ids, bg, permutations=1, seed=0, cache=tmp_path)
     np.testing.assert_allclose(ref, exact, atol=1e-10)
-    assert len(list(tmp_path.glob("seed0-review*.npy"))) == 3
-    # cached: a second call reads the files (same values, even with another predict)
+    assert len(list(tmp_path.glob("*/seed0-row*.npy"))) == 3
+    # cached: a second call with the same settings reads the files (same values, even with another predict)
     np.testing.assert_allclose(bench.shapley_reference(lambda x: 0 * predict(x), ids, bg, 1, 0, tmp_path), exact)
+
+
+def test_a_changed_reference_setting_is_recomputed_never_read_back(tmp_path):
+    """The cache is keyed by every setting that makes the values: permutations, background, weights, review."""
+    weights = np.linspace(-1, 1, 20)
+    rng = np.random.default_rng(1)
+    ids, bg = rng.integers(0, 20, (3, 6)), rng.integers(0, 20, (4, 6))
+    bench.shapley_reference(lambda x: weights[np.asarray(x, dtype=np.int64)].sum(axis=1), ids, bg, 1, 0, tmp_path,
+                            model_key="weights-a")
+    zero = lambda x: np.zeros(len(x))  # noqa: E731 - a model whose values are all 0: a reused value shows
+    for change in (dict(permutations=2), dict(bg=bg[:3]), dict(model_key="weights-b"), dict(rows=np.array([7, 8, 9]))):
+        kwargs = dict(permutations=1, bg=bg, model_key="weights-a", rows=None) | change
+        computed = []
+        got = bench.shapley_reference(zero, ids, kwargs["bg"], kwargs["permutations"], 0, tmp_path, counter=computed,
+                                      rows=kwargs["rows"], model_key=kwargs["model_key"])
+        assert computed == [0, 1, 2] and np.all(got == 0), change
+    computed = []
+    bench.shapley_reference(zero, ids, bg, 1, 0, tmp_path, counter=computed, model_key="weights-a")
+    assert computed == []  # the same settings again: read back
 
 
 def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     ck, data = tiny_checkpoint
     assert bench.main(["--checkpoint", str(ck), "--data", str(data), "--reviews", "8", "--background", "5",
                        "--reference-reviews", "3", "--reference-background", "3", "--permutations", "2",
+                       "--reference-seeds", "2",
                        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "faithfulness.json").read_text())
     assert set(res["methods"]) == set(bench.METHODS) and res["weights_fingerprint"]
     for name, m in res["methods"].items():
-        for key in ("deletion_aopc", "insertion_aopc", "comprehensiveness", "sufficiency"):
+        for key in bench.METRICS:
             assert m[key]["n"] == 8 and m[key]["low"] <= m[key]["mean"] <= m[key]["high"], (name, key)
         assert m["agreement_with_shapley"]["spearman"]["n"] >= 1
+        if name != "deepshap_exact":  # paired with exact DeepSHAP, review by review
+            d = m["minus_exact"]["deletion_aopc"]
+            assert d["n"] == 8 and d["mean"] == pytest.approx(
+                m["deletion_aopc"]["mean"] - res["methods"]["deepshap_exact"]["deletion_aopc"]["mean"])
+            assert set(m["minus_exact"]) == {*bench.METRICS, "agreement"}
+    conv = res["reference"]["convergence"]
+    assert 0 < conv["ceiling"] <= 1 and conv["reliability"] == pytest.approx(2 * conv["split_half"] / (1 + conv["split_half"]))
     # on the planted-word model the exact values find the deciding word: deleting their top token
     # moves the prediction more than deleting a random one
     assert res["methods"]["deepshap_exact"]["deletion_aopc"]["mean"] > res["methods"]["random"]["deletion_aopc"]["mean"]

@@ -3,15 +3,22 @@
 Plain functions on numpy arrays and a ``predict`` callable (token ids (n, T) ->
 P(positive) (n,)), so they apply to any explainer's values:
 
-- :func:`deletion_curve` / :func:`insertion_curve`: replace the top-k tokens (by
-  attribution toward the predicted class) with padding, or keep only them, for
-  k = 1..K, and record the predicted class's probability; :func:`aopc` is the
-  area over the perturbation curve (Samek et al. 2017; Arras et al. 2019);
+- :func:`deletion_curve` / :func:`insertion_curve`: take out the top-k tokens (by
+  attribution toward the predicted class), or keep only them, for k = 1..K, and
+  record the predicted class's probability. Two ways to take a token out:
+  ``"pad"`` writes padding in its place (the positions of the others stay), and
+  ``"remove"`` deletes it and re-pads the review in front (ERASER's removal: the
+  others move up); :func:`aopc` is the area over the perturbation curve as Samek
+  et al. (2017) define it, 1/(K+1) times the sum over k = 0..K (the k = 0 term is
+  0);
 - :func:`comprehensiveness` / :func:`sufficiency`: ERASER's (DeYoung et al. 2020)
   AOPC over bins of 1, 5, 10, 20 and 50% of the tokens;
 - :func:`rank_agreement`: Spearman correlation, top-k overlap and mean absolute
   error between two explanations of the same review;
-- :func:`bootstrap_ci`: a percentile interval of a mean over reviews.
+- :func:`bootstrap_ci`: a percentile interval of a mean over reviews, and of a
+  paired difference when given one array per review of each method;
+- :func:`spearman_brown`, :func:`split_half_reliability`: how far a sampled
+  reference has converged, and the ceiling it puts on any method's agreement.
 
 No maintained metrics package fits token ids fed to a plain PyTorch model
 (ferret-xai expects a Hugging Face model and tokenizer; Quantus has no NLP
@@ -49,23 +56,38 @@ def ranking(ids: np.ndarray, values: np.ndarray, positive: np.ndarray) -> np.nda
     return np.argsort(-score, axis=1, kind="stable")
 
 
-def _masked(ids: np.ndarray, order: np.ndarray, counts: np.ndarray, keep: bool) -> np.ndarray:
-    """Copies of ids with the first ``counts[n]`` ranked positions padded out (keep=False) or kept alone (keep=True)."""
+DELETIONS = ("pad", "remove")
+
+
+def _masked(ids: np.ndarray, order: np.ndarray, counts: np.ndarray, keep: bool, how: str = "pad") -> np.ndarray:
+    """Copies of ids with the first ``counts[n]`` ranked positions taken out (keep=False) or kept alone (keep=True).
+
+    ``how="pad"``: padding written in place; ``"remove"``: the tokens deleted and each review re-padded in front
+    ('pre' padding, as the model was trained), so the remaining tokens move towards the end.
+    """
+    if how not in DELETIONS:
+        raise ValueError(f"how must be one of {', '.join(DELETIONS)}, got {how!r}")
     n, T = ids.shape
     rank_of = np.empty_like(order)
     rank_of[np.arange(n)[:, None], order] = np.arange(T)[None, :]
     chosen = rank_of < counts[:, None]
     real = ids != PAD_ID
     drop = (real & ~chosen) if keep else (real & chosen)
-    return np.where(drop, PAD_ID, ids)
+    padded = np.where(drop, PAD_ID, ids)
+    if how == "pad":
+        return padded
+    # a stable sort that puts the taken-out positions (and the padding) first keeps the others in order, at the end
+    moved = np.argsort(padded != PAD_ID, axis=1, kind="stable")
+    return np.take_along_axis(padded, moved, axis=1)
 
 
-def deletion_curve(predict: Predict, ids: np.ndarray, values: np.ndarray, max_k: int = 20) -> np.ndarray:
-    """Drop in P(predicted class) (n, max_k) after padding out the top k tokens, k = 1..max_k."""
+def deletion_curve(predict: Predict, ids: np.ndarray, values: np.ndarray, max_k: int = 20,
+                   how: str = "pad") -> np.ndarray:
+    """Drop in P(predicted class) (n, max_k) after taking out the top k tokens, k = 1..max_k (``how``: pad or remove)."""
     positive = np.asarray(predict(ids)) >= 0.5
     base = class_probability(predict, ids, positive)
     order = ranking(ids, values, positive)
-    return np.stack([base - class_probability(predict, _masked(ids, order, np.full(len(ids), k), keep=False), positive)
+    return np.stack([base - class_probability(predict, _masked(ids, order, np.full(len(ids), k), False, how), positive)
                      for k in range(1, max_k + 1)], axis=1)
 
 
@@ -79,11 +101,13 @@ def insertion_curve(predict: Predict, ids: np.ndarray, values: np.ndarray, max_k
 
 
 def aopc(curve: np.ndarray) -> np.ndarray:
-    """Area over the perturbation curve per review: the mean of a (n, K) curve over k."""
-    return curve.mean(axis=1)
+    """Area over the perturbation curve per review, Samek et al.'s normalisation: for a (n, K) curve of k = 1..K,
+    the sum over k = 0..K divided by K + 1 (the k = 0 term is 0), i.e. K/(K+1) times the mean over k = 1..K."""
+    return curve.sum(axis=1) / (curve.shape[1] + 1)
 
 
-def _eraser(predict: Predict, ids: np.ndarray, values: np.ndarray, keep: bool, bins=ERASER_BINS) -> np.ndarray:
+def _eraser(predict: Predict, ids: np.ndarray, values: np.ndarray, keep: bool, bins=ERASER_BINS,
+            how: str = "pad") -> np.ndarray:
     positive = np.asarray(predict(ids)) >= 0.5
     base = class_probability(predict, ids, positive)
     order = ranking(ids, values, positive)
@@ -91,18 +115,20 @@ def _eraser(predict: Predict, ids: np.ndarray, values: np.ndarray, keep: bool, b
     drops = []
     for q in bins:
         counts = np.maximum(1, np.round(q * lengths)).astype(int)
-        drops.append(base - class_probability(predict, _masked(ids, order, counts, keep=keep), positive))
+        drops.append(base - class_probability(predict, _masked(ids, order, counts, keep, how), positive))
     return np.mean(drops, axis=0)
 
 
-def comprehensiveness(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS) -> np.ndarray:
-    """ERASER comprehensiveness per review: mean drop in P(predicted class) when the top q% tokens are removed."""
-    return _eraser(predict, ids, values, keep=False, bins=bins)
+def comprehensiveness(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS,
+                      how: str = "pad") -> np.ndarray:
+    """ERASER comprehensiveness per review: mean drop in P(predicted class) when the top q% tokens are taken out."""
+    return _eraser(predict, ids, values, keep=False, bins=bins, how=how)
 
 
-def sufficiency(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS) -> np.ndarray:
-    """ERASER sufficiency per review: mean drop in P(predicted class) when only the top q% tokens are kept (lower is better)."""
-    return _eraser(predict, ids, values, keep=True, bins=bins)
+def sufficiency(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERASER_BINS, how: str = "pad") -> np.ndarray:
+    """ERASER sufficiency per review: mean drop in P(predicted class) when only the top q% tokens are kept (lower is
+    better)."""
+    return _eraser(predict, ids, values, keep=True, bins=bins, how=how)
 
 
 def rank_agreement(values: np.ndarray, reference: np.ndarray, ids: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
@@ -117,6 +143,24 @@ def rank_agreement(values: np.ndarray, reference: np.ndarray, ids: np.ndarray, k
         overlap.append(len(top_a & top_b) / kk if kk else np.nan)
         mae.append(np.abs(a - b).mean() if len(a) else np.nan)
     return {"spearman": np.array(rho), f"top{k}_overlap": np.array(overlap), "mae": np.array(mae)}
+
+
+def spearman_brown(r: float, factor: float = 2.0) -> float:
+    """The reliability of a measure ``factor`` times as long as one whose reliability is ``r``."""
+    return factor * r / (1 + (factor - 1) * r)
+
+
+def split_half_reliability(half_a: np.ndarray, half_b: np.ndarray, ids: np.ndarray) -> dict:
+    """How far a reference averaged from two independent halves (n, T) has converged, over non-padding tokens.
+
+    ``split_half``: the mean per-review Spearman correlation of the two halves;
+    ``reliability``: that corrected with Spearman-Brown to the full reference (both halves);
+    ``ceiling``: the highest mean correlation a noise-free method can reach against the
+    full reference, sqrt(reliability) (Spearman's correction for attenuation).
+    """
+    r = float(np.nanmean(rank_agreement(half_a, half_b, ids)["spearman"]))
+    rel = spearman_brown(r)
+    return {"split_half": r, "reliability": rel, "ceiling": float(np.sqrt(max(rel, 0.0)))}
 
 
 def bootstrap_ci(per_review: np.ndarray, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> dict:
