@@ -13,7 +13,9 @@ training reviews, each method gives per-token values (n, T) toward P(positive):
 - ig_padding: Captum's IntegratedGradients from an all-padding review;
 - grad_x_input: gradient times input on the embeddings;
 - occlusion: P(x) - P(x with the token replaced by padding);
-- lrp: Arras et al.'s LRP (relevance of the logit);
+- lrp: Arras et al.'s LRP (relevance of the logit; 1-layer LSTMs reading their final state);
+- attention, attention_norm: the attention weights, and the weights times the norm of
+  the RNN output they weigh (attention models only);
 - random: standard-normal values, the floor.
 
 Metrics per review (:mod:`torch_imdb.faithfulness`): deletion and insertion AOPC
@@ -47,7 +49,7 @@ from torch_imdb.cli import answer_help, checkpoint_options, sampling_options
 from torch_imdb.errors import UsageError, run_cli
 
 METHODS = ("deepshap_exact", "deepshap_plain_shap", "deepshap_plain_captum", "expected_gradients", "ig_padding",
-           "grad_x_input", "occlusion", "lrp", "random")
+           "grad_x_input", "occlusion", "lrp", "attention", "attention_norm", "random")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/faithfulness.py", description=__doc__,
@@ -73,7 +75,8 @@ import torch  # noqa: E402
 
 from torch_imdb.data import PAD_ID  # noqa: E402
 from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve,  # noqa: E402
-                                     insertion_curve, rank_agreement, split_half_reliability, sufficiency)
+                                     insertion_curve, magnitude_agreement, rank_agreement, split_half_reliability,
+                                     sufficiency)
 from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json  # noqa: E402
 from torch_imdb.progress import Progress  # noqa: E402
 
@@ -85,17 +88,43 @@ def predictor(model):
     return predict
 
 
+def not_applicable(name: str, model) -> str | None:
+    """Why method ``name`` does not apply to ``model``, or None when it does."""
+    cfg = model.config
+    if name == "lrp" and (cfg.cell != "lstm" or cfg.layers != 1 or cfg.bidirectional or cfg.pool != "last"):
+        return "LRP is implemented for a 1-layer LSTM that reads its final state"
+    if name == "deepshap_plain_shap" and cfg.pool != "last":
+        return "shap.DeepExplainer cannot hand the padding mask to a pooled model's plain module"
+    if name in ("attention", "attention_norm") and cfg.pool != "attention":
+        return "the model has no attention"
+    return None
+
+
 def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) -> np.ndarray:
-    """Per-token values (n, T) of method ``name`` for reviews ids (n, T) against background bg (B, T)."""
+    """Per-token values (n, T) of method ``name`` for reviews ids (n, T) against background bg (B, T).
+
+    Attention weights are unsigned: they are returned signed toward each review's predicted class, so that
+    every metric ranks the tokens by the weights themselves.
+    """
     from captum.attr import DeepLiftShap, GradientShap, InputXGradient, IntegratedGradients
 
-    from torch_imdb.explain.backends import PlainFromEmbeddings
+    from torch_imdb.explain.backends import PlainFromEmbeddings, ShapDeepExplainer
     from torch_imdb.explain.fast import FastDeepShap
     from torch_imdb.explain.lrp import lrp_lstm
+    from torch_imdb.model import token_mask
 
     x_ids, bg_ids = torch.from_numpy(ids), torch.from_numpy(bg)
-    if name == "deepshap_exact":
-        return FastDeepShap(model).attribute(x_ids, bg_ids).values
+    tokens = token_mask(x_ids)  # the mask the model itself reads
+    if name == "deepshap_exact":  # the fast engine where it takes the model, else shap through the transform
+        engine = FastDeepShap(model) if model.config.pool == "last" else ShapDeepExplainer(model)
+        return engine.attribute(x_ids, bg_ids).values
+    if name in ("attention", "attention_norm"):
+        weights = model.attention_weights(x_ids).double()
+        if name == "attention_norm":  # attention x the norm of the vector it weighs (the RNN output)
+            with torch.no_grad():
+                weights = weights * model.rnn(model.embedding(x_ids))[0].double().norm(dim=-1)
+        sign = np.where(predictor(model)(ids) >= 0.5, 1.0, -1.0)[:, None]
+        return weights.numpy() * sign
     if name == "lrp":
         return lrp_lstm(model, x_ids).double().numpy()
     if name == "random":
@@ -119,19 +148,25 @@ def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) 
 
             phis = shap.DeepExplainer(plain, r).shap_values(x, check_additivity=False)
             return np.asarray(phis)[..., 0].sum(axis=2)
+        # pooled models read the review's padding mask: a constant handed along with the embeddings
+        mask = (lambda sl: (tokens[sl],)) if model.config.pool != "last" else (lambda sl: None)
         if name == "deepshap_plain_captum":
-            attr = torch.cat([DeepLiftShap(plain).attribute(x[k : k + 1], baselines=r, target=0)
+            attr = torch.cat([DeepLiftShap(plain).attribute(x[k : k + 1], baselines=r, target=0,
+                                                            additional_forward_args=mask(slice(k, k + 1)))
                               for k in range(len(x))])
         elif name == "expected_gradients":  # as many samples as background rows, 5 reviews per call (memory)
             torch.manual_seed(seed)  # Captum draws the baselines with torch
             np.random.seed(seed)  # and the points along each path with numpy's global generator
             attr = torch.cat([GradientShap(plain).attribute(x[k : k + 5], baselines=r, n_samples=len(r), stdevs=0.0,
-                                                            target=0) for k in range(0, len(x), 5)])
+                                                            target=0, additional_forward_args=mask(slice(k, k + 5)))
+                              for k in range(0, len(x), 5)])
         elif name == "ig_padding":
             pad = model.embedding(torch.full_like(x_ids, PAD_ID)).detach()
-            attr = IntegratedGradients(plain).attribute(x, baselines=pad, target=0, n_steps=50, internal_batch_size=500)
+            attr = IntegratedGradients(plain).attribute(x, baselines=pad, target=0, n_steps=50, internal_batch_size=500,
+                                                        additional_forward_args=mask(slice(None)))
         elif name == "grad_x_input":
-            attr = InputXGradient(plain).attribute(x.clone().requires_grad_(True), target=0)
+            attr = InputXGradient(plain).attribute(x.clone().requires_grad_(True), target=0,
+                                                   additional_forward_args=mask(slice(None)))
         else:
             raise UsageError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return attr.detach().double().sum(dim=2).numpy()
@@ -231,10 +266,14 @@ def run(args) -> dict:
                      "test_rows": [int(r) for r in rows], "background_train_rows": [int(r) for r in bg_rows],
                      "machine": machine_info(), "methods": {}}
     per_review: dict[str, dict] = {}
+    skipped = {m: why for m in methods if (why := not_applicable(m, ckpt.model))}
+    methods = [m for m in methods if m not in skipped]
+    results["not_applicable"] = skipped
+    kept: dict[str, np.ndarray] = {}
     for name in methods:
         print(f"{name} on {len(ids)} reviews", flush=True)
         t0 = time.perf_counter()
-        values = method_values(name, ckpt.model, ids, bg, args.seed)
+        values = kept[name] = method_values(name, ckpt.model, ids, bg, args.seed)
         seconds = time.perf_counter() - t0
         m = faithfulness_metrics(predict, ids, values)
         per_review[name] = m
@@ -263,11 +302,20 @@ def run(args) -> dict:
             "convergence": split_half_reliability(*halves, ids[:n_ref]),
             "seed_vs_seed": {k: bootstrap_ci(v, args.seed) for k, v in rank_agreement(refs[0], refs[1],
                                                                                       ids[:n_ref]).items()}}
+        kept["shapley_reference"] = reference
         for name in methods:
             values = method_values(name, ckpt.model, ids[:n_ref], ref_bg, args.seed)
             agree = rank_agreement(values, reference, ids[:n_ref])
             per_review[name]["_agreement"] = agree["spearman"]
             results["methods"][name]["agreement_with_shapley"] = {k: bootstrap_ci(v, args.seed) for k, v in agree.items()}
+    if "attention" in kept:  # attention on trial: how its weights rank the tokens against each measure's |values|
+        attention = np.abs(kept["attention"])
+        results["attention_trial"] = {}
+        for other in ("deepshap_exact", "lrp", "ig_padding", "occlusion", "shapley_reference"):
+            if other in kept:
+                n = len(kept[other])
+                agree = magnitude_agreement(attention[:n], kept[other], ids[:n])
+                results["attention_trial"][other] = {k: bootstrap_ci(v, args.seed) for k, v in agree.items()}
     if "deepshap_exact" in per_review:  # each method minus exact DeepSHAP, review by review
         exact = per_review["deepshap_exact"]
         for name in methods:

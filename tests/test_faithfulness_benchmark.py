@@ -56,7 +56,8 @@ def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
                        "--reference-seeds", "2",
                        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "faithfulness.json").read_text())
-    assert set(res["methods"]) == set(bench.METHODS) and res["weights_fingerprint"]
+    assert set(res["methods"]) == set(bench.METHODS) - {"attention", "attention_norm"} and res["weights_fingerprint"]
+    assert set(res["not_applicable"]) == {"attention", "attention_norm"}  # the model has no attention
     for name, m in res["methods"].items():
         for key in bench.METRICS:
             assert m[key]["n"] == 8 and m[key]["low"] <= m[key]["mean"] <= m[key]["high"], (name, key)
@@ -73,3 +74,42 @@ def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert res["methods"]["deepshap_exact"]["deletion_aopc"]["mean"] > res["methods"]["random"]["deletion_aopc"]["mean"]
     assert (tmp_path / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
     assert "deepshap_exact" in capsys.readouterr().out
+
+
+def test_attention_weights_as_a_method_equal_the_softmax_by_hand():
+    import torch
+
+    from torch_imdb.model import ModelConfig, SentimentRNN
+
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, bidirectional=True, pool="attention",
+                                     attention_dim=4)).eval()
+    ids = np.array([[0, 0, 1, 5, 9, 12], [1, 3, 4, 20, 7, 8]])
+    values = bench.method_values("attention", model, ids, ids[:1], seed=0)
+    with torch.no_grad():
+        out = model.rnn(model.embedding(torch.from_numpy(ids)))[0]
+        scores = model.attn_v(torch.tanh(model.attn(out))).squeeze(-1).double().numpy()
+    scores = np.where(ids != 0, scores, -np.inf)
+    by_hand = np.exp(scores - scores.max(axis=1, keepdims=True))
+    by_hand /= by_hand.sum(axis=1, keepdims=True)
+    positive = model.predict_proba(torch.from_numpy(ids)).numpy() >= 0.5
+    np.testing.assert_allclose(np.where(positive[:, None], values, -values), by_hand, atol=1e-6)
+    assert np.all(values[0, :2] == 0)  # padding gets no attention
+
+
+def test_benchmark_on_an_attention_model(planted_data, tmp_path):
+    from torch_imdb.training import TrainConfig, fit
+
+    fit(TrainConfig(epochs=3, lr=5e-3, maxlen=12, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
+                    attention_dim=4, data=str(planted_data), device="cpu"), tmp_path / "ck", log=lambda *_: None)
+    assert bench.main(["--checkpoint", str(tmp_path / "ck"), "--data", str(planted_data), "--reviews", "6",
+                       "--background", "4", "--reference-reviews", "3", "--reference-background", "3",
+                       "--permutations", "2", "--reference-seeds", "2", "--cache", str(tmp_path / "cache"),
+                       "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert set(res["not_applicable"]) == {"lrp", "deepshap_plain_shap"}
+    assert {"attention", "attention_norm", "deepshap_exact", "deepshap_plain_captum"} <= set(res["methods"])
+    trial = res["attention_trial"]
+    assert set(trial) == {"deepshap_exact", "ig_padding", "occlusion", "shapley_reference"}
+    for other in trial.values():
+        assert -1 <= other["kendall"]["mean"] <= 1 and 0 <= other["same_top_token"]["mean"] <= 1

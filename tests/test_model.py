@@ -115,3 +115,14 @@ def test_pooling_reads_the_review_tokens_only(pool):
     model(ids).sum().backward()
     assert model.fc.weight.grad.abs().sum() > 0
     assert "pooling" in model.config.describe() or pool == "last"
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_review_of_padding_alone_has_a_finite_output(pool):
+    """Faithfulness metrics delete every token of a review: pooling over nothing must not give NaN."""
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(vocab_size=20, embed_dim=4, hidden=3, pool=pool, attention_dim=3)).eval()
+    ids = torch.tensor([[0, 0, 0, 0], [0, 0, 5, 6]])
+    out = model(ids)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1:], model(ids[1:]))  # a real review is read as before

@@ -131,6 +131,31 @@ def sufficiency(predict: Predict, ids: np.ndarray, values: np.ndarray, bins=ERAS
     return _eraser(predict, ids, values, keep=True, bins=bins, how=how)
 
 
+def kendall(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b of two 1-d arrays (ties counted as neither concordant nor discordant)."""
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    upper = np.triu_indices(len(a), k=1)
+    da, db = da[upper], db[upper]
+    denom = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
+    return float((da * db).sum() / denom) if denom else float("nan")
+
+
+def magnitude_agreement(weights: np.ndarray, values: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per review, over non-padding tokens: how unsigned ``weights`` (attention) rank the tokens against |values|:
+    Spearman, Kendall's tau-b, and whether the top token by weight is the top token by |value| (as Jain & Wallace
+    2019 compare attention with other importance measures)."""
+    rho, tau, top = [], [], []
+    for w, v, row in zip(weights, values, ids):
+        real = row != PAD_ID
+        a, b = w[real], np.abs(v[real])
+        ok = len(a) > 1 and a.std() > 0 and b.std() > 0
+        rho.append(spearman(a, b) if ok else np.nan)
+        tau.append(kendall(a, b) if ok else np.nan)
+        top.append(float(np.argmax(a) == np.argmax(b)) if len(a) else np.nan)
+    return {"spearman": np.array(rho), "kendall": np.array(tau), "same_top_token": np.array(top)}
+
+
 def rank_agreement(values: np.ndarray, reference: np.ndarray, ids: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
     """Per review, over non-padding tokens: Spearman correlation, overlap of the top k by |value|, mean |difference|."""
     rho, overlap, mae = [], [], []

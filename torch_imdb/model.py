@@ -65,6 +65,13 @@ class ModelConfig:
         return asdict(self)
 
 
+def token_mask(ids: torch.Tensor) -> torch.Tensor:
+    """The review's tokens (batch, T) bool: ids != padding. A row of padding alone (no review left, as when a
+    faithfulness metric deletes every token) is read whole, so pooling over it stays finite."""
+    tokens = ids != PAD_ID
+    return tokens | ~tokens.any(dim=1, keepdim=True)
+
+
 class SentimentRNN(nn.Module):
     """Embedding(V, E) -> LSTM/GRU(H, layers, directions) -> pooling -> Linear(D*H, 1); ``forward`` returns logits.
 
@@ -149,7 +156,7 @@ class SentimentRNN(nn.Module):
         return torch.softmax(scores.masked_fill(~tokens, float("-inf")), dim=1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        tokens = ids != PAD_ID if self.config.pool != "last" else None  # the final state needs no mask
+        tokens = token_mask(ids) if self.config.pool != "last" else None  # the final state needs no mask
         return self.fc(self.encode(self.embedding(ids), tokens)).squeeze(-1)
 
     @torch.no_grad()
@@ -161,7 +168,7 @@ class SentimentRNN(nn.Module):
         self.eval()
         try:
             out, _ = self.rnn(self.embedding(ids))
-            return self.attention(out, ids != PAD_ID)
+            return self.attention(out, token_mask(ids))
         finally:
             self.train(was_training)
 

@@ -337,8 +337,10 @@ class PlainFromEmbeddings(nn.Module):
         super().__init__()
         self.model, self.sigmoid = model, nn.Sigmoid()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sigmoid(self.model.fc(self.model.encode(x)))
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """P(positive) (batch, 1) of embedded reviews x (batch, T, E); ``tokens`` (batch, T) bool marks the words
+        (not padding), which pooled models need (pass it to Captum as ``additional_forward_args``)."""
+        return self.sigmoid(self.model.fc(self.model.encode(x, tokens)))
 
 
 def plain_rnn_failures(model: SentimentRNN, inputs: torch.Tensor, baselines: torch.Tensor) -> dict | None:
