@@ -33,8 +33,8 @@ changed setting is recomputed, never read back, and an interrupted run resumes.
 Every method is also compared with exact DeepSHAP review by review: the paired
 difference of each metric with its bootstrap interval.
 
-Writes results/faithfulness.json (every number, settings, seeds, versions) and
-results/faithfulness.png.
+Writes results/faithfulness.json (every number, settings, seeds, versions),
+results/faithfulness.png and results/faithfulness.md (the table docs/results.md shows).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ from torch_imdb.data import PAD_ID  # noqa: E402
 from torch_imdb.faithfulness import (aopc, bootstrap_ci, comprehensiveness, deletion_curve,  # noqa: E402
                                      insertion_curve, magnitude_agreement, rank_agreement, split_half_reliability,
                                      sufficiency)
-from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json  # noqa: E402
+from torch_imdb.io import atomic_save_npy, atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 from torch_imdb.progress import Progress  # noqa: E402
 
 
@@ -373,6 +373,33 @@ def plot(path: Path, res: dict) -> None:
     plt.close(fig)
 
 
+def markdown_table(res: dict) -> str:
+    """The results as the docs show them: each metric's mean with its interval, and each method minus exact DeepSHAP
+    (paired, per review) with its interval."""
+    def cell(c):
+        return f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c and c.get("mean") is not None else "—"
+
+    def diff(c):
+        return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c and c.get("mean") is not None else "—"
+
+    keys = [("deletion_aopc", "deletion AOPC"), ("deletion_aopc_remove", "deletion AOPC, removal"),
+            ("insertion_aopc", "insertion AOPC"), ("comprehensiveness", "comprehensiveness"),
+            ("sufficiency", "sufficiency ↓")]
+    has_ref = "reference" in res
+    head = ["method", *[t for _, t in keys]] + (["Spearman with Shapley"] if has_ref else []) + ["s/review"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in res["methods"].items():
+        row = [f"**{name}**" if name == "deepshap_exact" else name, *[cell(m.get(k)) for k, _ in keys]]
+        if has_ref:
+            row.append(cell(m.get("agreement_with_shapley", {}).get("spearman")))
+        lines.append("| " + " | ".join(row + [f"{m['seconds_per_review']:.4f}"]) + " |")
+        if "minus_exact" in m:
+            d = m["minus_exact"]
+            row = [f"{name} − exact", *[diff(d.get(k)) for k, _ in keys]] + ([diff(d.get("agreement"))] if has_ref else [])
+            lines.append("| " + " | ".join(row + [""]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     res = run(args)
@@ -391,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f", Spearman with Shapley {agree:.3f}" if agree is not None else "")
               + (f", deletion minus exact {diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]" if diff else "")
               + f", {m['seconds_per_review']:.4f} s/review")
-    print(f"wrote {out / 'faithfulness.json'} and {out / 'faithfulness.png'}")
+    atomic_write_text(out / "faithfulness.md", markdown_table(res) + "\n")
+    print(f"wrote {out / 'faithfulness.json'}, .png and .md (the table the docs show)")
     return 0
 
 

@@ -73,6 +73,8 @@ def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     # moves the prediction more than deleting a random one
     assert res["methods"]["deepshap_exact"]["deletion_aopc"]["mean"] > res["methods"]["random"]["deletion_aopc"]["mean"]
     assert (tmp_path / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "faithfulness.md").read_text()
+    assert "| **deepshap_exact** |" in table and "| random − exact |" in table
     assert "deepshap_exact" in capsys.readouterr().out
 
 
