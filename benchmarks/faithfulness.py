@@ -358,9 +358,10 @@ def plot(path: Path, res: dict) -> None:
         if key == "agreement":
             conv = res["reference"]["convergence"]
             ax.axvline(conv["ceiling"], color="k", ls="--", lw=0.8)
-            ax.text(0.02, 1.01, f"dashed: ceiling {conv['ceiling']:.3f} for a noise-free method (reference reliability "
-                                f"{conv['reliability']:.3f})", transform=ax.transAxes, fontsize=7, va="bottom")
-        ax.set_xlim(min(0, min(means)) - 0.05 * span, max(max(means), 0) + 0.22 * span)
+            ax.text(0.0, 1.01, f"dashed: a noise-free method's ceiling {conv['ceiling']:.3f} (reliability "
+                               f"{conv['reliability']:.3f})", transform=ax.transAxes, fontsize=7, va="bottom")
+        right = max(max(means), conv["ceiling"] if key == "agreement" else 0, 0)
+        ax.set_xlim(min(0, min(means)) - 0.05 * span, right + 0.25 * span)
         ax.set_title(title, fontsize=10, pad=14 if key == "agreement" else 6)
         ax.grid(axis="x", alpha=0.3)
     for ax in axes.ravel()[len(panels):]:
