@@ -377,11 +377,9 @@ def plot(path: Path, res: dict) -> None:
 def markdown_table(res: dict) -> str:
     """The results as the docs show them: each metric's mean with its interval, and each method minus exact DeepSHAP
     (paired, per review) with its interval."""
-    def cell(c):
-        return f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c and c.get("mean") is not None else "—"
-
-    def diff(c):
-        return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c and c.get("mean") is not None else "—"
+    def cell(c, sign=""):  # sign="+" for differences
+        return f"{c['mean']:{sign}.3f} [{c['low']:{sign}.3f}, {c['high']:{sign}.3f}]" if c and c.get("mean") is not None \
+            else "—"
 
     keys = [("deletion_aopc", "deletion AOPC"), ("deletion_aopc_remove", "deletion AOPC, removal"),
             ("insertion_aopc", "insertion AOPC"), ("comprehensiveness", "comprehensiveness"),
@@ -396,7 +394,8 @@ def markdown_table(res: dict) -> str:
         lines.append("| " + " | ".join(row + [f"{m['seconds_per_review']:.4f}"]) + " |")
         if "minus_exact" in m:
             d = m["minus_exact"]
-            row = [f"{name} − exact", *[diff(d.get(k)) for k, _ in keys]] + ([diff(d.get("agreement"))] if has_ref else [])
+            row = [f"{name} − exact", *[cell(d.get(k), "+") for k, _ in keys]] + (
+                [cell(d.get("agreement"), "+")] if has_ref else [])
             lines.append("| " + " | ".join(row + [""]) + " |")
     return "\n".join(lines)
 

@@ -15,8 +15,8 @@ P(positive) (n,)), so they apply to any explainer's values:
   AOPC over bins of 1, 5, 10, 20 and 50% of the tokens;
 - :func:`rank_agreement`: Spearman correlation, top-k overlap and mean absolute
   error between two explanations of the same review;
-- :func:`bootstrap_ci`: a percentile interval of a mean over reviews, and of a
-  paired difference when given one array per review of each method;
+- :func:`bootstrap_ci`: a percentile interval of a mean over reviews (of a paired
+  difference, when given the per-review differences of two methods);
 - :func:`spearman_brown`, :func:`split_half_reliability`: how far a sampled
   reference has converged, and the ceiling it puts on any method's agreement.
 

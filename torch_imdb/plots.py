@@ -99,14 +99,12 @@ def token_explanation(values: np.ndarray, base_values, ids: np.ndarray, words: l
     base = np.broadcast_to(np.asarray(base_values, dtype=np.float64), (len(values),))
     rows_v, rows_w, rows_b = [], [], []
     for v, b, i, w in zip(values, base, ids, words):
-        pad = i == PAD_ID
         if padding == "keep":
             vals, labels = np.asarray(v, dtype=np.float64), list(w)
-        elif padding == "merge":
-            vals, labels = merge_padding(v, w, i)
         else:
-            vals, labels = np.asarray(v[~pad], dtype=np.float64), [x for x, p in zip(w, pad) if not p]
-            b = b + float(v[pad].sum())
+            vals, labels = merge_padding(v, w, i)
+            if padding == "drop" and (i == PAD_ID).any():  # the merged padding feature goes into the base value
+                b, vals, labels = b + vals[0], vals[1:], labels[1:]
         rows_v.append(vals)
         rows_w.append(labels)
         rows_b.append(float(b))

@@ -14,7 +14,6 @@ the run finishes.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time

@@ -18,7 +18,6 @@ from torch_imdb.errors import UsageError, run_cli
 
 
 # Which mode each mode-specific option belongs to: an option given in another mode is refused, not ignored.
-MODES = ("sample", "text", "input", "all-test")
 OPTION_MODES = {
     "reviews": ("sample",), "text": ("text",), "engines": ("sample", "text"), "out": ("sample", "text"),
     "plain_rnn": ("sample", "text"), "input": ("input",), "encoding": ("input",), "engine": ("input",),
@@ -74,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def mode_name(mode: str) -> str:
+    """How messages name a mode: the flag that chooses it."""
+    return {"sample": "sampled reviews", "ray": "--engine ray"}.get(mode, f"--{mode}")
+
+
 def mode_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """The one mode the options ask for; a one-line error for two modes, or an option of another mode."""
     chosen = [m for m, on in (("text", args.text), ("input", args.input), ("all-test", args.all_test)) if on]
@@ -86,10 +90,8 @@ def mode_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         here = mode if not (mode == "input" and args.engine == "ray") else "ray"
         if mode not in modes and here not in modes:
             flag = "--" + dest.replace("_", "-")
-            wants = "--engine ray" if modes == ("ray",) else " or ".join(
-                "sampled reviews" if m == "sample" else f"--{m}" for m in modes)
-            doing = {"sample": "sampled reviews", "text": "--text", "input": "--input", "all-test": "--all-test"}[mode]
-            raise UsageError(f"{flag} is an option of {wants}; it does nothing with {doing}, so leave it out")
+            wants = " or ".join(mode_name(m) for m in modes)
+            raise UsageError(f"{flag} is an option of {wants}; it does nothing with {mode_name(mode)}, so leave it out")
     return mode
 
 
@@ -131,20 +133,14 @@ def default_engines(model, mode: str) -> str:
     """shap,captum for sampled reviews; for typed reviews the fastest engine that takes the model."""
     if mode != "text":
         return "shap,captum"
-    from torch_imdb.explain.fast import FastDeepShap
-
-    try:
-        FastDeepShap(model, compile=False)
-    except UsageError:
-        return "shap"  # pooled or attention heads: the fast engine takes the final state only
-    return "fast"
+    return "fast" if model.config.pool == "last" else "shap"  # the fast engine takes the final state only
 
 
 def text_warnings(texts: list[str], ckpt) -> list[str]:
     """A warning per typed review the model reads poorly: mostly unknown words, or cut to its last maxlen tokens."""
-    from torch_imdb.data import N_RESERVED, tokenize
+    from torch_imdb.data import tokenize
 
-    index = {w: k + N_RESERVED for k, w in enumerate(ckpt.vocab.words)}
+    index = ckpt.vocab.index()
     lines = []
     for n, text in enumerate(texts, 1):
         words = tokenize(text)

@@ -146,7 +146,8 @@ def check_completeness(result: Attribution, dtype: torch.dtype, check: bool = Tr
 
 
 class _LibraryExplainer:
-    """Shared set-up: the explainable copy of ``model`` in ``dtype``, its inputs and its base values.
+    """What both library explainers share: the explainable copy of ``model`` in ``dtype``, its inputs, its base
+    values and :meth:`attribute`; each library gives only ``_values``.
 
     ``output`` selects the explained entry of a tuple or dict output; ``check_completeness``
     False turns the guard's error into residuals returned with the values.
@@ -219,10 +220,30 @@ class _LibraryExplainer:
                 base.append(out[:, target].double().view(n, B).mean(dim=1).cpu().numpy())
         return f_x, np.concatenate(base)
 
-    def _finish(self, values, twin, x, bg, ids, extra, target, seconds, extra_info=None) -> Attribution:
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Attribution:
+        """Attribute ``inputs`` against ``baselines`` at output ``target``: an :class:`Attribution`.
+
+        inputs: token ids (N, T) or float sequences (N, T, F); baselines: (B, T) or
+        (B, T, F), the reference set. additional_forward_args: further arguments of
+        the model's forward, the same for inputs and baselines. Returns values (N, T)
+        (per token) or (N, T, F), outputs f(x) (N,), the expected value E f over the
+        baselines (a float, or (N,) when the model reads constants from its inputs,
+        such as a padding mask) and the completeness residuals (N,). Raises
+        :class:`~torch_imdb.errors.CompletenessError` when a residual exceeds the
+        guard's tolerance (unless the explainer was made with check_completeness=False).
+        """
+        twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
+        t0 = time.perf_counter()
+        values, extra_info = self._values(twin, x, bg, ids, extra, target)
+        seconds = time.perf_counter() - t0
         f_x, base = self._outputs_and_base(twin, x, bg, ids, extra, target)
-        result = Attribution(self.method, values, f_x, base, seconds, extra=extra_info or {})
+        result = Attribution(self.method, values, f_x, base, seconds, extra=extra_info)
         return check_completeness(result, self.dtype, self.check)
+
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
+        """The library's values (N, T) or (N, T, F) of the prepared inputs, and what else it reports."""
+        raise NotImplementedError
 
 
 class _SideInputs(nn.Module):
@@ -244,24 +265,10 @@ class ShapDeepExplainer(_LibraryExplainer):
 
     method = "shap"
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
-                  additional_forward_args: tuple = ()) -> Attribution:
-        """Attribute ``inputs`` against ``baselines`` at output ``target``: an :class:`Attribution`.
-
-        inputs: token ids (N, T) or float sequences (N, T, F); baselines: (B, T) or
-        (B, T, F), the reference set. additional_forward_args: further arguments of
-        the model's forward, the same for inputs and baselines. Returns values (N, T)
-        (per token) or (N, T, F), outputs f(x) (N,), the expected value E f over the
-        baselines (a float, or (N,) when the model reads constants from its inputs,
-        such as a padding mask) and the completeness residuals (N,). Raises
-        :class:`~torch_imdb.errors.CompletenessError` when a residual exceeds the
-        guard's tolerance (unless the explainer was made with check_completeness=False).
-        """
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
         import shap
 
-        twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
         adapter = _SideInputs(twin)
-        t0 = time.perf_counter()
         phis = []
         with warnings.catch_warnings():
             # shap warns once per module type it has no rule for and passes its gradient through:
@@ -273,10 +280,8 @@ class ShapDeepExplainer(_LibraryExplainer):
                 adapter.side = self._rows(ids, extra, slice(k, k + 1))
                 phi = np.asarray(explainer.shap_values(x[k : k + 1], check_additivity=False))
                 phis.append(phi[..., target])  # (1, T, E|F)
-        seconds = time.perf_counter() - t0
         phis = np.concatenate(phis)
-        values = phis.sum(axis=2) if ids is not None else phis
-        return self._finish(values.astype(np.float64), twin, x, bg, ids, extra, target, seconds)
+        return (phis.sum(axis=2) if ids is not None else phis).astype(np.float64), {}
 
 
 class CaptumDeepLiftShap(_LibraryExplainer):
@@ -292,26 +297,12 @@ class CaptumDeepLiftShap(_LibraryExplainer):
         super().__init__(model, dtype, **options)
         self.per_call = per_call
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
-                  additional_forward_args: tuple = ()) -> Attribution:
-        """Attribute ``inputs`` against ``baselines`` at output ``target``: an :class:`Attribution`.
-
-        inputs: token ids (N, T) or float sequences (N, T, F); baselines: (B, T) or
-        (B, T, F), the reference set. additional_forward_args: further arguments of
-        the model's forward, the same for inputs and baselines. Returns values (N, T)
-        (per token) or (N, T, F), outputs f(x) (N,), the expected value E f over the
-        baselines (a float, or (N,) when the model reads constants from its inputs,
-        such as a padding mask) and the completeness residuals (N,). Raises
-        :class:`~torch_imdb.errors.CompletenessError` when a residual exceeds the
-        guard's tolerance (unless the explainer was made with check_completeness=False).
-        """
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
         from captum.attr import DeepLiftShap
 
-        if baselines.shape[0] < 2:
+        if len(bg) < 2:
             raise UsageError("Captum's DeepLiftShap needs at least 2 background sequences; use --background >= 2")
-        twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
         values, deltas = [], []
-        t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*hooks.*")
             dls = DeepLiftShap(twin)
@@ -322,9 +313,7 @@ class CaptumDeepLiftShap(_LibraryExplainer):
                 attr = attr.detach().double().cpu()
                 values.append(attr.sum(dim=2) if ids is not None else attr)
                 deltas.append(delta.detach().double().cpu().view(-1, len(bg)).abs().max(dim=1).values)
-        seconds = time.perf_counter() - t0
-        return self._finish(torch.cat(values).numpy(), twin, x, bg, ids, extra, target, seconds,
-                            {"max_abs_delta": torch.cat(deltas).numpy()})
+        return torch.cat(values).numpy(), {"max_abs_delta": torch.cat(deltas).numpy()}
 
 
 class PlainFromEmbeddings(nn.Module):

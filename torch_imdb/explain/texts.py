@@ -25,7 +25,6 @@ import codecs
 import csv
 import glob
 import hashlib
-import io
 import json
 import math
 import re
@@ -92,13 +91,23 @@ def input_fingerprint(files: list[Path], encoding: str = "utf-8") -> str:
     return h.hexdigest()[:32]
 
 
-def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file decoded as ``encoding``, byte-order mark dropped, undecodable bytes kept as lone surrogates."""
+def open_text(path: Path, encoding: str = "utf-8"):
+    """The file as a text stream in ``encoding``: lines as written (CSV needs newline=""), undecodable bytes kept as
+    lone surrogates (see UNDECODABLE). A byte-order mark, when there is one, is the first character."""
     try:
-        text = path.read_bytes().decode(encoding, errors="surrogateescape")
+        return open(path, encoding=encoding, errors="surrogateescape", newline="")
     except OSError as exc:
         raise UsageError(f"--input {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def without_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file decoded as ``encoding``, byte-order mark dropped (see :func:`open_text`)."""
+    with open_text(path, encoding) as fh:
+        return without_bom(fh.read())
 
 
 def read_parquet(path: Path, columns: list[str] | None = None):
@@ -125,12 +134,14 @@ class _WideCSV:
 
 def csv_rows(path: Path, encoding: str) -> tuple[list[str], list[dict]]:
     """The header and the rows of a CSV file; a one-line error naming the line for a malformed file."""
-    reader = csv.DictReader(io.StringIO(read_text(path, encoding), newline=""))
-    try:
-        with _WideCSV():
-            return list(reader.fieldnames or []), list(reader)
-    except csv.Error as exc:
-        raise UsageError(f"--input {path} line {reader.line_num}: not valid CSV ({exc})") from None
+    with open_text(path, encoding) as fh, _WideCSV():
+        reader = csv.DictReader(fh)
+        try:
+            names = [without_bom(name) for name in reader.fieldnames or []]
+            reader.fieldnames = names
+            return names, list(reader)
+        except csv.Error as exc:
+            raise UsageError(f"--input {path} line {reader.line_num}: not valid CSV ({exc})") from None
 
 
 def columns_of(path: Path, encoding: str = "utf-8") -> list[str]:
@@ -138,18 +149,19 @@ def columns_of(path: Path, encoding: str = "utf-8") -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return ["text"]
-    if suffix == ".csv":
-        with _WideCSV():
-            return next(csv.reader(io.StringIO(read_text(path, encoding), newline="")), [])
     if suffix == ".parquet":
         return list(read_parquet(path, columns=[]).names)
-    for line in read_text(path, encoding).splitlines():
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                return []
-            return list(obj) if isinstance(obj, dict) else []
+    with open_text(path, encoding) as fh:  # the header, or the first object: not the whole file
+        if suffix == ".csv":
+            with _WideCSV():
+                return [without_bom(name) for name in next(csv.reader(fh), [])]
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(without_bom(line))
+                except ValueError:
+                    return []
+                return list(obj) if isinstance(obj, dict) else []
     return []
 
 
