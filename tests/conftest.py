@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.model import ModelConfig, SentimentRNN
 
@@ -149,3 +151,104 @@ def matrix_case(case, n: int = 2, b: int = 3):
     model = scaled(UserModel(cell, layers, bi, tokens, head), seed)
     x, bg = random_inputs(tokens, seed, n=n, b=b)
     return model, x, bg, 2 if head == "logits" else 0
+
+
+# ---- the head matrix: the models people write around an LSTM/GRU (the transform's and the fast engine's tests)
+
+HEADS = ("functional-sigmoid", "mlp-relu-dropout", "mean", "masked-mean", "max", "attention", "layernorm",
+         "rnn-twice", "two-inputs", "dict-output", "packed")
+T, E, H = 5, 4, 3
+
+
+class HeadModel(nn.Module):
+    """[Embedding(padding_idx=0) ->] LSTM/GRU -> one of HEADS. Token models compute their mask and
+    lengths from the ids; float models take the mask (batch, T) as an extra argument."""
+
+    def __init__(self, cell: str, tokens: bool, head: str) -> None:
+        super().__init__()
+        self.head = head
+        self.embedding = nn.Embedding(12, E, padding_idx=0) if tokens else None
+        bidirectional = head in ("attention", "packed", "max")
+        self.rnn = CELLS[cell](E, H, batch_first=True, bidirectional=bidirectional)
+        width = H * (2 if bidirectional else 1)
+        self.fc1 = nn.Linear(width, 4)
+        self.fc = nn.Linear(4 if head == "mlp-relu-dropout" else width + (2 if head == "two-inputs" else 0), 1)
+        self.attn = nn.Linear(width, 4)
+        self.attn_v = nn.Linear(4, 1, bias=False)
+        self.norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, side: torch.Tensor | None = None):
+        if self.embedding is not None:
+            mask = x != 0
+            x = self.embedding(x)
+        head = self.head
+        if head == "packed":
+            packed = pack_padded_sequence(x, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            return torch.sigmoid(self.fc((out * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)))
+        out, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h
+        last = torch.cat(list(h[-(2 if self.rnn.bidirectional else 1):]), dim=1)
+        if head == "functional-sigmoid":
+            return torch.sigmoid(self.fc(last)).squeeze(-1)
+        if head == "mlp-relu-dropout":
+            return torch.sigmoid(self.fc(F.dropout(F.relu(self.fc1(self.drop(last))), 0.2, self.training)))
+        if head == "mean":
+            return self.fc(out.mean(dim=1))
+        if head == "masked-mean":
+            m = mask.unsqueeze(-1).to(out.dtype)
+            return torch.sigmoid(self.fc((out * m).sum(1) / m.sum(1)))
+        if head == "max":
+            return self.fc(out.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values)
+        if head == "attention":
+            scores = self.attn_v(torch.tanh(self.attn(out))).squeeze(-1).masked_fill(~mask, float("-inf"))
+            alpha = F.softmax(scores, dim=-1)
+            return torch.sigmoid(self.fc(torch.bmm(alpha.unsqueeze(1), out).squeeze(1)))
+        if head == "layernorm":
+            return self.fc(F.gelu(self.norm(out))[:, -1])
+        if head == "rnn-twice":
+            _, h2 = self.rnn(x.flip(1))
+            h2 = h2[0] if isinstance(h2, tuple) else h2
+            return torch.sigmoid(self.fc(last * h2[-1]))
+        if head == "two-inputs":
+            return self.fc(torch.cat([last, side], dim=1))
+        if head == "dict-output":
+            logit = self.fc(last)
+            return {"logit": logit, "probability": torch.sigmoid(logit)}
+        raise AssertionError(head)
+
+
+HEAD_MATRIX = [(head, cell, tokens) for head in HEADS for cell in CELLS for tokens in (True, False)]
+
+
+def head_case_id(case):
+    head, cell, tokens = case
+    return f"{head}-{cell}-{'ids' if tokens else 'float'}"
+
+
+def head_case(case, dtype=torch.float64):
+    """(model, inputs, baselines, additional_forward_args, output) of one case, seeded by its place."""
+    head, cell, tokens = case
+    seed = HEAD_MATRIX.index(case)
+    torch.manual_seed(seed)
+    model = HeadModel(cell, tokens, head)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)  # far from linear, so a wrong rule shows
+    model = model.to(dtype).eval()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([T, 3])
+    mask = torch.arange(T)[None] < lengths[:, None]  # post-padding, as pack_padded_sequence expects
+    if tokens:
+        x = torch.randint(1, 12, (2, T), generator=g) * mask
+        bg = torch.randint(0, 12, (3, T), generator=g)
+        extra = ()
+    else:
+        x = torch.randn(2, T, E, generator=g, dtype=dtype)
+        bg = torch.randn(3, T, E, generator=g, dtype=dtype)
+        extra = (mask,)
+    if head == "two-inputs":
+        extra = (extra[0] if extra else None, torch.randn(2, 2, generator=g, dtype=dtype))
+    return model, x, bg, extra, "probability" if head == "dict-output" else None

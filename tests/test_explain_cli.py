@@ -292,3 +292,28 @@ def test_ray_engine_without_ray_says_how_to_install(tiny_checkpoint, tmp_path, m
     with pytest.raises(UsageError, match=r"pip install 'torch-imdb\[ray\]'"):
         explain_main(["--checkpoint", str(ck), "--data", str(data), "--input", str(tmp_path / "r.txt"),
                       "--engine", "ray", "--out-dir", str(tmp_path / "o")])
+
+
+def test_all_test_of_an_attention_model_takes_the_fast_engine_with_base_values_per_review(planted_data, tmp_path):
+    """A pooled model reads each review's padding mask: the chunks hold its base value per review, equal to shap's."""
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import load_imdb
+    from torch_imdb.explain.backends import ShapDeepExplainer
+    from torch_imdb.explain.compare import sample_background
+    from torch_imdb.explain.corpus import explain_split, read_attributions
+    from torch_imdb.training import TrainConfig, fit
+
+    cfg = TrainConfig(epochs=1, maxlen=16, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
+                      attention_dim=4, data=str(planted_data), device="cpu")
+    fit(cfg, tmp_path / "ck", log=lambda *_: None)
+    ckpt, ds = load_checkpoint(tmp_path / "ck"), load_imdb(str(planted_data))
+    m = explain_split(ckpt, ds, tmp_path / "all", background=5, chunk_reviews=25, limit=30, compile=False,
+                      log=lambda *_: None)
+    assert m["complete"] and m["expected_value"] is None  # no one base value: it is per review
+    got = read_attributions(tmp_path / "all")
+    _, bg_ids = sample_background(ckpt, ds, 5, seed=0)
+    ids = torch.from_numpy(got["ids"][:4].astype(np.int64))
+    ref = ShapDeepExplainer(ckpt.model).attribute(ids, torch.from_numpy(bg_ids))
+    assert np.abs(got["values"][:4] - ref.values).max() < 1e-5
+    np.testing.assert_allclose(got["base_value"][:4], ref.expected_value, atol=1e-6)
+    assert np.abs(got["residual"]).max() < 1e-5

@@ -139,11 +139,13 @@ def test_matrix_fast_equals_shap(case):
 def test_unsupported_models_name_the_transform():
     from torch_imdb.errors import UsageError
 
-    with pytest.raises(UsageError, match="through the transform"):
+    with pytest.raises(UsageError, match="built around an nn.LSTM"):
         FastDeepShap(torch.nn.Sequential(torch.nn.Linear(2, 1)))
-    rnn = torch.nn.LSTM(4, 3)  # not batch_first
-    with pytest.raises(UsageError, match="batch_first.*through the transform"):
-        FastDeepShap.from_parts(rnn, torch.nn.Linear(3, 1))
+    with pytest.raises(UsageError, match="proj_size.*through the transform"):
+        FastDeepShap.from_parts(torch.nn.LSTM(4, 3, proj_size=2), torch.nn.Linear(2, 1))
+    two = torch.nn.Sequential(torch.nn.LSTM(4, 3), torch.nn.GRU(3, 3))
+    with pytest.raises(UsageError, match="one nn.LSTM / nn.GRU module, this one has 2"):
+        FastDeepShap(two)
     rnn = torch.nn.GRU(4, 3, batch_first=True, bidirectional=True)
     with pytest.raises(UsageError, match="6 features"):
         FastDeepShap.from_parts(rnn, torch.nn.Linear(3, 1))

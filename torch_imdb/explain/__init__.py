@@ -4,7 +4,7 @@
 - :mod:`.twin`: the explainable twin of nn.LSTM / nn.GRU, unrolled into ops with rules;
 - :mod:`.rules`: the rescale and Shapley rules, and softmax, max and LayerNorm as their decompositions;
 - :mod:`.backends`: shap.DeepExplainer and Captum DeepLiftShap on the explainable copy;
-- :mod:`.fast`: the project's own engine, same values without hooks;
+- :mod:`.fast`: the project's own engine, same values without hooks; :mod:`.head`: its heads;
 - :mod:`.compare`, :mod:`.corpus`: what ``python -m torch_imdb.explain`` runs.
 
 Every engine has ``attribute(inputs, baselines, target=0) -> Attribution`` with

@@ -63,20 +63,30 @@ def fast_engine(model, background: int, compile: bool = True) -> FastDeepShap:
     return FastDeepShap(model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
 
 
+def shared_base_value(engine: FastDeepShap, bg: torch.Tensor) -> float | None:
+    """E f over the background when it is one value for every review; None when the head reads each review's
+    padding mask (the chunks' ``base_value`` column holds it per review)."""
+    return None if engine.head.reads_inputs else engine.expected_value(bg)
+
+
 def explain_batch(engine: FastDeepShap, bg: torch.Tensor, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                   fingerprint: str, key: str = "") -> pa.Table:
     """Attribute one batch of encoded reviews ids (n, T) against the background ids (B, T): one parquet table.
 
     The one per-batch function behind the local runner and the Ray actors, so both
     write the same columns: ``row`` (the review's id), ``label`` (-1 when unknown),
-    ``output`` (P(positive)), ``residual`` (completeness error), ``ids`` (T int32) and
-    ``values`` (T float32), with the weights fingerprint in the table's metadata.
+    ``output`` (P(positive)), ``base_value`` (E f over the background with the review's
+    padding mask: one value for all reviews unless the head reads the mask), ``residual``
+    (completeness error), ``ids`` (T int32) and ``values`` (T float32), with the weights
+    fingerprint in the table's metadata.
     """
     result = engine.attribute(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)), bg)
+    base = np.broadcast_to(np.asarray(result.expected_value, dtype=np.float64), result.outputs.shape)
     return pa.table({
         "row": pa.array(np.asarray(rows, dtype=np.int64)),
         "label": pa.array(np.asarray(labels).astype(np.int8)),
         "output": pa.array(result.outputs.astype(np.float32)),
+        "base_value": pa.array(base.astype(np.float32)),
         "residual": pa.array(result.residual.astype(np.float32)),
         "ids": pa.array(list(np.asarray(ids, dtype=np.int32)), type=pa.list_(pa.int32())),
         "values": pa.array(list(result.values.astype(np.float32)), type=pa.list_(pa.float32())),
@@ -205,7 +215,7 @@ def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, la
                 computed += len(rows[sl])
             progress.update(len(rows[sl]))
     seconds = time.perf_counter() - t0
-    manifest = {**settings, "run_key": key, "complete": True, "expected_value": engine.expected_value(bg),
+    manifest = {**settings, "run_key": key, "complete": True, "expected_value": shared_base_value(engine, bg),
                 "reviews_computed_this_run": computed, "seconds_this_run": seconds,
                 "seconds_per_review_this_run": seconds / computed if computed else None,
                 "compiled": compile, "chunks": len(chunks), "torch_threads": torch.get_num_threads()}
@@ -231,8 +241,8 @@ def check_part(path: Path, fingerprint: str | None, key: str | None) -> None:
 
 
 def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, np.ndarray]:
-    """Load every part of a run (either runner) into arrays sorted by ``row``: row, label, output, residual,
-    ids (N, T), values (N, T).
+    """Load every part of a run (either runner) into arrays sorted by ``row``: row, label, output, base_value,
+    residual, ids (N, T), values (N, T).
 
     Every part must carry the manifest's weights fingerprint (and ``fingerprint``,
     when given), and no review may appear twice.
@@ -248,9 +258,12 @@ def read_attributions(out_dir: str | Path, fingerprint: str | None = None) -> di
         raise UsageError(f"no attribution chunks in {out_dir}; run `python -m torch_imdb.explain --all-test` first")
     for f in files:
         check_part(f, expected, manifest.get("run_key"))
-    table = pa.concat_tables(read_part(f) for f in files)
+    # parts written before the base_value column existed read it as missing (NaN)
+    table = pa.concat_tables((read_part(f) for f in files), promote_options="default")
     order = np.argsort(table["row"].to_numpy(), kind="stable")
     cols = {k: table[k].to_numpy()[order] for k in ("row", "label", "output", "residual")}
+    if "base_value" in table.column_names:
+        cols["base_value"] = table["base_value"].to_numpy(zero_copy_only=False).astype(np.float64)[order]
     repeated = first_repeat(cols["row"])
     if repeated is not None:
         raise UsageError(f"review {repeated} appears more than once in {out_dir}; delete it and run again")

@@ -18,11 +18,13 @@ background) by doing only the work that differs between (input, background) pair
   W_ih x_t is a per-row quantity, so no (pairs, T, E) tensor is formed. Float
   inputs (N, T, F) get one value per step and feature.
 
-Models: an ``nn.LSTM`` / ``nn.GRU`` (batch_first, any layers, either direction)
-on token ids through an ``nn.Embedding`` or on float sequences, with a
-``Linear`` head on the final hidden state (both directions concatenated) and a
-sigmoid, class-logit or identity output: :class:`~torch_imdb.model.SentimentRNN`
-directly, anything else through :meth:`FastDeepShap.from_parts`. The cells'
+Models: any module built around one ``nn.LSTM`` / ``nn.GRU`` (any layers, either
+direction, batch first or not) that reads token ids through an ``nn.Embedding`` or
+float sequences, whatever its head does with the recurrent outputs and final states
+(pooling, attention, MLPs, LayerNorm, tuple or dict outputs): the head's multipliers
+come from :mod:`.head`, in closed form for a Linear on the final state
+(:meth:`FastDeepShap.from_parts`, a :class:`~torch_imdb.model.SentimentRNN` reading
+its final state), else through the transform's rules on the pairs. The cells'
 equations and rules live in :mod:`.cells`, shared with the twin.
 """
 
@@ -40,24 +42,23 @@ from torch.nn import functional as F
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import Attribution, check_completeness, check_ids, check_sequences, guard
+from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, RNNResults, RuledHead
 from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace,
                                       token_share)
 from torch_imdb.explain.onednn import product
-from torch_imdb.explain.rules import rescale
 from torch_imdb.keras_dropout import cell_name
 from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
-OUTPUTS = ("sigmoid", "logits", "identity")
 TRANSFORM_HINT = ("explain it with shap or Captum through the transform (ShapDeepExplainer / CaptumDeepLiftShap, "
                   "or make_explainable), which covers any model built around nn.LSTM / nn.GRU")
 
 
 @dataclass
 class RNNParts:
-    """What the fast engine explains: [embedding ->] rnn -> final states -> head -> output.
+    """A model given in parts: [embedding ->] rnn -> Linear(final states) -> output.
 
-    rnn: a batch_first ``nn.LSTM`` / ``nn.GRU``; head: ``nn.Linear`` on the final hidden
+    rnn: an ``nn.LSTM`` / ``nn.GRU``; head: ``nn.Linear`` on the final hidden
     state (D*H); embedding: ``nn.Embedding`` for token ids, None for float inputs;
     output: "sigmoid" (one output, explained as a probability), "logits" or "identity".
     """
@@ -68,44 +69,75 @@ class RNNParts:
     output: str = "identity"
 
 
-def model_parts(model) -> RNNParts:
-    """The parts of a model the engine can explain, or a one-line error naming the transform."""
-    if isinstance(model, SentimentRNN) and model.config.pool != "last":
-        raise UsageError(f"the fast engine explains heads on the final state; this model's head reads "
-                         f"{model.config.pool} pooling over the outputs: use --engines shap,captum ({TRANSFORM_HINT})")
-    parts = RNNParts(model.rnn, model.fc, model.embedding, "sigmoid") if isinstance(model, SentimentRNN) else model
-    if not isinstance(parts, RNNParts):
-        raise UsageError(f"the fast engine takes a SentimentRNN or FastDeepShap.from_parts(...), not a "
-                         f"{type(model).__name__}; {TRANSFORM_HINT}")
-    rnn, head = parts.rnn, parts.head
-    if not isinstance(rnn, (nn.LSTM, nn.GRU)) or getattr(rnn, "proj_size", 0) or not rnn.batch_first:
-        raise UsageError(f"the fast engine needs a batch_first nn.LSTM / nn.GRU without proj_size, got {rnn!r}; "
+def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
+    found = [m for m in model.modules() if isinstance(m, kinds)]
+    if len(found) > 1:
+        raise UsageError(f"the fast engine explains models with one {what} module, this one has {len(found)}; "
                          + TRANSFORM_HINT)
-    D = 2 if rnn.bidirectional else 1
-    if not isinstance(head, nn.Linear) or head.in_features != D * rnn.hidden_size:
-        raise UsageError(f"the fast engine needs an nn.Linear head on the final hidden state ({D * rnn.hidden_size} "
-                         f"features), got {head!r}; " + TRANSFORM_HINT)
-    if parts.output not in OUTPUTS or (parts.output == "sigmoid" and head.out_features != 1):
-        raise UsageError(f"output must be one of {', '.join(OUTPUTS)} (sigmoid with one output), got {parts.output!r}")
-    if parts.embedding is not None and parts.embedding.embedding_dim != rnn.input_size:
+    return found[0] if found else None
+
+
+def model_parts(model, dtype: torch.dtype, output: int | str | None = None):
+    """(rnn, embedding or None, head) of a model, or a one-line error naming the transform.
+
+    A :class:`RNNParts` or a :class:`~torch_imdb.model.SentimentRNN` reading its final state gets
+    the closed-form :class:`~.head.LinearHead`; any other module with one ``nn.LSTM`` / ``nn.GRU``
+    gets the :class:`~.head.RuledHead`, its own forward pass run through the transform's rules.
+    """
+    if isinstance(model, SentimentRNN) and model.config.pool == "last":
+        model = RNNParts(model.rnn, model.fc, model.embedding, "sigmoid")
+    if isinstance(model, RNNParts):
+        rnn, embedding = model.rnn, model.embedding
+        if not isinstance(model.head, nn.Linear):
+            raise UsageError(f"RNNParts needs an nn.Linear head on the final hidden state, got {model.head!r}; "
+                             "pass the whole model instead")
+    elif isinstance(model, nn.Module):
+        rnn = _only(model, (nn.LSTM, nn.GRU), "nn.LSTM / nn.GRU")
+        embedding = _only(model, (nn.Embedding,), "nn.Embedding")
+        if rnn is None:
+            raise UsageError(f"the fast engine explains models built around an nn.LSTM / nn.GRU; {type(model).__name__} "
+                             "has none")
+    else:
+        raise UsageError(f"the fast engine takes an nn.Module or RNNParts, not a {type(model).__name__}")
+    if not isinstance(rnn, (nn.LSTM, nn.GRU)) or getattr(rnn, "proj_size", 0):
+        raise UsageError(f"the fast engine needs an nn.LSTM / nn.GRU without proj_size, got {rnn!r}; " + TRANSFORM_HINT)
+    if embedding is not None and embedding.embedding_dim != rnn.input_size:
         raise UsageError("the embedding's width differs from the recurrent layer's input size")
-    return parts
+    D = 2 if rnn.bidirectional else 1
+    if isinstance(model, RNNParts):
+        if model.head.in_features != D * rnn.hidden_size:
+            raise UsageError(f"the fast engine needs an nn.Linear head on the final hidden state ({D * rnn.hidden_size} "
+                             f"features), got {model.head!r}; " + TRANSFORM_HINT)
+        if output is not None:
+            raise UsageError("output= selects a tuple or dict output of a whole model; RNNParts has one output")
+        return rnn, embedding, LinearHead(model.head, model.output, rnn.num_layers, D, dtype)
+    return rnn, embedding, RuledHead(model, dtype, output)
 
 
 @dataclass
 class Trace:
-    """Forward pass of n rows: per layer, per direction, a cell trace; the head's logits (n, K); the input."""
+    """Forward pass of n rows: per layer, per direction, a cell trace; the first layer's input x (n, T, E or F)."""
 
     layers: list[list]
-    logits: torch.Tensor
-    x: torch.Tensor  # (n, T, E or F): the first layer's input
+    x: torch.Tensor
 
     def first_rows(self, k: int) -> "Trace":
         """The trace of the first k rows (views): cell traces are time-major (T, n, .) but for h (n, T, H)."""
         def cut(tr):
             return dataclasses.replace(tr, **{f.name: getattr(tr, f.name)[:k] if f.name == "h" else
                                               getattr(tr, f.name)[:, :k] for f in dataclasses.fields(tr)})
-        return Trace([[cut(tr) for tr in per_dir] for per_dir in self.layers], self.logits[:k], self.x[:k])
+        return Trace([[cut(tr) for tr in per_dir] for per_dir in self.layers], self.x[:k])
+
+    def results(self) -> RNNResults:
+        """What the recurrent module returns: the last layer's outputs and every layer's final states."""
+        top = self.layers[-1]
+        outputs = torch.cat([tr.h for tr in top], dim=2) if len(top) > 1 else top[0].h
+        T = self.x.shape[1]
+        finals = [(tr.h[:, 0 if d else T - 1], getattr(tr, "c", None)) for per_dir in self.layers
+                  for d, tr in enumerate(per_dir)]
+        c_n = None if finals[0][1] is None else torch.stack([c[0 if k % len(top) else T - 1]
+                                                             for k, (_, c) in enumerate(finals)])
+        return RNNResults(outputs, torch.stack([h for h, _ in finals]), c_n)
 
 
 def lstm_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
@@ -182,12 +214,6 @@ def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
     return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
 
 
-# MKL rounds the rows of a small product differently when it has fewer than 12 rows (with 2
-# threads; fewer than 4 with 1), so a review's values depended on how many reviews shared its
-# forward pass (by up to 2.5e-6 on the seed model), and runners that batch differently
-# (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count:
-# FastDeepShap.trace runs on at least this many rows.
-TRACE_ROWS = 16
 
 
 def padded_rows(n: int, per_chunk: int) -> int:
@@ -205,7 +231,10 @@ def padded_rows(n: int, per_chunk: int) -> int:
 
 
 class FastDeepShap:
-    """DeepLIFT-SHAP values of an LSTM/GRU model, equal to shap.DeepExplainer's on the explainable twin.
+    """DeepLIFT-SHAP values of a model built around an LSTM/GRU, equal to shap.DeepExplainer's on its
+    explainable copy (:func:`~.transform.make_explainable`).
+
+    ``output`` selects the explained entry of a tuple or dict output (as for the library explainers).
 
     ``chunk_pairs`` bounds how many (input, background) pairs are processed at
     once (memory grows linearly with it, and with layers and directions). ``block_steps``
@@ -219,10 +248,9 @@ class FastDeepShap:
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
-                 check_completeness: bool = True) -> None:
-        parts = model_parts(model)
-        rnn = parts.rnn
-        self.parts, self.dtype = parts, dtype
+                 check_completeness: bool = True, output: int | str | None = None) -> None:
+        rnn, embedding, self.head = model_parts(model, dtype, output)
+        self.rnn, self.dtype = rnn, dtype
         self.cell = cell_name(rnn)
         self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
         self.device = rnn.weight_hh_l0.device
@@ -237,9 +265,7 @@ class FastDeepShap:
             self.weights.append(per_dir)
         # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
         self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
-        self.embedding = cast(parts.embedding.weight) if parts.embedding is not None else None
-        self.w_out, self.b_out = cast(parts.head.weight), cast(parts.head.bias)
-        self.n_outputs = parts.head.out_features
+        self.embedding = cast(embedding.weight) if embedding is not None else None
         self.chunk_pairs = chunk_pairs
         self.progress = progress
         # torch.compile turns a window of block_steps steps into one graph: each step's ~40
@@ -258,8 +284,13 @@ class FastDeepShap:
     @classmethod
     def from_parts(cls, rnn: nn.Module, head: nn.Linear, embedding: nn.Embedding | None = None,
                    output: str = "identity", **options) -> "FastDeepShap":
-        """The engine for any [embedding ->] nn.LSTM/nn.GRU -> Linear(final state) -> output model."""
+        """The engine for [embedding ->] nn.LSTM/nn.GRU -> Linear(final state) -> output, in closed form."""
         return cls(RNNParts(rnn, head, embedding, output), **options)
+
+    @property
+    def n_outputs(self) -> int | None:
+        """The model's outputs; for a ruled head known after its first call (None before)."""
+        return self.head.n_outputs
 
     @property
     def tokens(self) -> bool:
@@ -270,8 +301,8 @@ class FastDeepShap:
             check_ids(inputs, baselines, self.embedding.shape[0])
         else:
             check_sequences(inputs, baselines)
-            if inputs.shape[2] != self.parts.rnn.input_size:
-                raise UsageError(f"inputs have {inputs.shape[2]} features but the model takes {self.parts.rnn.input_size}")
+            if inputs.shape[2] != self.rnn.input_size:
+                raise UsageError(f"inputs have {inputs.shape[2]} features but the model takes {self.rnn.input_size}")
 
     @torch.no_grad()
     def trace(self, inputs: torch.Tensor) -> Trace:
@@ -291,47 +322,39 @@ class FastDeepShap:
             per_dir = [run(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
             layers.append(per_dir)
             out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
-        T = x.shape[1]
-        final = torch.cat([tr.h[:, T - 1 if d == 0 else 0] for d, tr in enumerate(layers[-1])], dim=1)
-        return Trace(layers, F.linear(final, self.w_out, self.b_out), x)
+        return Trace(layers, x)
 
     def _background(self, baselines: torch.Tensor) -> Trace:
         if self._bg_key is None or self._bg_key.shape != baselines.shape or not torch.equal(self._bg_key, baselines.cpu()):
             self._bg_key, self._bg = baselines.cpu().clone(), self.trace(baselines)
         return self._bg
 
-    def _output(self, logits: torch.Tensor, target: int) -> torch.Tensor:
-        """The explained output (n,) at ``target``: P = sigmoid(logit), or the logit itself."""
-        return torch.sigmoid(logits[:, target]) if self.parts.output == "sigmoid" else logits[:, target]
-
     @torch.no_grad()
-    def _pairs(self, rv: Trace, bg: Trace, target: int) -> torch.Tensor:
+    def _pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
         """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats.
 
-        Multipliers flow from the head down, layer by layer; within a layer each direction runs
-        backwards through its own time order, in windows of ``block_steps`` steps. Buffers are
-        time-major and backgrounds first, (T, B, n, .): a window's input multipliers are one
-        matrix product into a contiguous block.
+        Multipliers flow from the head (``hm``: those of the outputs at every step and of the
+        final states) down, layer by layer; within a layer each direction runs backwards through
+        its own time order, in windows of ``block_steps`` steps. Buffers are time-major and
+        backgrounds first, (T, B, n, .): a window's input multipliers are one matrix product
+        into a contiguous block.
         """
-        lx, lr = rv.logits[:, target], bg.logits[:, target]
-        if self.parts.output == "sigmoid":  # rescale on the logit
-            s_r = torch.sigmoid(lr)
-            m_out = rescale(lx[None] - lr[:, None], torch.sigmoid(lx)[None] - s_r[:, None], (s_r * (1 - s_r))[:, None])
-        else:
-            m_out = torch.ones(len(lr), len(lx), dtype=self.dtype, device=self.device)
-        g_final = m_out[..., None] * self.w_out[target]  # (B, n, D*H)
         n, T = rv.x.shape[:2]
-        B, H = len(lr), self.H
+        B, H = hm.f_r.shape[0], self.H
         shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
-        g_above = None  # multipliers of the current layer's outputs (T, B, n, D*H), from the layer above
+        g_above = hm.outputs  # multipliers of the current layer's outputs (T, B, n, D*H): the head's, then the layer above's
+        zeros = rv.x.new_zeros(B, n, H)
         for layer in range(self.L - 1, -1, -1):
             tokens = layer == 0 and self.tokens  # the input's share comes from the projections, not a product
             width = rv.x.shape[2] if layer == 0 else self.D * H
             g_in = None if tokens else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
                 above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
-                g_h = g_final[..., d * H : (d + 1) * H] if above is None else torch.zeros_like(g_final[..., :H])
-                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, above, g_in, tokens)
+                k = layer * self.D + d
+                g_h = zeros if hm.h_n is None else hm.h_n[k]
+                g_c = zeros if hm.c_n is None else hm.c_n[k]
+                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
+                                        tokens)
                 if tokens:
                     shares = shares + share
             g_above = g_in
@@ -339,16 +362,17 @@ class FastDeepShap:
             return shares.permute(2, 1, 0)
         return g_above.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
-    def _direction(self, tx, tr, layer: int, d: int, g_h, above, g_in, tokens: bool):
-        """One layer/direction backwards, window by window; adds its input multipliers into g_in (T, B, n, In)
-        unless ``tokens``, and then returns the token shares (T, B, n)."""
+    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
+        """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
+        state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
+        shares (T, B, n)."""
         w_ih_t, w_hh_t = self.weights_t[layer][d]
         X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
         R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
         if self.cell == "lstm":
             rows = [X(a) for a in (tx.act, tx.z, tx.c, tx.tc, tx.cprev)]
             refs = [R(a) for a in (tr.act, tr.z, tr.dact, tr.c, tr.tc, tr.dtc, tr.cprev)]
-            state = torch.zeros_like(g_h)  # the cell state's multipliers
+            state = g_c  # the cell state's multipliers
         else:
             rows = [X(a) for a in (tx.act, tx.pre, tx.a_n, tx.hprev)]
             refs = [R(a) for a in (tr.act, tr.pre, tr.dact, tr.a_n, tr.hprev)]
@@ -376,43 +400,75 @@ class FastDeepShap:
                     g_in[window] += product(kept, w_ih_t)
         return shares
 
-    def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor,
-                       target: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yield (start, values (n, T[, F]) float64, outputs (n,)) for consecutive chunks of inputs.
+    def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                       additional_forward_args: tuple = ()) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (start, values (n, T[, F]) float64, outputs (n,), base values (n,)) for consecutive chunks of inputs.
 
         Memory stays bounded by ``chunk_pairs`` whatever the number of inputs.
         """
         self.check_inputs(inputs, baselines)
-        if not 0 <= target < self.n_outputs:
+        extra = self._check_extra(additional_forward_args, len(inputs))
+        if self.n_outputs is not None and not 0 <= target < self.n_outputs:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
         bg = self._background(baselines)
-        expected = self.expected_value(baselines, target)
         per_chunk = max(1, self.chunk_pairs // len(baselines))
         bar = Progress(len(inputs), "fast DeepSHAP", "inputs", enabled=self.progress)
         for start in range(0, len(inputs), per_chunk):
-            chunk = inputs[start : start + per_chunk]
+            rows = slice(start, start + per_chunk)
+            chunk, consts = inputs[rows], [a[rows] if isinstance(a, torch.Tensor) else a for a in extra]
             n = len(chunk)
-            if self.compiled and n < padded_rows(n, per_chunk):  # few shapes to compile
-                chunk = torch.cat([chunk, chunk[-1:].expand(padded_rows(n, per_chunk) - n, *chunk.shape[1:])])
+            pad = padded_rows(n, per_chunk) - n if self.compiled else 0  # few shapes to compile
+            if pad:
+                chunk, consts = (torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) if isinstance(a, torch.Tensor) else a
+                                 for a in (chunk, consts))
             rv = self.trace(chunk)
-            values = self._pairs(rv, bg, target).mean(dim=1)[:n].double().cpu().numpy()
-            outputs = self._output(rv.logits[:n], target).double().cpu().numpy()
+            constants = (chunk.to(self.device) if self.tokens else None, *consts)
+            hm = self.head.multipliers(rv.results(), bg.results(), target, constants)
+            values = self._pairs(rv, bg, hm).mean(dim=1)[:n].double().cpu().numpy()
+            outputs = hm.f_x[:n].double().cpu().numpy()
+            expected = hm.f_r[:, :n].double().mean(dim=0).cpu().numpy()
             guard(self.method, values, outputs, expected, self.dtype, self.check, first=start)
             bar.update(n)
-            yield start, values, outputs
+            yield start, values, outputs, expected
         bar.close()
 
-    def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
-        return float(self._output(self._background(baselines).logits, target).double().mean())
+    def _check_extra(self, extra: tuple, n: int) -> tuple:
+        """Further forward arguments, one row per input: only a whole model's forward pass takes them."""
+        if extra and not self.head.reads_inputs:
+            raise UsageError("additional_forward_args go to a whole model's forward pass; this engine explains "
+                             "a model given in parts")
+        for a in extra:
+            if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[0] != n):
+                raise UsageError(f"additional_forward_args must have one row per input ({n}), got shape {tuple(a.shape)}")
+        return tuple(a.to(self.device) if isinstance(a, torch.Tensor) else a for a in extra)
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> Attribution:
-        """Values (N, T) for token ids (N, T) against (B, T), or (N, T, F) for float sequences, at output ``target``."""
+    def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
+        """E f over the background, for a head that reads no constants of the inputs (one base value for all)."""
+        if self.head.reads_inputs:
+            raise UsageError("this model's base value can depend on each input (masks from its ids): "
+                             "read Attribution.expected_value, one per input")
+        bg = self._background(baselines).results()
+        return float(self.head.explained(self.head.logits(bg))[:, target].double().mean())
+
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Attribution:
+        """Values (N, T) for token ids (N, T) against (B, T), or (N, T, F) for float sequences, at output ``target``.
+
+        additional_forward_args: further arguments of the model's forward pass, one row per input,
+        the same for its references (as the libraries pass them). The expected value is one float
+        when the head reads nothing of the inputs, else one per input (N,).
+        """
         t0 = time.perf_counter()
-        parts = list(self.iter_attribute(inputs, baselines, target))
+        parts = list(self.iter_attribute(inputs, baselines, target, additional_forward_args))
         values = np.concatenate([p[1] for p in parts])
         outputs = np.concatenate([p[2] for p in parts])
+        expected = np.concatenate([p[3] for p in parts])
         seconds = time.perf_counter() - t0
-        result = Attribution(self.method, values, outputs, self.expected_value(baselines, target), seconds)
+        if not self.head.reads_inputs:
+            expected = self.expected_value(baselines, target)
+        elif np.ptp(expected) == 0:
+            expected = float(expected[0])
+        result = Attribution(self.method, values, outputs, expected, seconds)
         return check_completeness(result, self.dtype, check=False)  # each chunk was checked: record the ratio
 
     def explain(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = 0,
@@ -431,8 +487,9 @@ class FastDeepShap:
         """
         import shap
 
+        results = [self.attribute(inputs, baselines, 0 if target is None else target)]  # (a ruled head learns K here)
         targets = range(self.n_outputs) if target is None else [target]
-        results = [self.attribute(inputs, baselines, k) for k in targets]
+        results += [self.attribute(inputs, baselines, k) for k in targets[1:]]
         n, T = inputs.shape[:2]
         if self.tokens and (vocab is not None or words is not None) and target is not None:
             from torch_imdb.plots import token_explanation
@@ -452,7 +509,7 @@ class FastDeepShap:
             names = [f"{fnames[k]}@t{t}" for t in range(T) for k in range(F_)]
             data = inputs.detach().cpu().double().numpy().reshape(n, T * F_)
             values = [r.values.reshape(n, T * F_) for r in results]
-        base = [np.full(n, r.expected_value) for r in results]
+        base = [np.broadcast_to(np.asarray(r.expected_value, dtype=np.float64), (n,)) for r in results]
         if target is None:
             values, base = np.stack(values, axis=-1), np.stack(base, axis=-1)
         else:
@@ -473,14 +530,13 @@ class FastDeepLiftShap:
         self.engine = FastDeepShap(model, **options)
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int | None = None,
-                  return_convergence_delta: bool = False):
+                  additional_forward_args: tuple = (), return_convergence_delta: bool = False):
         """Values as a tensor (N, T) for token ids (N, T), or (N, T, F) for float sequences, against
-        baselines (B, T[, F]) at output ``target`` (None: the only output); with
-        ``return_convergence_delta`` also the per-input completeness error (N,)."""
-        if target is None:
-            if self.engine.n_outputs != 1:
-                raise UsageError(f"the model has {self.engine.n_outputs} outputs: pass target=")
-            target = 0
-        res = self.engine.attribute(inputs, baselines, target)
+        baselines (B, T[, F]) at output ``target`` (None: the only output); additional_forward_args
+        as Captum passes them (one row per input); with ``return_convergence_delta`` also the
+        per-input completeness error (N,)."""
+        res = self.engine.attribute(inputs, baselines, 0 if target is None else target, additional_forward_args)
+        if target is None and self.engine.n_outputs != 1:
+            raise UsageError(f"the model has {self.engine.n_outputs} outputs: pass target=")
         values = torch.from_numpy(res.values)
         return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values

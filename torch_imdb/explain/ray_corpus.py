@@ -45,7 +45,7 @@ from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
 from torch_imdb.explain.corpus import (explain_batch, fast_engine, first_repeat, mark_started, part_rows, run_key,
-                                      start_run, write_part)
+                                      shared_base_value, start_run, write_part)
 from torch_imdb.explain.texts import (columns_of, input_files, input_fingerprint, read_usable_texts, review_id,
                                       review_label)
 from torch_imdb.io import atomic_write_json
@@ -271,7 +271,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     repeated = first_repeat(total)
     if repeated is not None:
         raise UsageError(f"review id {repeated} was explained twice: the input repeats it; ids must be unique")
-    expected = fast_engine(ckpt.model, background, compile=False).expected_value(torch.from_numpy(bg_ids))
+    expected = shared_base_value(fast_engine(ckpt.model, background, compile=False), torch.from_numpy(bg_ids))
     manifest = {**settings, "run_key": run_key(settings), "complete": True, "expected_value": expected,
                 "n_reviews": int(len(total)),
                 "skipped_rows": len(skipped), "reviews_computed_this_run": computed, "seconds_this_run": seconds,

@@ -84,11 +84,22 @@ class _Rescale(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         z, y = ctx.saved_tensors
         (z_x, z_r), (y_x, y_r) = _halves(z), _halves(y)
-        with torch.enable_grad():
-            leaf = z_r.detach().requires_grad_()
-            d_ref = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
-        m = _finite(rescale(_difference(z_x, z_r), _difference(y_x, y_r), d_ref))
-        return grad * torch.cat([m, m]), None
+        dz = _difference(z_x, z_r)
+        if (dz.abs() < RESCALE_EPS).any():  # the derivative at the reference is needed only there
+            with torch.enable_grad():
+                leaf = z_r.detach().requires_grad_()
+                d_ref = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
+        else:
+            d_ref = dz  # not read
+        m = _finite(rescale(dz, _difference(y_x, y_r), d_ref))
+        return _times_per_pair(grad, m), None
+
+
+def _times_per_pair(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """grad (2P, ...) times m (P, ...), the same m for both halves, without forming [m; m]; summed back to
+    grad's shape where m broadcast it."""
+    out = grad.unflatten(0, (2, -1)) * m
+    return out.flatten(0, 1).sum_to_size(grad.shape)
 
 
 def elementwise(fn, z: torch.Tensor) -> torch.Tensor:
@@ -110,6 +121,10 @@ class _Bilinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         a, b = ctx.saved_tensors
         _halves(grad)
+        if ctx.op is torch.mul:  # the commonest case, in closed form: d(a*b)/da = b
+            (a_x, a_r), (b_x, b_r) = _halves(a), _halves(b)
+            return (_times_per_pair(grad, (b_x + b_r) * 0.5).sum_to_size(a.shape),
+                    _times_per_pair(grad, (a_x + a_r) * 0.5).sum_to_size(b.shape), None)
         a_m, b_m = _pair_mean(a), _pair_mean(b)
         with torch.enable_grad():
             a_leaf, b_leaf = a.detach().requires_grad_(), b.detach().requires_grad_()

@@ -144,7 +144,7 @@ def _bilinear(func, args, kwargs):
     a, b = args[0], args[1]
     name = _name(func)
     op = getattr(torch, "mul" if name == "imul" else name, torch.mul)  # ``a *= b`` is rebound to the result
-    return rules.bilinear(lambda x, y: op(x, y, **kwargs), a, b)
+    return rules.bilinear(op if not kwargs else lambda x, y: op(x, y, **kwargs), a, b)
 
 
 def _division(func, args, kwargs):

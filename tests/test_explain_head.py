@@ -1,0 +1,157 @@
+"""The fast engine on the heads people write: the ruled head gives shap's values on the transformed model.
+
+The head matrix (heads x {LSTM, GRU} x {token ids, float inputs}) of the transform's tests:
+float64 within 1e-10 of shap through the transform, float32 within the guard's tolerance;
+what the fast engine cannot run yet (a recurrent layer called twice, packed sequences) is
+refused in one line naming the engines that explain it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import HEAD_MATRIX, head_case, head_case_id
+from torch_imdb.errors import UsageError
+from torch_imdb.explain import FastDeepShap, ShapDeepExplainer
+from torch_imdb.explain.head import RNNResults, _pairs_of
+from torch_imdb.model import ModelConfig, SentimentRNN
+
+REFUSED = {"rnn-twice": "more than once", "packed": "packed sequences"}
+RUN = [case for case in HEAD_MATRIX if case[0] not in REFUSED]
+
+
+@pytest.mark.parametrize("case", RUN, ids=head_case_id)
+def test_fast_engine_equals_shap_on_every_head_float64(case):
+    model, x, bg, extra, output = head_case(case)
+    fast = FastDeepShap(model, torch.float64, output=output).attribute(x, bg, additional_forward_args=extra)
+    ref = ShapDeepExplainer(model, torch.float64, output=output).attribute(x, bg, additional_forward_args=extra)
+    assert np.abs(fast.values).max() > 1e-3, "a vacuous explanation would pass the check below"
+    assert np.abs(fast.values - ref.values).max() < 1e-10
+    np.testing.assert_allclose(fast.outputs, ref.outputs, atol=1e-12)
+    np.testing.assert_allclose(np.broadcast_to(fast.expected_value, (len(x),)),
+                               np.broadcast_to(ref.expected_value, (len(x),)), atol=1e-12)
+    assert np.abs(fast.residual).max() < 1e-10
+
+
+@pytest.mark.parametrize("case", [c for c in RUN if c[1] == "lstm"], ids=head_case_id)
+def test_fast_engine_float32_within_the_guard(case):
+    model, x, bg, extra, output = head_case(case, torch.float32)
+    fast = FastDeepShap(model, torch.float32, output=output).attribute(x, bg, additional_forward_args=extra)
+    ref = ShapDeepExplainer(model, torch.float32, output=output).attribute(x, bg, additional_forward_args=extra)
+    assert fast.extra["completeness_ratio"] <= 1
+    assert np.abs(fast.values - ref.values).max() < 1e-5
+
+
+@pytest.mark.parametrize("head", sorted(REFUSED))
+def test_what_the_fast_engine_cannot_run_is_refused_in_one_line(head):
+    model, x, bg, extra, output = head_case((head, "lstm", True))
+    with pytest.raises(UsageError, match=REFUSED[head] + ".*--engines shap,captum"):
+        FastDeepShap(model, torch.float64, output=output).attribute(x, bg, additional_forward_args=extra)
+
+
+class Transformed(nn.Module):
+    """Scales its embeddings before the LSTM: the engine's own recurrence would not see that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding, self.rnn, self.fc = nn.Embedding(12, 4), nn.LSTM(4, 3, batch_first=True), nn.Linear(3, 1)
+
+    def forward(self, ids):
+        out, _ = self.rnn(2 * self.embedding(ids))
+        return self.fc(out[:, -1])
+
+
+def test_a_transformed_input_to_the_recurrent_layer_is_refused():
+    with pytest.raises(UsageError, match="unchanged"):
+        FastDeepShap(Transformed()).attribute(torch.randint(0, 12, (2, 5)), torch.randint(0, 12, (3, 5)))
+
+
+class TimeFirst(nn.Module):
+    """A batch_first=False LSTM whose head reads the last step's output: the layout many older models use."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.embedding = nn.Embedding(12, 4)
+        self.rnn = nn.LSTM(4, 3, batch_first=batch_first, bidirectional=True)
+        self.fc = nn.Linear(6, 1)
+
+    def forward(self, ids):
+        x = self.embedding(ids)
+        out, _ = self.rnn(x if self.batch_first else x.transpose(0, 1))
+        return torch.sigmoid(self.fc(out[:, -1] if self.batch_first else out[-1]))
+
+
+def test_batch_first_false_gives_the_same_values():
+    torch.manual_seed(3)
+    first = TimeFirst(True).double().eval()
+    later = TimeFirst(False).double().eval()
+    later.load_state_dict(first.state_dict())
+    x, bg = torch.randint(0, 12, (3, 6)), torch.randint(0, 12, (4, 6))
+    a = FastDeepShap(first, torch.float64).attribute(x, bg)
+    b = FastDeepShap(later, torch.float64).attribute(x, bg)
+    ref = ShapDeepExplainer(later, torch.float64).attribute(x, bg)
+    assert np.abs(a.values - b.values).max() < 1e-12
+    assert np.abs(b.values - ref.values).max() < 1e-10
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "attention"])
+def test_pooled_sentiment_models_take_the_fast_engine_with_per_review_base_values(pool):
+    torch.manual_seed(5)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, bidirectional=True, pool=pool,
+                                     attention_dim=4)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    g = torch.Generator().manual_seed(0)
+    x, bg = torch.randint(1, 30, (3, 7), generator=g), torch.randint(0, 30, (5, 7), generator=g)
+    x[1, :3] = 0  # a padded review: its mask reaches the references too, so its base value differs
+    fast = FastDeepShap(model, torch.float64).attribute(x, bg)
+    ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg)
+    assert np.abs(fast.values - ref.values).max() < 1e-10
+    assert np.ndim(fast.expected_value) == 1 and np.ptp(fast.expected_value) > 1e-6
+    np.testing.assert_allclose(fast.expected_value, ref.expected_value, atol=1e-12)
+
+
+def test_pairs_are_laid_out_backgrounds_first():
+    x, r = torch.arange(2.0)[:, None], 10 + torch.arange(3.0)[:, None]
+    pairs = _pairs_of(x, r, 0)[:, 0].tolist()
+    assert pairs == [0, 1, 0, 1, 0, 1, 10, 10, 11, 11, 12, 12]  # pair p = b * n + i: input i, reference b
+
+
+def test_head_multipliers_are_the_gradient_for_a_linear_head():
+    """A linear head's multipliers are its weights, at every pair: a check of the feed and the layout."""
+
+    class Mean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = nn.GRU(2, 3, batch_first=True), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0].mean(dim=1))
+
+    model = Mean().double().eval()
+    engine = FastDeepShap(model, torch.float64)
+    x, bg = torch.randn(2, 4, 2, dtype=torch.float64), torch.randn(3, 4, 2, dtype=torch.float64)
+    rx, rr = engine.trace(x).results(), engine.trace(bg).results()
+    assert isinstance(rx, RNNResults) and rx.c_n is None
+    hm = engine.head.multipliers(rx, rr, 0, (None,))
+    expected = (model.fc.weight[0] / 4).detach().expand(4, 3, 2, 3)
+    assert hm.outputs.shape == (4, 3, 2, 3) and torch.allclose(hm.outputs, expected)
+    assert hm.h_n is None or hm.h_n.abs().max() == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(hm.f_x.numpy(), model(x)[:, 0].numpy(), atol=1e-12)
+
+
+def test_captum_convention_takes_additional_forward_args():
+    from torch_imdb.explain import CaptumDeepLiftShap, FastDeepLiftShap
+
+    model, x, bg, extra, output = head_case(("two-inputs", "gru", False))
+    values, delta = FastDeepLiftShap(model, dtype=torch.float64).attribute(x, bg, None, extra,
+                                                                           return_convergence_delta=True)
+    ref = CaptumDeepLiftShap(model, torch.float64).attribute(x, bg, additional_forward_args=extra)
+    assert values.shape == x.shape and delta.abs().max() < 1e-10
+    assert np.abs(values.numpy() - ref.values).max() < 1e-10

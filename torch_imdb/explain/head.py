@@ -1,0 +1,227 @@
+"""The fast engine's heads: the multipliers of the model's output with respect to its recurrent layer's results.
+
+The fast engine runs the recurrence's multiplier backward pass itself (:mod:`.fast`).
+Whatever the model does with the recurrent layer's results, the output sequence and
+the final states, is its *head*: a Linear on the final state, pooling, attention, an
+MLP, LayerNorm, a tuple or dict output. A head gives, for every (input, reference)
+pair, the multipliers of the explained output with respect to those results, and the
+outputs themselves. Two kinds:
+
+- :class:`LinearHead`: ``Linear(final hidden state) -> sigmoid | logits | identity``,
+  in closed form (the Keras example's head; no autograd, the fastest path);
+- :class:`RuledHead`: any head the transform has rules for. The model's own forward
+  pass runs on a batch of [inputs; references] pairs with its recurrent layer replaced
+  by a *feed* of the traced results, under the transform's rule mode, and is
+  differentiated: the same rules shap and Captum apply on the transformed model, so the
+  values are theirs. The pairs' head costs O(T·H) per pair against the recurrence's
+  O(T·H²).
+
+Pairs are laid out backgrounds first: pair p = b * n + i holds input i and reference b.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.rules import rescale
+
+OUTPUTS = ("sigmoid", "logits", "identity")
+
+# MKL rounds the rows of a small product differently when it has fewer than 12 rows (with 2
+# threads; fewer than 4 with 1), so a review's values depended on how many reviews shared its
+# forward pass (by up to 2.5e-6 on the seed model), and runners that batch differently
+# (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count:
+# the fast engine's forward products run on at least this many rows.
+TRACE_ROWS = 16
+
+
+@dataclass
+class RNNResults:
+    """What a recurrent layer returns for n rows: outputs (n, T, D*H) of its last layer, and the final
+    states h_n and (LSTM) c_n (layers*D, n, H), as ``nn.LSTM`` / ``nn.GRU`` return them (batch first)."""
+
+    outputs: torch.Tensor
+    h_n: torch.Tensor
+    c_n: torch.Tensor | None = None
+
+
+@dataclass
+class HeadMultipliers:
+    """The head's part of the explanation of n inputs against B references (pairs backgrounds first).
+
+    outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or None when the head
+    reads none; h_n, c_n: (layers*D, B, n, H) multipliers of the final states, or None; f_x: (n,) the
+    explained output of each input; f_r: (B, n) the output of each reference run with input i's constants
+    (masks from its ids, its extra arguments), whose mean over B is input i's base value.
+    """
+
+    outputs: torch.Tensor | None
+    h_n: torch.Tensor | None
+    c_n: torch.Tensor | None
+    f_x: torch.Tensor
+    f_r: torch.Tensor
+
+
+class LinearHead:
+    """``Linear(final hidden state of the last layer, both directions) -> output``, in closed form.
+
+    output: "sigmoid" (one output, explained as a probability, rescale on the logit), "logits"
+    or "identity" (the linear output itself). Reads no constants of the inputs: one base value.
+    """
+
+    reads_inputs = False
+
+    def __init__(self, linear: nn.Linear, output: str, layers: int, directions: int, dtype: torch.dtype) -> None:
+        if output not in OUTPUTS or (output == "sigmoid" and linear.out_features != 1):
+            raise UsageError(f"output must be one of {', '.join(OUTPUTS)} (sigmoid with one output), got {output!r}")
+        self.w, self.b = linear.weight.detach().to(dtype), None if linear.bias is None else linear.bias.detach().to(dtype)
+        self.output, self.layers, self.directions = output, layers, directions
+        self.n_outputs = linear.out_features
+
+    def logits(self, res: RNNResults) -> torch.Tensor:
+        """The linear outputs (n, K) from the last layer's final states, each row's the same whatever n
+        (run on at least TRACE_ROWS rows: see there)."""
+        n = res.h_n.shape[1]
+        final = res.h_n[-self.directions :].transpose(0, 1).reshape(n, -1)
+        if n < TRACE_ROWS:
+            final = torch.cat([final, final.new_zeros(TRACE_ROWS - n, final.shape[1])])
+        return F.linear(final, self.w, self.b)[:n]
+
+    def explained(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.output == "sigmoid" else logits
+
+    def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
+        """Closed form: m_out (B, n) by the rescale rule for a sigmoid (1 otherwise) times the head's row."""
+        lx, lr = self.logits(rx)[:, target], self.logits(rr)[:, target]
+        n, B, D = len(lx), len(lr), self.directions
+        if self.output == "sigmoid":
+            s_r = torch.sigmoid(lr)
+            m_out = rescale(lx[None] - lr[:, None], torch.sigmoid(lx)[None] - s_r[:, None], (s_r * (1 - s_r))[:, None])
+        else:
+            m_out = torch.ones(B, n, dtype=lx.dtype, device=lx.device)
+        H = rx.h_n.shape[-1]
+        g_final = m_out[..., None] * self.w[target]  # (B, n, D*H)
+        h_n = lx.new_zeros(rx.h_n.shape[0], B, n, H)
+        h_n[-D:] = g_final.view(B, n, D, H).permute(2, 0, 1, 3)
+        return HeadMultipliers(None, h_n, None, self.explained(lx), self.explained(lr)[:, None].expand(B, n))
+
+
+class _Feed(nn.Module):
+    """Stands in for the recurrent layer in the ruled head's copy: returns the traced results it is fed.
+
+    It checks that the layer is called once, from zero state, on the model's input (or its
+    embedding) unchanged: what the fast engine's own recurrence computes. Anything else is
+    refused in one line naming the engines that explain it.
+    """
+
+    def __init__(self, twin: nn.Module) -> None:
+        super().__init__()
+        self.twin = [twin]  # a plain list: the model may read the layer's attributes (hidden_size, ...), not run it
+        self.batch_first = twin.batch_first
+        self.marker: torch.Tensor | None = None
+        self.results: RNNResults | None = None
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["twin"][0], name)
+
+    def forward(self, input, hx=None):
+        self.calls += 1
+        hint = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
+        if self.calls > 1:
+            raise UsageError(f"the model calls its recurrent layer more than once; the fast engine explains one pass: {hint}")
+        if hx is not None:
+            raise UsageError(f"the model gives its recurrent layer an initial state; the fast engine starts from zero: {hint}")
+        if isinstance(input, PackedSequence):
+            raise UsageError(f"the fast engine does not take packed sequences yet: {hint}")
+        seen = input if self.batch_first else input.transpose(0, 1)
+        m = self.marker
+        if seen.shape != m.shape or seen.data_ptr() != m.data_ptr() or seen.stride() != m.stride():
+            raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
+                             f"unchanged; this model transforms it first: {hint}")
+        res = self.results
+        out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
+        return (out, (res.h_n, res.c_n)) if res.c_n is not None else (out, res.h_n)
+
+
+def _pairs_of(x: torch.Tensor, r: torch.Tensor, dim: int) -> torch.Tensor:
+    """[inputs; references] along ``dim`` for all pairs, backgrounds first: x (n, ...) and r (B, ...) -> (2*B*n, ...)."""
+    n, B = x.shape[dim], r.shape[dim]
+    reps = [1] * x.dim()
+    reps[dim] = B
+    return torch.cat([x.repeat(*reps), r.repeat_interleave(n, dim=dim)], dim=dim)
+
+
+class RuledHead:
+    """Any head the transform has rules for, differentiated on (input, reference) pairs.
+
+    model: the user's module (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+    P(positive)); output selects a tuple or dict output. The model must call its one
+    ``nn.LSTM`` / ``nn.GRU`` once, from zero state, on its input or the embedding of its ids.
+    """
+
+    reads_inputs = True
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None) -> None:
+        from torch_imdb.explain.backends import explainable_model
+        from torch_imdb.explain.twin import ExplainableRNN
+
+        self.copy = explainable_model(model, 1, dtype, output)
+        twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
+        if len(twins) != 1:
+            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU module, this one has {len(twins)}; "
+                             "explain it with --engines shap,captum")
+        name, twin = twins[0]
+        parent = self.copy.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.copy.model
+        self.feed = _Feed(twin)
+        self.input_size = twin.input_size
+        setattr(parent, name.rpartition(".")[2], self.feed)
+        self.n_outputs: int | None = None
+
+    def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
+        """Run the copy on the 2*B*n pair rows fed the traced results; gradients of the inputs' outputs.
+
+        constants: (ids (n, T) or None, *extra), the rows of the n inputs: every pair sees its
+        input's constants, in both halves, as the libraries run it.
+        """
+        n, B = rx.outputs.shape[0], rr.outputs.shape[0]
+        P = B * n
+        with torch.enable_grad():
+            leaves = RNNResults(_pairs_of(rx.outputs, rr.outputs, 0).requires_grad_(),
+                                _pairs_of(rx.h_n, rr.h_n, 1).requires_grad_(),
+                                None if rx.c_n is None else _pairs_of(rx.c_n, rr.c_n, 1).requires_grad_())
+            ids, *extra = constants
+            rows = tuple(a.repeat(2 * B, *[1] * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in extra)
+            # what the model hands its recurrent layer: checked to be this, unchanged, by the feed
+            marker = rx.outputs.new_zeros(()).expand(2 * P, rx.outputs.shape[1], self.input_size)
+            self.feed.marker, self.feed.results, self.feed.calls = marker, leaves, 0
+            try:
+                y = self.copy(marker, None if ids is None else ids.repeat(2 * B, 1), *rows)
+            finally:
+                self.feed.marker = self.feed.results = None
+            if self.feed.calls != 1:
+                raise UsageError("the model's forward pass never calls its recurrent layer; the fast engine explains "
+                                 "models built around one")
+            self.n_outputs = y.shape[1]
+            if not 0 <= target < y.shape[1]:
+                raise UsageError(f"target {target} is not an output of this model (it has {y.shape[1]})")
+            y = y[:, target]
+            wanted = [t for t in (leaves.outputs, leaves.h_n, leaves.c_n) if t is not None]
+            grads = torch.autograd.grad(y[:P].sum(), wanted, allow_unused=True)
+        g_out, g_h = grads[0], grads[1]
+        g_c = grads[2] if len(grads) > 2 else None
+        T, W = rx.outputs.shape[1:]
+        return HeadMultipliers(
+            None if g_out is None else g_out[:P].view(B, n, T, W).permute(2, 0, 1, 3).contiguous(),
+            None if g_h is None else g_h[:, :P].reshape(-1, B, n, g_h.shape[-1]),
+            None if g_c is None else g_c[:, :P].reshape(-1, B, n, g_c.shape[-1]),
+            y[:n].detach(), y[P:].detach().view(B, n))
