@@ -90,8 +90,10 @@ def predictor(model):
 
 def not_applicable(name: str, model) -> str | None:
     """Why method ``name`` does not apply to ``model``, or None when it does."""
+    from torch_imdb.explain.cells import LSTM
+
     cfg = model.config
-    if name == "lrp" and (cfg.cell != "lstm" or cfg.layers != 1 or cfg.bidirectional or cfg.pool != "last"):
+    if name == "lrp" and (not LSTM.matches(model.rnn) or cfg.layers != 1 or cfg.bidirectional or cfg.pool != "last"):
         return "LRP is implemented for a 1-layer LSTM that reads its final state"
     if name == "deepshap_plain_shap" and cfg.pool != "last":
         return "shap.DeepExplainer cannot hand the padding mask to a pooled model's plain module"

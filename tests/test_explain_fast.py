@@ -144,7 +144,7 @@ def test_unsupported_models_name_the_transform():
     with pytest.raises(UsageError, match="proj_size.*through the transform"):
         FastDeepShap.from_parts(torch.nn.LSTM(4, 3, proj_size=2), torch.nn.Linear(2, 1))
     two = torch.nn.Sequential(torch.nn.LSTM(4, 3), torch.nn.GRU(3, 3))
-    with pytest.raises(UsageError, match="one nn.LSTM / nn.GRU module, this one has 2"):
+    with pytest.raises(UsageError, match="one nn.LSTM / nn.GRU / nn.RNN module, this one has 2"):
         FastDeepShap(two)
     rnn = torch.nn.GRU(4, 3, batch_first=True, bidirectional=True)
     with pytest.raises(UsageError, match="6 features"):

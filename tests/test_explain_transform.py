@@ -27,7 +27,7 @@ def test_matrix_float64_exact_and_libraries_equal(case):
         x, bg, additional_forward_args=extra)
     assert np.abs(s.residual).max() < 1e-10 and np.abs(c.residual).max() < 1e-10
     assert np.abs(s.values - c.values).max() < 1e-10
-    assert np.abs(s.values).max() > 1e-3, "a vacuous explanation would pass the checks above"
+    assert np.abs(s.values).max() > 1e-4, "a vacuous explanation (values ~0) would pass the 1e-10 checks above"
     with torch.no_grad():
         raw = model(x, *extra)
         raw = raw[output] if output else raw

@@ -18,7 +18,7 @@ def test_matrix_shap_and_captum_exact_on_the_whole_model(case):
     cell, _, _, tokens, _ = case
     model, x, bg, target = matrix_case(case)
     twin = make_explainable(model, steps=5)
-    assert isinstance(twin.model.rnn, ExplainableRNN) and isinstance(model.rnn, CELLS[cell]), "the original is untouched"
+    assert isinstance(twin.model.rnn, ExplainableRNN) and CELLS[cell].matches(model.rnn), "the original is untouched"
     torch.testing.assert_close(twin(x), model(x), atol=1e-10, rtol=0)
     s = ShapDeepExplainer(model, torch.float64).attribute(x, bg, target=target)  # shap's additivity check is on
     c = CaptumDeepLiftShap(model, torch.float64, per_call=2).attribute(x, bg, target=target)
@@ -27,14 +27,14 @@ def test_matrix_shap_and_captum_exact_on_the_whole_model(case):
     assert np.abs(s.residual).max() < 1e-6 and np.abs(c.residual).max() < 1e-6
     assert c.extra["max_abs_delta"].max() < 1e-5
     assert np.abs(s.values - c.values).max() < 1e-5
-    assert np.abs(s.values).max() > 1e-3, "a vacuous explanation would pass the checks above"
+    assert np.abs(s.values).max() > 1e-4, "a vacuous explanation (values ~0) would pass the 1e-10 checks above"
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_drop_in_same_outputs_with_states_and_unbatched(cell, batch_first):
     torch.manual_seed(3)
-    rnn = CELLS[cell](4, 3, num_layers=2, bidirectional=True, batch_first=batch_first).double().eval()
+    rnn = CELLS[cell].make(4, 3, num_layers=2, bidirectional=True, batch_first=batch_first).double().eval()
     twin = ExplainableRNN(rnn, steps=9)
     assert dict(twin.named_parameters()).keys() == dict(rnn.named_parameters()).keys()
     x = torch.randn(6, 7, 4, dtype=torch.float64)  # (T, batch) or (batch, T): both are 6 x 7
@@ -99,7 +99,7 @@ def test_refuses_proj_size():
 @pytest.mark.parametrize("cell", CELLS)
 def test_packed_sequences_run_each_sequence_over_its_own_steps(cell):
     torch.manual_seed(4)
-    rnn = CELLS[cell](4, 3, num_layers=2, bidirectional=True, batch_first=True).double().eval()
+    rnn = CELLS[cell].make(4, 3, num_layers=2, bidirectional=True, batch_first=True).double().eval()
     twin = ExplainableRNN(rnn, steps=5)
     x, lengths = torch.randn(3, 5, 4, dtype=torch.float64), torch.tensor([2, 5, 3])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -122,8 +122,8 @@ def test_refuses_longer_sequences_and_models_it_cannot_cover():
     twin = ExplainableRNN(nn.GRU(4, 3, batch_first=True), steps=5)
     with pytest.raises(UsageError, match="at most 5 steps"):
         twin(torch.randn(2, 6, 4))
-    with pytest.raises(UsageError, match="RNN"):
-        make_explainable(nn.Sequential(nn.RNN(4, 3)), steps=5)
+    with pytest.raises(UsageError, match="LSTMCell"):
+        make_explainable(nn.Sequential(nn.LSTMCell(4, 3)), steps=5)
 
 
 def test_target_out_of_range_is_clear():

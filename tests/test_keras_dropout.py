@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from torch_imdb import keras_dropout
-from torch_imdb.keras_dropout import GATES, _KerasGRU, _KerasLSTM, keras_dropout_rnn, keras_masks
+from torch_imdb.explain.cells import GRU, LSTM, RNN_RELU, RNN_TANH, spec_of
+from torch_imdb.keras_dropout import _KerasGRU, _KerasLSTM, keras_dropout_rnn, keras_masks
 
 
 def reference_rnn(x, rnn, in_masks, rec_masks):
@@ -13,7 +14,7 @@ def reference_rnn(x, rnn, in_masks, rec_masks):
 
     in_masks / rec_masks: per (layer, direction), tensors (K, B, width) with K = 1 or the gate count.
     """
-    G = GATES["lstm" if isinstance(rnn, nn.LSTM) else "gru"]
+    G = spec_of(rnn).gates
     H = rnn.hidden_size
     D = 2 if rnn.bidirectional else 1
     out, k = x, 0
@@ -36,6 +37,8 @@ def reference_rnn(x, rnn, in_masks, rec_masks):
                     i, f, g, o = (xi[j] + hh[j] for j in range(4))
                     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                     h = torch.sigmoid(o) * torch.tanh(c)
+                elif G == 1:  # the Elman RNN
+                    h = (torch.tanh if rnn.nonlinearity == "tanh" else torch.relu)(xi[0] + hh[0])
                 else:
                     r, z = torch.sigmoid(xi[0] + hh[0]), torch.sigmoid(xi[1] + hh[1])
                     n = torch.tanh(xi[2] + r * hh[2])
@@ -60,21 +63,22 @@ def record_masks(monkeypatch):
     return drawn
 
 
-ARCHS = [(nn.LSTM, 1, False), (nn.GRU, 1, False), (nn.LSTM, 2, True), (nn.GRU, 2, True)]
+ARCHS = [(LSTM, 1, False), (GRU, 1, False), (RNN_TANH, 1, False), (LSTM, 2, True), (GRU, 2, True),
+         (RNN_RELU, 2, True)]
 
 
 @pytest.mark.parametrize("per_gate", [True, False], ids=["per-gate", "shared"])
 @pytest.mark.parametrize("cls,layers,bi", ARCHS)
 def test_gradients_equal_autograd(monkeypatch, cls, layers, bi, per_gate):
     torch.manual_seed(0)
-    rnn = cls(5, 4, num_layers=layers, bidirectional=bi, batch_first=True).double()
+    rnn = cls.make(5, 4, num_layers=layers, bidirectional=bi, batch_first=True).double()
     with torch.no_grad():
         for p in rnn.parameters():
             p.normal_()  # both GRU biases and every LSTM bias matter
     x = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
     drawn = record_masks(monkeypatch)
     out, final = keras_dropout_rnn(x, rnn, 0.3, 0.4, per_gate=per_gate)
-    K = GATES["lstm" if cls is nn.LSTM else "gru"] if per_gate else 1
+    K = cls.gates if per_gate else 1
     assert all(m.shape[0] == K for m in drawn) and len(drawn) == 2 * layers * (2 if bi else 1)
     ref_out, ref_final = reference_rnn(x, rnn, drawn[0::2], drawn[1::2])
     torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
@@ -109,7 +113,7 @@ def test_gru_function_gradcheck(K):
 @pytest.mark.parametrize("cls,layers,bi", ARCHS)
 def test_zero_rates_equal_the_fused_module(cls, layers, bi):
     torch.manual_seed(1)
-    rnn = cls(5, 4, num_layers=layers, bidirectional=bi, batch_first=True).double()
+    rnn = cls.make(5, 4, num_layers=layers, bidirectional=bi, batch_first=True).double()
     x = torch.randn(3, 7, 5, dtype=torch.float64)
     out, h = rnn(x)
     h = h[0] if isinstance(h, tuple) else h
@@ -122,8 +126,8 @@ def test_zero_rates_equal_the_fused_module(cls, layers, bi):
 def test_per_gate_masks_differ_between_gates_and_hold_over_steps(monkeypatch, cls):
     """Each gate sees its own input mask, and the same one at every step."""
     torch.manual_seed(2)
-    G = GATES["lstm" if cls is nn.LSTM else "gru"]
     rnn = cls(6, 5, batch_first=True)
+    G = spec_of(rnn).gates
     drawn = record_masks(monkeypatch)
     seen = {}
     function = _KerasLSTM if cls is nn.LSTM else _KerasGRU

@@ -4,7 +4,8 @@ from torch import nn
 
 from torch_imdb.model import POOLS, ModelConfig, SentimentRNN
 
-ARCHS = [dict(), dict(cell="gru"), dict(layers=2, bidirectional=True), dict(cell="gru", layers=2, bidirectional=True)]
+ARCHS = [dict(), dict(cell="gru"), dict(layers=2, bidirectional=True), dict(cell="gru", layers=2, bidirectional=True),
+         dict(cell="rnn_tanh"), dict(cell="rnn_relu", layers=2, bidirectional=True)]
 
 
 def make(**kw) -> SentimentRNN:
@@ -54,6 +55,14 @@ def test_keras_initialisation_lstm():
     assert model.embedding.weight.abs().max() <= 0.05
 
 
+@pytest.mark.parametrize("cell,nonlinearity", [("rnn_tanh", "tanh"), ("rnn_relu", "relu")])
+def test_elman_cells_are_nn_rnn_with_one_trained_bias_as_keras_simplernn(cell, nonlinearity):
+    model = make(cell=cell)
+    assert type(model.rnn) is nn.RNN and model.rnn.nonlinearity == nonlinearity
+    assert not model.rnn.bias_hh_l0.requires_grad and model.rnn.bias_ih_l0.requires_grad
+    assert model.rnn.bias_ih_l0.abs().sum() == 0  # no forget gate to open
+
+
 def test_keras_initialisation_gru_keeps_both_biases_trainable():
     model = make(cell="gru")
     assert isinstance(model.rnn, nn.GRU)
@@ -76,7 +85,7 @@ def test_eval_mode_is_deterministic_and_train_mode_drops():
 
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="cell"):
-        ModelConfig(cell="rnn")
+        ModelConfig(cell="rnn")  # the Elman cells are named by their nonlinearity
     with pytest.raises(ValueError, match="dropout_masks"):
         ModelConfig(dropout_masks="per-step")
 

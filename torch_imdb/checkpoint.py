@@ -33,6 +33,7 @@ import torch
 
 from torch_imdb.data import Vocab
 from torch_imdb.errors import UsageError
+from torch_imdb.explain.cells import spec_named
 from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps
 from torch_imdb.model import CELLS, DROPOUT_MASKS, POOLS, ModelConfig, SentimentRNN
 
@@ -172,7 +173,7 @@ def model_config_from(folder: Path, config: dict) -> ModelConfig:
 
 def parameter_count(cfg: ModelConfig) -> int:
     """Parameters of ``SentimentRNN(cfg)``, computed without building it (so a huge config allocates nothing)."""
-    gates = 4 if cfg.cell == "lstm" else 3
+    gates = spec_named(cfg.cell).gates
     width = cfg.directions * cfg.hidden
     rnn = sum(cfg.directions * gates * cfg.hidden * ((cfg.embed_dim if layer == 0 else width) + cfg.hidden + 2)
               for layer in range(cfg.layers))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch_imdb.errors import UsageError
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the names of the cell specs (torch_imdb.explain.cells.SPECS)
 DROPOUT_MASKS = ("per-gate", "shared")
 POOLS = ("last", "mean", "max", "attention")
 
@@ -23,7 +23,7 @@ class TrainConfig:
     dropout: float = 0.2
     recurrent_dropout: float = 0.2
     dropout_masks: str = "per-gate"  # or "shared"
-    arch: str = "lstm"  # or "gru"
+    arch: str = "lstm"  # one of CELLS
     layers: int = 1
     bidirectional: bool = False
     pool: str = "last"  # or "mean", "max", "attention"

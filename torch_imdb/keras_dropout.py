@@ -1,8 +1,8 @@
-"""Keras' recurrent dropout for ``nn.LSTM`` / ``nn.GRU`` weights, with hand-written backward passes.
+"""Keras' recurrent dropout for ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` weights, with hand-written backward passes.
 
 Keras 2's ``LSTMCell`` / ``GRUCell`` with ``implementation=1`` (the default the
 original example ran with) draw one input mask and one recurrent mask PER GATE
-(4 for the LSTM, 3 for the GRU), each fixed over the time steps of a sequence:
+(4 for the LSTM, 3 for the GRU, 1 for ``SimpleRNN``), each fixed over the time steps of a sequence:
 ``inputs_i = inputs * dp_mask[0]``, ``h_tm1_i = h_tm1 * rec_dp_mask[0]``, and so
 on. ``implementation=2`` shares one mask between the gates. Both are offered:
 ``per_gate=True`` (K = number of gates) or ``per_gate=False`` (K = 1).
@@ -14,9 +14,11 @@ walks the steps back with a few fused ops each. Tensors are gate-major,
 (T, G, B, H), so each gate's block is contiguous and one batched matmul per
 step serves all gates with their own masks.
 
-Equations are PyTorch's (so the weights load into ``nn.LSTM`` / ``nn.GRU``):
+Equations are PyTorch's (so the weights load into ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``):
 LSTM gates i, f, g, o; GRU gates r, z, n with ``n = tanh(x_n + r * (W_hn h + b_hn))``
-and ``h' = (1 - z) * n + z * h``.
+and ``h' = (1 - z) * n + z * h``; the Elman RNN's ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``
+runs on autograd's tape (one small op per step). Gate counts, weights and which
+recurrence runs come from the cell's spec (:mod:`torch_imdb.explain.cells`).
 """
 
 from __future__ import annotations
@@ -25,17 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-GATES = {"lstm": 4, "gru": 3}
-
-
-def cell_name(rnn: nn.Module) -> str:
-    """'lstm' or 'gru' for an ``nn.LSTM`` / ``nn.GRU``."""
-    if isinstance(rnn, nn.LSTM):
-        return "lstm"
-    if isinstance(rnn, nn.GRU):
-        return "gru"
-    raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(rnn).__name__}")
-
+from torch_imdb.explain.cells import GRU, LSTM, RNN_RELU, RNN_TANH, layer_weights, spec_of
 
 def keras_masks(count: int, batch: int, width: int, rate: float, like: torch.Tensor) -> torch.Tensor:
     """``count`` inverted-dropout masks (count, batch, width), drawn once per sequence (Keras' ``_generate_dropout_mask``)."""
@@ -165,36 +157,56 @@ class _KerasGRU(torch.autograd.Function):
         return dx, grad_w, grad_b, None
 
 
-def _direction(rnn: nn.Module, suffix: str, x: torch.Tensor, dropout: float, recurrent_dropout: float,
-               per_gate: bool) -> torch.Tensor:
-    """One layer and direction over x (B, T, E): hidden states (B, T, H) in x's time order."""
-    cell = cell_name(rnn)
-    G, H = GATES[cell], rnn.hidden_size
+def _lstm(xproj, w_hh, b_ih, b_hh, rec_mask):
+    if b_ih is not None:
+        xproj = xproj + (b_ih + b_hh).view(4, 1, -1)  # the two LSTM biases only ever appear summed
+    return _KerasLSTM.apply(xproj.contiguous(), w_hh, rec_mask)
+
+
+def _gru(xproj, w_hh, b_ih, b_hh, rec_mask):
+    if b_ih is not None:
+        xproj = xproj + b_ih.view(3, 1, -1)
+    return _KerasGRU.apply(xproj.contiguous(), w_hh, b_hh if b_hh is not None else w_hh.new_zeros(w_hh.shape[0]),
+                           rec_mask)
+
+
+def _elman(act):
+    def run(xproj, w_hh, b_ih, b_hh, rec_mask):
+        """xproj (T, 1, B, H) -> (T, B, H): one gate, so one recurrent mask; the tape keeps the steps."""
+        if b_ih is not None:
+            xproj = xproj + (b_ih + b_hh).view(1, 1, -1)
+        h, out = xproj.new_zeros(xproj.shape[2:]), []
+        for t in range(xproj.shape[0]):
+            h = act(xproj[t, 0] + F.linear(h * rec_mask[0], w_hh))
+            out.append(h)
+        return torch.stack(out)
+    return run
+
+
+# Each cell's Keras recurrence: (xproj (T, G, B, H) without bias, w_hh, b_ih, b_hh, rec_mask (K, B, H)) -> (T, B, H).
+RECURRENCES = {LSTM: _lstm, GRU: _gru, RNN_TANH: _elman(torch.tanh), RNN_RELU: _elman(torch.relu)}
+
+
+def _direction(rnn: nn.Module, layer: int, direction: int, x: torch.Tensor, dropout: float,
+               recurrent_dropout: float, per_gate: bool) -> torch.Tensor:
+    """One layer and direction over x (B, T, E) in its own time order: hidden states (B, T, H)."""
+    spec = spec_of(rnn)
+    G, H = spec.gates, rnn.hidden_size
     B, T, E = x.shape
     K = G if per_gate else 1
-    w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
-    b_ih = getattr(rnn, "bias_ih" + suffix) if rnn.bias else None
-    b_hh = getattr(rnn, "bias_hh" + suffix) if rnn.bias else None
+    w_ih, w_hh, b_ih, b_hh = layer_weights(rnn, layer, direction)
     in_mask = keras_masks(K, B, E, dropout, x)
     rec_mask = keras_masks(K, B, H, recurrent_dropout, x)
     if K == 1:
         xproj = F.linear(x * in_mask[0, :, None], w_ih).view(B, T, G, H).permute(1, 2, 0, 3)
     else:
         xproj = torch.einsum("kbte,khe->tkbh", x.unsqueeze(0) * in_mask[:, :, None], w_ih.view(G, H, E))
-    if cell == "lstm":
-        if b_ih is not None:
-            xproj = xproj + (b_ih + b_hh).view(G, 1, H)  # the two LSTM biases only ever appear summed
-        hs = _KerasLSTM.apply(xproj.contiguous(), w_hh, rec_mask)
-    else:
-        if b_ih is not None:
-            xproj = xproj + b_ih.view(G, 1, H)
-        hs = _KerasGRU.apply(xproj.contiguous(), w_hh, b_hh if b_hh is not None else w_hh.new_zeros(G * H), rec_mask)
-    return hs.transpose(0, 1)
+    return RECURRENCES[spec](xproj, w_hh, b_ih, b_hh, rec_mask).transpose(0, 1)
 
 
 def keras_dropout_rnn(x: torch.Tensor, rnn: nn.Module, dropout: float, recurrent_dropout: float,
                       per_gate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``rnn`` (a batch_first ``nn.LSTM`` / ``nn.GRU``) over x (B, T, E) with Keras dropout.
+    """Run ``rnn`` (a batch_first ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``) over x (B, T, E) with Keras dropout.
 
     Every layer and direction draws its own masks on its own input, as stacked and
     ``Bidirectional`` Keras layers do. Returns the last layer's output sequence
@@ -208,7 +220,7 @@ def keras_dropout_rnn(x: torch.Tensor, rnn: nn.Module, dropout: float, recurrent
         seqs, finals = [], []
         for d in range(directions):
             inp = out.flip(1) if d else out
-            hs = _direction(rnn, f"_l{layer}" + ("_reverse" if d else ""), inp, dropout, recurrent_dropout, per_gate)
+            hs = _direction(rnn, layer, d, inp, dropout, recurrent_dropout, per_gate)
             finals.append(hs[:, -1])
             seqs.append(hs.flip(1) if d else hs)
         out = torch.cat(seqs, dim=2) if directions > 1 else seqs[0]

@@ -24,6 +24,7 @@ from torch import nn
 
 from torch_imdb.config import CELLS, DROPOUT_MASKS, POOLS
 from torch_imdb.data import PAD_ID
+from torch_imdb.explain.cells import spec_named
 from torch_imdb.keras_dropout import keras_dropout_rnn
 
 
@@ -36,7 +37,7 @@ class ModelConfig:
     hidden: int = 128
     dropout: float = 0.2
     recurrent_dropout: float = 0.2
-    cell: str = "lstm"  # or "gru"
+    cell: str = "lstm"  # one of CELLS: "lstm", "gru", "rnn_tanh", "rnn_relu"
     layers: int = 1
     bidirectional: bool = False
     dropout_masks: str = "per-gate"  # Keras 2 implementation=1; "shared": one mask for all gates
@@ -87,9 +88,9 @@ class SentimentRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
-        self.rnn = rnn_class(config.embed_dim, config.hidden, num_layers=config.layers,
-                             bidirectional=config.bidirectional, batch_first=True)
+        self.spec = spec_named(config.cell)
+        self.rnn = self.spec.make(config.embed_dim, config.hidden, num_layers=config.layers,
+                                  bidirectional=config.bidirectional, batch_first=True)
         width = config.directions * config.hidden
         if config.pool == "attention":
             self.attn = nn.Linear(width, config.attention_dim)
@@ -101,9 +102,9 @@ class SentimentRNN(nn.Module):
         """Keras initialisation: embedding U(-0.05, 0.05), glorot-uniform input kernels,
         orthogonal recurrent kernels, zero biases (LSTM forget gate 1), glorot-uniform dense.
 
-        Keras' LSTM has one bias; ``bias_hh`` is held at zero and frozen so that
-        ``bias_ih`` plays that role and Adam sees the same parameters as Keras.
-        Keras' GRU (``reset_after=True``, PyTorch's equations) has both biases.
+        Keras' LSTM and SimpleRNN have one bias; ``bias_hh`` is held at zero and frozen so
+        that ``bias_ih`` plays that role and Adam sees the same parameters as Keras (the
+        spec's ``shared_bias``). Keras' GRU (``reset_after=True``, PyTorch's equations) has both biases.
         """
         H = self.config.hidden
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
@@ -114,10 +115,11 @@ class SentimentRNN(nn.Module):
                 nn.init.orthogonal_(p)
             else:
                 nn.init.zeros_(p)
-                if self.config.cell == "lstm" and name.startswith("bias_ih"):
+                gate = self.spec.forget_gate
+                if gate is not None and name.startswith("bias_ih"):
                     with torch.no_grad():
-                        p[H : 2 * H] = 1.0  # gate order i, f, g, o in both libraries
-                if self.config.cell == "lstm" and name.startswith("bias_hh"):
+                        p[gate * H : (gate + 1) * H] = 1.0  # the LSTM's f (gate order i, f, g, o in both libraries)
+                if self.spec.shared_bias and name.startswith("bias_hh"):
                     p.requires_grad_(False)
         for layer in (self.fc, getattr(self, "attn", None), getattr(self, "attn_v", None)):
             if layer is not None:

@@ -27,7 +27,7 @@ HELP = {
     "recurrent_dropout": "Keras recurrent-state dropout (masks fixed over a sequence)",
     "dropout_masks": "per-gate: one mask per gate, as Keras 2's default implementation=1 (the original); "
                      "shared: one mask for all gates (Keras implementation=2)",
-    "arch": "recurrent cell: lstm or gru (PyTorch's equations; the weights load into nn.LSTM / nn.GRU)",
+    "arch": "recurrent cell: lstm, gru, rnn_tanh or rnn_relu (PyTorch's equations; the weights load into nn.LSTM / nn.GRU / nn.RNN)",
     "layers": "stacked recurrent layers",
     "bidirectional": "run each layer in both directions; the head reads both final states",
     "pool": "what the head reads: last (final state, the Keras example), mean or max over the review's tokens, "

@@ -1,19 +1,23 @@
-"""Each recurrent cell's equations, once, in the three forms explanation needs.
+"""Each recurrent cell once: its spec, its equations in the three forms explanation needs, and its backward block.
 
-For the LSTM (gates i, f, g, o) and the GRU (gates r, z, n; PyTorch's equations):
+A :class:`CellSpec` is everything the project knows about one cell (its module type,
+gate count, state, twin step, trace and multiplier block); :data:`SPECS` lists them and
+:func:`spec_of` finds a module's. The model, Keras dropout, the twin and the fast engine
+ask the spec and never test a cell's name. The cells: the LSTM (gates i, f, g, o), the
+GRU (r, z, n; PyTorch's equations) and the Elman RNN (``nn.RNN``, tanh or relu). For each:
 
-- ``lstm_cell`` / ``gru_cell``: one time step in plain torch ops, what the explainable
-  twin unrolls; the transform's rule mode gives each op its rule;
-- ``lstm_trace`` / ``gru_trace``: the same step on plain tensors for a batch of
-  rows, keeping every intermediate the multipliers need (the fast engine's forward);
-- ``lstm_pair_step`` / ``gru_pair_step``: one step of the DeepLIFT multiplier
-  backward pass for all (input, reference) pairs at once, applying exactly the
-  rules the twin's modules carry: rescale for sigmoid and tanh (with shap's
-  fallback to the derivative at the reference), the Shapley rule for products.
+- ``*_cell``: one time step in plain torch ops, what the explainable twin unrolls; the
+  transform's rule mode gives each op its rule;
+- ``*_trace``: the same step on plain tensors for a batch of rows, keeping every
+  intermediate the multipliers need (the fast engine's forward);
+- ``*_pair_step``: one step of the DeepLIFT multiplier backward pass for all (input,
+  reference) pairs at once, applying exactly the rules the twin's ops carry: rescale for
+  sigmoid, tanh and relu (with shap's fallback to the derivative at the reference), the
+  Shapley rule for products; ``*_block``: that step over a window of time steps.
 
-Per-row quantities enter the pair steps as (1, n, .) for inputs and (B, 1, .) for
-references and broadcast to (B, n, .) (the fast engine's layout; any broadcastable one
-works). "Pair mean" is (value_x + value_r) / 2.
+Per-row quantities are named tuples (*slabs*) of time-major tensors; they enter the pair
+steps as (1, n, .) for inputs and (B, 1, .) for references and broadcast to (B, n, .)
+(the fast engine's layout; any broadcastable one works). "Pair mean" is (value_x + value_r) / 2.
 Pre-activations are summed as the twin sums them, ``(W_ih x + b_ih) + (W_hh h + b_hh)``,
 so float64 results agree to the last bits.
 """
@@ -21,11 +25,86 @@ so float64 results agree to the last bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import rescale
+
+# ---------------------------------------------------------------- shared
+
+
+def steps(T: int, reverse: bool) -> range:
+    """The times a direction processes, in order."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def layer_weights(rnn: nn.Module, layer: int, direction: int) -> tuple:
+    """(W_ih, W_hh, b_ih, b_hh) of one layer and direction of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
+    (or a module with the same parameter names); the biases are None without ``bias``."""
+    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+    return tuple(getattr(rnn, name + sfx, None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
+def time_major_projection(x: torch.Tensor, w_ih, b_ih) -> torch.Tensor:
+    """W_ih x_t + b_ih for x (n, T, In), as (T, n, G): one matrix product over a contiguous (T*n, In)."""
+    return F.linear(x.transpose(0, 1).contiguous(), w_ih, b_ih)
+
+
+def token_share(g_proj, proj_x, proj_r):
+    """A token's attribution per pair (B, n): grad of the input projection . (W_ih x_t - W_ih r_t).
+
+    Equal to sum_e grad_x[e] (x_t - r_t)[e], without forming the (pairs, E) gradient.
+    """
+    return (g_proj * (proj_x - proj_r)).sum(-1)
+
+
+def at(slab: NamedTuple, k) -> NamedTuple:
+    """The slab's tensors at index (or slice) k of their first axis."""
+    return type(slab)(*(t[k] for t in slab))
+
+
+def run_block(pair_step, recurrent, g_h, state, w_hh_t, rows, refs, reverse: bool, above=None, tokens: bool = False,
+              keep: bool = False):
+    """The multiplier backward pass of one direction over a window of K time steps, for any cell.
+
+    Pairs are laid out backgrounds first, (B, n, .): a step's kernel then reads each
+    reference's quantities once and the n inputs' (a few KB) from cache.
+    g_h (B, n, H): multipliers of h after the window's last processed step (the layer above's
+    share not yet added); state: the cell state's multipliers (B, n, H) or None; w_hh_t = W_hh.T;
+    rows, refs: the cell's slabs for the window, (K, 1, n, .) and (K, B, 1, .), in time order;
+    above: (K, B, n, H) the multipliers of this direction's outputs from above (the layer above or the
+    head), or None; tokens: also return each step's token shares from the input projections.
+
+    ``pair_step(g_h, state, x, r) -> (g_x, carry, state)`` gives the input projection's
+    multipliers and what ``recurrent(carry, w_hh_t)`` turns into h_{s-1}'s. Returns the carry at the
+    window's last processed step (starting the next window), the state, the token shares (K, B, n)
+    or None, and with ``keep`` every input-projection multiplier (K, B, n, G*H). One call runs K
+    steps, so torch.compile makes one graph of them: no Python between steps.
+    """
+    K = rows[0].shape[0]
+    shares, kept = [None] * K, [None] * K
+    carry = None
+    for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
+        if j:
+            g_h = recurrent(carry, w_hh_t)
+        if above is not None:
+            g_h = g_h + above[k]
+        x, r = at(rows, k), at(refs, k)
+        g_x, carry, state = pair_step(g_h, state, x, r)
+        if tokens:
+            shares[k] = token_share(g_x, x.xproj, r.xproj)
+        kept[k] = g_x
+    return carry, state, torch.stack(shares) if tokens else None, torch.stack(kept) if keep else None
+
+
+def matmul_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
+    """Multipliers of h_{s-1} (..., H) from those of the pre-activations g_z (..., G*H); w_hh_t = W_hh.T."""
+    return product(g_z, w_hh_t)
+
 
 # ---------------------------------------------------------------- LSTM: i, f, g, o
 
@@ -41,38 +120,47 @@ def lstm_cell(z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.sigmoid(zo) * torch.tanh(c), c
 
 
-@dataclass
-class LSTMTrace:
-    """Forward quantities of one layer and direction over n rows, time-major: index t is time t
-    whatever the direction (a reversed direction processes t = T-1 .. 0).
+def lstm_step(xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """The twin's step: xproj = W_ih x_t + b_ih, rec = W_hh h + b_hh (batch, 4H) -> (h, c)."""
+    return lstm_cell(xproj + rec, c)
 
-    xproj, z, act, dact (T, n, 4H): W_ih x_t + b_ih, pre-activations, sigmoid(i), sigmoid(f), tanh(g),
-    sigmoid(o) and their derivatives; c, cprev (T, n, H): the cell state after step t and before it
-    (0 before the direction's first step); tc, dtc (T, n, H): tanh(c) and 1 - tanh^2; h (n, T, H): outputs.
+
+class LSTMSlab(NamedTuple):
+    """An LSTM's per-row quantities, time-major (T, n, .): index t is time t whatever the direction.
+
+    act, dact (4H): sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) and their derivatives; z: the
+    pre-activations; c, cprev (H): the cell state after step t and before it (0 before the
+    direction's first step); tc, dtc (H): tanh(c) and 1 - tanh^2; xproj (4H): W_ih x_t + b_ih.
     """
 
-    xproj: torch.Tensor
-    z: torch.Tensor
     act: torch.Tensor
+    z: torch.Tensor
     dact: torch.Tensor
     c: torch.Tensor
-    cprev: torch.Tensor
     tc: torch.Tensor
     dtc: torch.Tensor
+    cprev: torch.Tensor
+    xproj: torch.Tensor
+
+
+@dataclass
+class CellTrace:
+    """Forward pass of one layer and direction over n rows: the cell's slab and the outputs h (n, T, H)."""
+
+    slab: NamedTuple
     h: torch.Tensor
 
+    def first_rows(self, k: int) -> "CellTrace":
+        """The first k rows (views)."""
+        return CellTrace(type(self.slab)(*(t[:, :k] for t in self.slab)), self.h[:k])
 
-def steps(T: int, reverse: bool) -> range:
-    """The times a direction processes, in order."""
-    return range(T - 1, -1, -1) if reverse else range(T)
+    def final_cell(self, reverse: bool) -> torch.Tensor | None:
+        """The cell state (n, H) after the direction's last step, or None for a cell without one."""
+        c = getattr(self.slab, "c", None)
+        return None if c is None else c[0 if reverse else -1]
 
 
-def time_major_projection(x: torch.Tensor, w_ih, b_ih) -> torch.Tensor:
-    """W_ih x_t + b_ih for x (n, T, In), as (T, n, G): one matrix product over a contiguous (T*n, In)."""
-    return F.linear(x.transpose(0, 1).contiguous(), w_ih, b_ih)
-
-
-def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> LSTMTrace:
+def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> CellTrace:
     """Run one LSTM layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0.
 
     The step's operations are those the twin runs (the same kernels, so float32 values agree
@@ -96,36 +184,27 @@ def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> LSTMTr
     dact = act * (1 - act)
     dact[..., 2 * H : 3 * H] = 1 - act[..., 2 * H : 3 * H] ** 2
     tc = torch.tanh(c)
-    return LSTMTrace(xproj, z, act, dact, c, cprev, tc, 1 - tc * tc, out.transpose(0, 1))
+    return CellTrace(LSTMSlab(act, z, dact, c, tc, 1 - tc * tc, cprev, xproj), out.transpose(0, 1))
 
 
-def lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r):
-    """Multipliers at one step: from those of h_s and c_s (B, n, H) to the gate pre-activations (B, n, 4H) and c_{s-1}."""
+def lstm_pair_step(g_h, g_c, x: LSTMSlab, r: LSTMSlab):
+    """Multipliers at one step, from those of h_s and c_s (B, n, H): the gate pre-activations' g_z (B, n, 4H)
+    (both the input projection's and, through W_hh, h_{s-1}'s carry) and c_{s-1}'s."""
     H = g_h.shape[-1]
-    i_m, f_m, g_m, o_m = ((act_x + act_r) * 0.5).split(H, dim=-1)  # Shapley: pair means
-    m_i, m_f, m_g, m_o = rescale(z_x - z_r, act_x - act_r, dact_r).split(H, dim=-1)
+    i_m, f_m, g_m, o_m = ((x.act + r.act) * 0.5).split(H, dim=-1)  # Shapley: pair means
+    m_i, m_f, m_g, m_o = rescale(x.z - r.z, x.act - r.act, r.dact).split(H, dim=-1)
     # h = o * tanh(c): Shapley rule on the product, rescale through tanh(c).
-    g_o = g_h * ((tc_x + tc_r) * 0.5)
-    g_c = g_c + g_h * o_m * rescale(c_x - c_r, tc_x - tc_r, dtc_r)
+    g_o = g_h * ((x.tc + r.tc) * 0.5)
+    g_c = g_c + g_h * o_m * rescale(x.c - r.c, x.tc - r.tc, r.dtc)
     # c = f * c_prev + i * g: Shapley rule on both products, then rescale through the gates. Each gate's
     # multiplier is finished before the concatenation, so torch.compile writes g_z in one pass.
-    g_z = torch.cat([g_c * g_m * m_i, g_c * ((cprev_x + cprev_r) * 0.5) * m_f, g_c * i_m * m_g, g_o * m_o], dim=-1)
-    return g_z, g_c * f_m
+    g_z = torch.cat([g_c * g_m * m_i, g_c * ((x.cprev + r.cprev) * 0.5) * m_f, g_c * i_m * m_g, g_o * m_o], dim=-1)
+    return g_z, g_z, g_c * f_m
 
 
-def lstm_pair_step_tokens(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r,
-                          proj_x, proj_r):
-    """:func:`lstm_pair_step` plus the token's share grad_z . W_ih (x - r), from the per-row projections (B, n)."""
-    g_z, g_c = lstm_pair_step(g_h, g_c, act_x, act_r, z_x, z_r, dact_r, c_x, c_r, tc_x, tc_r, dtc_r, cprev_x, cprev_r)
-    return g_z, g_c, token_share(g_z, proj_x, proj_r)
-
-
-def token_share(g_proj, proj_x, proj_r):
-    """A token's attribution per pair (B, n): grad of the input projection . (W_ih x_t - W_ih r_t).
-
-    Equal to sum_e grad_x[e] (x_t - r_t)[e], without forming the (pairs, E) gradient.
-    """
-    return (g_proj * (proj_x - proj_r)).sum(-1)
+def lstm_block(g_h, g_c, w_hh_t, rows, refs, reverse: bool, above=None, tokens: bool = False, keep: bool = False):
+    """:func:`run_block` for the LSTM."""
+    return run_block(lstm_pair_step, matmul_recurrent, g_h, g_c, w_hh_t, rows, refs, reverse, above, tokens, keep)
 
 
 # ---------------------------------------------------------------- GRU: r, z, n
@@ -143,25 +222,28 @@ def gru_cell(x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (1 - z) * n + z * h
 
 
-@dataclass
-class GRUTrace:
-    """Forward quantities of one GRU layer/direction over n rows, time-major (index t is time t).
+def gru_step(xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: None):
+    """The twin's step: (h, None); the GRU has no cell state."""
+    return gru_cell(xproj, rec, h), None
 
-    xproj (T, n, 3H): W_ih x_t + b_ih; pre (T, n, 3H): pre-activations of r, z, n (x_n + r a_n for n);
-    act, dact (T, n, 3H): sigmoid(r), sigmoid(z), tanh(n) and derivatives; a_n (T, n, H): W_hn h + b_hn;
-    hprev (T, n, H): the state before step t; h (n, T, H): outputs.
+
+class GRUSlab(NamedTuple):
+    """A GRU's per-row quantities, time-major (T, n, .).
+
+    act, dact (3H): sigmoid(r), sigmoid(z), tanh(n) and derivatives; pre (3H): their
+    pre-activations (x_n + r a_n for n); a_n (H): W_hn h + b_hn; hprev (H): the state before step t;
+    xproj (3H): W_ih x_t + b_ih.
     """
 
-    xproj: torch.Tensor
-    pre: torch.Tensor
     act: torch.Tensor
+    pre: torch.Tensor
     dact: torch.Tensor
     a_n: torch.Tensor
     hprev: torch.Tensor
-    h: torch.Tensor
+    xproj: torch.Tensor
 
 
-def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> GRUTrace:
+def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> CellTrace:
     """Run one GRU layer/direction over x (n, T, In); ``reverse`` processes t = T-1 .. 0."""
     xproj = time_major_projection(x, w_ih, b_ih)  # (T, n, 3H)
     T, n_rows, G = xproj.shape
@@ -183,23 +265,151 @@ def gru_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> GRUTrac
         h = out[t] = (1 - z) * nt + z * h
     dact = act * (1 - act)
     dact[..., 2 * H :] = 1 - act[..., 2 * H :] ** 2
-    return GRUTrace(xproj, pre, act, dact, a_n, hprev, out.transpose(0, 1))
+    return CellTrace(GRUSlab(act, pre, dact, a_n, hprev, xproj), out.transpose(0, 1))
 
 
-def gru_pair_step(g_h, act_x, act_r, pre_x, pre_r, dact_r, an_x, an_r, hprev_x, hprev_r):
-    """Multipliers at one step: from that of h_s (B, n, H) to the input-projection multipliers (B, n, 3H),
-    the recurrent-projection ones (B, n, 3H) and h_{s-1}'s direct share g_h * mean(z) (B, n, H)."""
+def gru_pair_step(g_h, state: None, x: GRUSlab, r: GRUSlab):
+    """Multipliers at one step, from that of h_s (B, n, H): the input projection's (B, n, 3H), and the carry
+    (the recurrent projection's (B, n, 3H), h_{s-1}'s direct share g_h * mean(z) (B, n, H))."""
     H = g_h.shape[-1]
-    r_m, z_m, n_m = ((act_x + act_r) * 0.5).split(H, dim=-1)
-    m = rescale(pre_x - pre_r, act_x - act_r, dact_r)  # rescale multipliers of r, z, n
+    r_m, z_m, n_m = ((x.act + r.act) * 0.5).split(H, dim=-1)
+    m = rescale(x.pre - r.pre, x.act - r.act, r.dact)  # rescale multipliers of r, z, n
     m_r, m_z, m_n = m.split(H, dim=-1)
     # h' = (1-z)*n + z*h: Shapley rule on both products.
     g_n = g_h * (1 - z_m)
-    g_z = g_h * (((hprev_x + hprev_r) * 0.5) - n_m)
+    g_z = g_h * (((x.hprev + r.hprev) * 0.5) - n_m)
     # n = tanh(x_n + r * a_n): rescale, then Shapley on r * a_n.
     g_pre_n = g_n * m_n
-    g_pre_r = g_pre_n * ((an_x + an_r) * 0.5) * m_r
+    g_pre_r = g_pre_n * ((x.a_n + r.a_n) * 0.5) * m_r
     g_pre_z = g_z * m_z
     g_x = torch.cat([g_pre_r, g_pre_z, g_pre_n], dim=-1)
     g_a = torch.cat([g_pre_r, g_pre_z, g_pre_n * r_m], dim=-1)
-    return g_x, g_a, g_h * z_m
+    return g_x, (g_a, g_h * z_m), None
+
+
+def gru_recurrent(carry, w_hh_t: torch.Tensor) -> torch.Tensor:
+    """Multipliers of h_{s-1} (..., H): its direct share plus the recurrent projection's g_a (..., 3H) @ W_hh."""
+    g_a, direct = carry
+    return direct + product(g_a, w_hh_t)
+
+
+def gru_block(g_h, state, w_hh_t, rows, refs, reverse: bool, above=None, tokens: bool = False, keep: bool = False):
+    """:func:`run_block` for the GRU."""
+    return run_block(gru_pair_step, gru_recurrent, g_h, state, w_hh_t, rows, refs, reverse, above, tokens, keep)
+
+
+# ---------------------------------------------------------------- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh)
+
+
+def rnn_step(act: Callable, xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: None):
+    """The twin's step of ``nn.RNN``: (act(xproj + rec), None), act torch.tanh or torch.relu (the rescale rule)."""
+    return act(xproj + rec), None
+
+
+class RNNSlab(NamedTuple):
+    """An Elman RNN's per-row quantities, time-major (T, n, .): act (H) its outputs, z (H) their
+    pre-activations, dact (H) the derivative at z, xproj (H): W_ih x_t + b_ih."""
+
+    act: torch.Tensor
+    z: torch.Tensor
+    dact: torch.Tensor
+    xproj: torch.Tensor
+
+
+def rnn_trace(act: Callable, derivative: Callable, x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> CellTrace:
+    """Run one ``nn.RNN`` layer/direction over x (n, T, In) with nonlinearity ``act`` (derivative(z, act(z)))."""
+    xproj = time_major_projection(x, w_ih, b_ih)  # (T, n, H)
+    T, n, H = xproj.shape
+    z, out = torch.empty_like(xproj), torch.empty_like(xproj)
+    h = x.new_zeros(n, H)
+    for t in steps(T, reverse):
+        zt = torch.add(xproj[t], F.linear(h, w_hh, b_hh), out=z[t])
+        h = out[t] = act(zt)
+    return CellTrace(RNNSlab(out, z, derivative(z, out), xproj), out.transpose(0, 1))
+
+
+def rnn_pair_step(g_h, state: None, x: RNNSlab, r: RNNSlab):
+    """Multipliers at one step: g_z = g_h * rescale (B, n, H), both the input projection's and the carry."""
+    g_z = g_h * rescale(x.z - r.z, x.act - r.act, r.dact)
+    return g_z, g_z, None
+
+
+def rnn_block(g_h, state, w_hh_t, rows, refs, reverse: bool, above=None, tokens: bool = False, keep: bool = False):
+    """:func:`run_block` for the Elman RNN."""
+    return run_block(rnn_pair_step, matmul_recurrent, g_h, state, w_hh_t, rows, refs, reverse, above, tokens, keep)
+
+
+# ---------------------------------------------------------------- the specs
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One recurrent cell, everything the project needs of it.
+
+    name: the configuration's and the command line's name; module: the torch class, with
+    ``options`` (nn.RNN's nonlinearity) telling its variants apart; gates: blocks of H rows in
+    W_ih and W_hh; cell_state: whether it carries c besides h (the LSTM); forget_gate: the gate
+    whose bias Keras initialises to 1 (None: none); shared_bias: whether b_ih and b_hh only ever
+    appear summed (Keras then trains one bias: b_hh is held at 0). step(xproj_t, rec_t, h, c) -> (h, c):
+    the twin's step in plain ops; trace(x, w_ih, w_hh, b_ih, b_hh, reverse) -> CellTrace: the fast
+    engine's forward; block: the multiplier backward over a window (:func:`run_block`);
+    recurrent(carry, W_hh.T) -> g_h: the multipliers of the previous state from a step's carry.
+    """
+
+    name: str
+    module: type
+    gates: int
+    cell_state: bool
+    step: Callable
+    trace: Callable
+    block: Callable
+    recurrent: Callable
+    options: tuple = ()
+    forget_gate: int | None = None
+    shared_bias: bool = False
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module) is self.module and all(getattr(module, k) == v for k, v in self.options)
+
+    def make(self, *args, **kwargs) -> nn.Module:
+        """A new module of this cell: ``make(input_size, hidden_size, num_layers=..., ...)``."""
+        return self.module(*args, **dict(self.options), **kwargs)
+
+
+def _tanh_derivative(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 1 - y * y
+
+
+def _relu_derivative(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (z > 0).to(z.dtype)  # autograd's relu gradient, 0 at 0: what the twin's rule falls back to
+
+
+def _elman(name: str, act: Callable, derivative: Callable) -> CellSpec:
+    return CellSpec(name, nn.RNN, 1, False, lambda *a: rnn_step(act, *a),
+                    lambda *a, **k: rnn_trace(act, derivative, *a, **k), rnn_block, matmul_recurrent,
+                    options=(("nonlinearity", name.split("_")[1]),), shared_bias=True)
+
+
+LSTM = CellSpec("lstm", nn.LSTM, 4, True, lstm_step, lstm_trace, lstm_block, matmul_recurrent, forget_gate=1,
+                shared_bias=True)
+GRU = CellSpec("gru", nn.GRU, 3, False, gru_step, gru_trace, gru_block, gru_recurrent)
+RNN_TANH = _elman("rnn_tanh", torch.tanh, _tanh_derivative)
+RNN_RELU = _elman("rnn_relu", torch.relu, _relu_derivative)
+SPECS = (LSTM, GRU, RNN_TANH, RNN_RELU)
+RECURRENT_MODULES = tuple({s.module for s in SPECS})
+
+
+def spec_of(module: nn.Module) -> CellSpec:
+    """The spec of a recurrent module (nn.LSTM, nn.GRU, nn.RNN with tanh or relu), or a TypeError."""
+    for spec in SPECS:
+        if spec.matches(module):
+            return spec
+    raise TypeError(f"no cell spec for {type(module).__name__}; the cells: {', '.join(s.name for s in SPECS)}")
+
+
+def spec_named(name: str) -> CellSpec:
+    """The spec called ``name`` (a configuration's ``cell``)."""
+    for spec in SPECS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown cell {name!r}; the cells: {', '.join(s.name for s in SPECS)}")

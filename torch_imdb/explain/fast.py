@@ -30,7 +30,6 @@ equations and rules live in :mod:`.cells`, shared with the twin.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -43,10 +42,8 @@ from torch.nn import functional as F
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import Attribution, check_completeness, check_ids, check_sequences, guard
 from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, RNNResults, RuledHead
-from torch_imdb.explain.cells import (gru_pair_step, gru_trace, lstm_pair_step, lstm_pair_step_tokens, lstm_trace,
-                                      token_share)
+from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
 from torch_imdb.explain.onednn import product
-from torch_imdb.keras_dropout import cell_name
 from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
@@ -92,15 +89,16 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None):
             raise UsageError(f"RNNParts needs an nn.Linear head on the final hidden state, got {model.head!r}; "
                              "pass the whole model instead")
     elif isinstance(model, nn.Module):
-        rnn = _only(model, (nn.LSTM, nn.GRU), "nn.LSTM / nn.GRU")
+        rnn = _only(model, RECURRENT_MODULES, "nn.LSTM / nn.GRU / nn.RNN")
         embedding = _only(model, (nn.Embedding,), "nn.Embedding")
         if rnn is None:
-            raise UsageError(f"the fast engine explains models built around an nn.LSTM / nn.GRU; {type(model).__name__} "
-                             "has none")
+            raise UsageError(f"the fast engine explains models built around an nn.LSTM / nn.GRU / nn.RNN; "
+                             f"{type(model).__name__} has none")
     else:
         raise UsageError(f"the fast engine takes an nn.Module or RNNParts, not a {type(model).__name__}")
-    if not isinstance(rnn, (nn.LSTM, nn.GRU)) or getattr(rnn, "proj_size", 0):
-        raise UsageError(f"the fast engine needs an nn.LSTM / nn.GRU without proj_size, got {rnn!r}; " + TRANSFORM_HINT)
+    if not isinstance(rnn, RECURRENT_MODULES) or getattr(rnn, "proj_size", 0):
+        raise UsageError(f"the fast engine needs an nn.LSTM / nn.GRU / nn.RNN without proj_size, got {rnn!r}; "
+                         + TRANSFORM_HINT)
     if embedding is not None and embedding.embedding_dim != rnn.input_size:
         raise UsageError("the embedding's width differs from the recurrent layer's input size")
     D = 2 if rnn.bidirectional else 1
@@ -122,89 +120,18 @@ class Trace:
     x: torch.Tensor
 
     def first_rows(self, k: int) -> "Trace":
-        """The trace of the first k rows (views): cell traces are time-major (T, n, .) but for h (n, T, H)."""
-        def cut(tr):
-            return dataclasses.replace(tr, **{f.name: getattr(tr, f.name)[:k] if f.name == "h" else
-                                              getattr(tr, f.name)[:, :k] for f in dataclasses.fields(tr)})
-        return Trace([[cut(tr) for tr in per_dir] for per_dir in self.layers], self.x[:k])
+        """The trace of the first k rows (views)."""
+        return Trace([[tr.first_rows(k) for tr in per_dir] for per_dir in self.layers], self.x[:k])
 
     def results(self) -> RNNResults:
         """What the recurrent module returns: the last layer's outputs and every layer's final states."""
         top = self.layers[-1]
         outputs = torch.cat([tr.h for tr in top], dim=2) if len(top) > 1 else top[0].h
         T = self.x.shape[1]
-        finals = [(tr.h[:, 0 if d else T - 1], getattr(tr, "c", None)) for per_dir in self.layers
-                  for d, tr in enumerate(per_dir)]
-        c_n = None if finals[0][1] is None else torch.stack([c[0 if k % len(top) else T - 1]
-                                                             for k, (_, c) in enumerate(finals)])
-        return RNNResults(outputs, torch.stack([h for h, _ in finals]), c_n)
-
-
-def lstm_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
-    """Multipliers of h_{s-1} (..., H) from those of the LSTM's pre-activations g_z (..., 4H); w_hh_t = W_hh.T."""
-    return product(g_z, w_hh_t)
-
-
-def gru_recurrent(g_a: torch.Tensor, direct: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
-    """Multipliers of h_{s-1} (..., H): its direct share plus the recurrent projection's g_a (..., 3H) @ W_hh."""
-    return direct + product(g_a, w_hh_t)
-
-
-def lstm_block(g_h, g_c, w_hh_t, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
-    """The multiplier backward pass of one LSTM direction over a window of K time steps.
-
-    Pairs are laid out backgrounds first, (B, n, .): a step's kernel then reads each
-    reference's quantities once and the n inputs' (a few KB) from cache.
-    g_h, g_c (B, n, H): multipliers of h and c after the window's last processed step (the layer
-    above's share not yet added); w_hh_t = W_hh.T. rows: per-input slabs (K, 1, n, .) of act, z, c,
-    tanh(c), cprev; refs: per-reference slabs (K, B, 1, .) of act, z, dact, c, tanh(c),
-    1 - tanh(c)^2, cprev; all in time order. above: (K, B, n, H) the layer above's multipliers of
-    this direction's outputs, or None. proj: (input projections (K, 1, n, 4H), reference
-    projections (K, B, 1, 4H)) for token shares, or None.
-
-    Returns g_z (B, n, 4H) at the window's last processed step (its product with W_hh starts the
-    next window), g_c, the token shares (K, B, n) or None, and with ``keep`` every g_z (K, B, n, 4H).
-    One call runs K steps, so torch.compile makes one graph of them: no Python between steps.
-    """
-    K = rows[0].shape[0]
-    shares, kept = [None] * K, [None] * K
-    for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
-        if j:
-            g_h = lstm_recurrent(g_z, w_hh_t)
-        if above is not None:
-            g_h = g_h + above[k]
-        args = (g_h, g_c, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k], refs[3][k],
-                rows[3][k], refs[4][k], refs[5][k], rows[4][k], refs[6][k])
-        if proj is None:
-            g_z, g_c = lstm_pair_step(*args)
-        else:
-            g_z, g_c, shares[k] = lstm_pair_step_tokens(*args, proj[0][k], proj[1][k])
-        kept[k] = g_z
-    return g_z, g_c, None if proj is None else torch.stack(shares), torch.stack(kept) if keep else None
-
-
-def gru_block(g_h, w_hh_t, rows, refs, reverse: bool, above=None, proj=None, keep: bool = False):
-    """The multiplier backward pass of one GRU direction over a window of K time steps.
-
-    As :func:`lstm_block`, for rows: act, pre, a_n, hprev and refs: act, pre, dact, a_n, hprev. The GRU
-    has no cell state. Returns (g_a, direct) at the window's last processed step, the recurrent
-    projection's multipliers (B, n, 3H) and h_{s-1}'s direct share (B, n, H), which start the next
-    window as direct + g_a @ W_hh; the token shares or None; and with ``keep`` every input-projection
-    multiplier (K, B, n, 3H).
-    """
-    K = rows[0].shape[0]
-    shares, kept = [None] * K, [None] * K
-    for j, k in enumerate(range(K) if reverse else range(K - 1, -1, -1)):
-        if j:
-            g_h = gru_recurrent(g_a, direct, w_hh_t)
-        if above is not None:
-            g_h = g_h + above[k]
-        g_x, g_a, direct = gru_pair_step(g_h, rows[0][k], refs[0][k], rows[1][k], refs[1][k], refs[2][k], rows[2][k],
-                                         refs[3][k], rows[3][k], refs[4][k])
-        if proj is not None:
-            shares[k] = token_share(g_x, proj[0][k], proj[1][k])
-        kept[k] = g_x
-    return (g_a, direct), None if proj is None else torch.stack(shares), torch.stack(kept) if keep else None
+        runs = [(tr, bool(d)) for per_dir in self.layers for d, tr in enumerate(per_dir)]
+        h_n = torch.stack([tr.h[:, 0 if reverse else T - 1] for tr, reverse in runs])
+        cells = [tr.final_cell(reverse) for tr, reverse in runs]
+        return RNNResults(outputs, h_n, None if cells[0] is None else torch.stack(cells))
 
 
 def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
@@ -251,18 +178,12 @@ class FastDeepShap:
                  check_completeness: bool = True, output: int | str | None = None) -> None:
         rnn, embedding, self.head = model_parts(model, dtype, output)
         self.rnn, self.dtype = rnn, dtype
-        self.cell = cell_name(rnn)
+        self.spec = spec_of(rnn)
         self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
         self.device = rnn.weight_hh_l0.device
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
-        self.weights = []
-        for layer in range(self.L):
-            per_dir = []
-            for d in range(self.D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                per_dir.append(tuple(cast(getattr(rnn, name + sfx, None))
-                                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
-            self.weights.append(per_dir)
+        self.weights = [[tuple(cast(w) for w in layer_weights(rnn, layer, d)) for d in range(self.D)]
+                        for layer in range(self.L)]
         # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
         self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
         self.embedding = cast(embedding.weight) if embedding is not None else None
@@ -275,7 +196,7 @@ class FastDeepShap:
         if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
-        self._lstm_block, self._gru_block = wrap(lstm_block), wrap(gru_block)
+        self._block = wrap(self.spec.block)
         self.block_steps = block_steps
         self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
@@ -316,7 +237,7 @@ class FastDeepShap:
             return self.trace(torch.cat([inputs, inputs[-1:].expand(TRACE_ROWS - n, *inputs.shape[1:])])).first_rows(n)
         x = inputs.to(self.device)
         x = F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype)
-        run = lstm_trace if self.cell == "lstm" else gru_trace
+        run = self.spec.trace
         layers, out = [], x
         for layer in range(self.L):
             per_dir = [run(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
@@ -369,28 +290,17 @@ class FastDeepShap:
         w_ih_t, w_hh_t = self.weights_t[layer][d]
         X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
         R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
-        if self.cell == "lstm":
-            rows = [X(a) for a in (tx.act, tx.z, tx.c, tx.tc, tx.cprev)]
-            refs = [R(a) for a in (tr.act, tr.z, tr.dact, tr.c, tr.tc, tr.dtc, tr.cprev)]
-            state = g_c  # the cell state's multipliers
-        else:
-            rows = [X(a) for a in (tx.act, tx.pre, tx.a_n, tx.hprev)]
-            refs = [R(a) for a in (tr.act, tr.pre, tr.dact, tr.a_n, tr.hprev)]
-        proj = (X(tx.xproj), R(tr.xproj)) if tokens else None
-        shares = torch.empty(len(tx.act), *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
-        for i, (lo, hi) in enumerate(windows(len(tx.act), self.block_steps, reverse=bool(d))):
+        rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
+        state = g_c if self.spec.cell_state else None  # the cell state's multipliers
+        T = tx.h.shape[1]
+        shares = torch.empty(T, *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
+        carry = None
+        for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
             window = slice(lo, hi)
-            args = ([a[window] for a in rows], [a[window] for a in refs], bool(d),
-                    None if above is None else above[window], None if proj is None else (proj[0][window], proj[1][window]),
-                    g_in is not None)
-            if self.cell == "lstm":
-                if i:
-                    g_h = lstm_recurrent(carry, w_hh_t)
-                carry, state, share, kept = self._lstm_block(g_h, state, w_hh_t, *args)
-            else:
-                if i:
-                    g_h = gru_recurrent(*carry, w_hh_t)
-                carry, share, kept = self._gru_block(g_h, w_hh_t, *args)
+            if carry is not None:
+                g_h = self.spec.recurrent(carry, w_hh_t)
+            carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
+                                                    None if above is None else above[window], tokens, g_in is not None)
             if tokens:
                 shares[window] = share
             if kept is not None:  # the layer input's multipliers, both directions summed

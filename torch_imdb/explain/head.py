@@ -50,6 +50,10 @@ class RNNResults:
     h_n: torch.Tensor
     c_n: torch.Tensor | None = None
 
+    def rows(self, sl: slice) -> "RNNResults":
+        """The results of rows ``sl`` (views)."""
+        return RNNResults(self.outputs[sl], self.h_n[:, sl], None if self.c_n is None else self.c_n[:, sl])
+
 
 @dataclass
 class HeadMultipliers:
@@ -171,14 +175,15 @@ class RuledHead:
 
     reads_inputs = True
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None,
+                 block_pairs: int = 64) -> None:
         from torch_imdb.explain.backends import explainable_model
         from torch_imdb.explain.twin import ExplainableRNN
 
         self.copy = explainable_model(model, 1, dtype, output)
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
-            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU module, this one has {len(twins)}; "
+            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has {len(twins)}; "
                              "explain it with --engines shap,captum")
         name, twin = twins[0]
         parent = self.copy.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.copy.model
@@ -186,13 +191,26 @@ class RuledHead:
         self.input_size = twin.input_size
         setattr(parent, name.rpartition(".")[2], self.feed)
         self.n_outputs: int | None = None
+        self.block_pairs = block_pairs
 
     def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
         """Run the copy on the 2*B*n pair rows fed the traced results; gradients of the inputs' outputs.
 
         constants: (ids (n, T) or None, *extra), the rows of the n inputs: every pair sees its
-        input's constants, in both halves, as the libraries run it.
+        input's constants, in both halves, as the libraries run it. The pairs go through in blocks
+        of references of about ``block_pairs`` pairs: the head's tensors then stay in cache.
         """
+        n, B = rx.outputs.shape[0], rr.outputs.shape[0]
+        step = max(1, self.block_pairs // n)
+        if step >= B:
+            return self._multipliers(rx, rr, target, constants)
+        parts = [self._multipliers(rx, rr.rows(slice(b, b + step)), target, constants)
+                 for b in range(0, B, step)]
+        cat = lambda name, dim: None if getattr(parts[0], name) is None else torch.cat(  # noqa: E731
+            [getattr(p, name) for p in parts], dim=dim)
+        return HeadMultipliers(cat("outputs", 1), cat("h_n", 1), cat("c_n", 1), parts[0].f_x, cat("f_r", 0))
+
+    def _multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple) -> HeadMultipliers:
         n, B = rx.outputs.shape[0], rr.outputs.shape[0]
         P = B * n
         with torch.enable_grad():

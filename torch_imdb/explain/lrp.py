@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.cells import lstm_trace
+from torch_imdb.explain.cells import LSTM, lstm_trace
 from torch_imdb.model import SentimentRNN
 
 
@@ -33,17 +33,18 @@ def _stabilised(t: torch.Tensor, eps: float) -> torch.Tensor:
 def lrp_lstm(model: SentimentRNN, ids: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Relevance (n, T) of each token of ids (n, T) for the logit of P(positive)."""
     cfg = model.config
-    if cfg.cell != "lstm" or cfg.layers != 1 or cfg.bidirectional:
+    if not LSTM.matches(model.rnn) or cfg.layers != 1 or cfg.bidirectional:
         raise UsageError(f"LRP is implemented for a 1-layer LSTM; this model is a {cfg.describe()}")
     rnn, head = model.rnn, model.fc
     x = model.embedding(ids)
-    tr = lstm_trace(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, reverse=False)
-    n, T, H = tr.h.shape
+    trace = lstm_trace(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, reverse=False)
+    tr, h = trace.slab, trace.h
+    n, T, H = h.shape
     w_g_ih = rnn.weight_ih_l0[2 * H : 3 * H]  # the cell input g's rows
     w_g_hh = rnn.weight_hh_l0[2 * H : 3 * H]
-    score = F.linear(tr.h[:, -1], head.weight, head.bias)[:, 0]  # (n,): the logit
+    score = F.linear(h[:, -1], head.weight, head.bias)[:, 0]  # (n,): the logit
     # head: s = W h_T + b, relevance s, no bias share
-    r_h = tr.h[:, -1] * head.weight[0] * (score / _stabilised(score, eps))[:, None]
+    r_h = h[:, -1] * head.weight[0] * (score / _stabilised(score, eps))[:, None]
     r_c = torch.zeros_like(r_h)
     relevance = x.new_zeros(n, T)
     for t in range(T - 1, -1, -1):
@@ -55,6 +56,6 @@ def lrp_lstm(model: SentimentRNN, ids: torch.Tensor, eps: float = 1e-3) -> torch
         r_c = f * c_prev * share
         m = r_g / _stabilised(tr.z[t][:, 2 * H : 3 * H], eps)  # g = tanh(W_ig x + W_hg h + b): epsilon rule
         relevance[:, t] = (x[:, t] * (m @ w_g_ih)).sum(-1)
-        h_prev = tr.h[:, t - 1] if t > 0 else torch.zeros_like(r_h)
+        h_prev = h[:, t - 1] if t > 0 else torch.zeros_like(r_h)
         r_h = h_prev * (m @ w_g_hh)
     return relevance

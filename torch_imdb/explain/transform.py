@@ -45,6 +45,7 @@ from torch.utils._pytree import tree_flatten
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import rules
+from torch_imdb.explain.cells import RECURRENT_MODULES
 
 # ---------------------------------------------------------------- the op registry
 
@@ -374,7 +375,7 @@ def _prepare_copy(model: nn.Module, steps: int, context: _Context) -> tuple[nn.M
 
     def swap(module: nn.Module) -> nn.Module:
         nonlocal embeddings
-        if isinstance(module, (nn.LSTM, nn.GRU)):
+        if isinstance(module, RECURRENT_MODULES):
             return ExplainableRNN(module, steps).eval()
         if type(module) is nn.Embedding:
             embeddings += 1
@@ -473,11 +474,10 @@ def make_explainable(model: nn.Module, steps: int, output: int | str | None = No
     See :class:`ExplainableModel`. Ops without a rule are refused, in one line naming the
     op and the line of the user's code, the first time the copy runs forward while differentiated.
     """
-    if isinstance(model, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)) or any(
-            isinstance(m, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)) for m in model.modules()):
-        bad = next(m for m in model.modules() if isinstance(m, (nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)))
+    bad = next((m for m in model.modules() if isinstance(m, (nn.LSTMCell, nn.GRUCell, nn.RNNCell))), None)
+    if bad is not None:
         raise UsageError(f"the model holds an {type(bad).__name__}, which the explainable twin does not cover; "
-                         "it explains nn.LSTM and nn.GRU")
+                         "it explains nn.LSTM, nn.GRU and nn.RNN")
     return ExplainableModel(model, steps, output, rules_table).eval()
 
 

@@ -1,14 +1,14 @@
-"""The explainable twin: a drop-in ``nn.LSTM`` / ``nn.GRU`` unrolled into ops the transform has rules for.
+"""The explainable twin: a drop-in ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` unrolled into ops the transform has rules for.
 
-:class:`ExplainableRNN` takes a trained ``nn.LSTM`` or ``nn.GRU`` and computes
-the same function (same weights, same ``(output, h_n)`` / ``(output, (h_n, c_n))``),
-unrolled over time in plain torch ops (:func:`~.cells.lstm_cell`,
-:func:`~.cells.gru_cell`): the fused kernels of ``nn.LSTM`` have no rule, their
+:class:`ExplainableRNN` takes a trained recurrent module and computes the same
+function (same weights, same ``(output, h_n)`` / ``(output, (h_n, c_n))``),
+unrolled over time in plain torch ops, each step its cell spec's ``step``
+(:mod:`.cells`): the fused kernels of ``nn.LSTM`` have no rule, their
 sigmoids, tanhs and products do. Under the transform's rule mode
-(:mod:`.transform`) the sigmoids and tanhs get the rescale rule and every product
-of two varying tensors (the LSTM's f·c, i·g, o·tanh(c); the GRU's r·(W_hn h + b_hn),
-(1-z)·n, z·h) the Shapley rule; the linear maps need none. The equations are
-PyTorch's (gate order i, f, g, o for the LSTM; r, z, n for the GRU).
+(:mod:`.transform`) the sigmoids, tanhs and relus get the rescale rule and every
+product of two varying tensors (the LSTM's f·c, i·g, o·tanh(c); the GRU's
+r·(W_hn h + b_hn), (1-z)·n, z·h) the Shapley rule; the linear maps need none. The
+equations are PyTorch's.
 
 A ``PackedSequence`` input runs each sequence over its own steps only (the state
 is held after a sequence's last step; outputs past it are zero), as ``nn.LSTM`` does.
@@ -24,8 +24,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.cells import gru_cell, lstm_cell
-from torch_imdb.keras_dropout import cell_name
+from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
 
 
 def _refuse(rnn: nn.Module) -> None:
@@ -35,12 +34,12 @@ def _refuse(rnn: nn.Module) -> None:
 
 
 class ExplainableRNN(nn.Module):
-    """Drop-in replacement for a trained ``nn.LSTM`` / ``nn.GRU``, unrolled for up to ``steps`` time steps.
+    """Drop-in replacement for a trained ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, unrolled for up to ``steps`` time steps.
 
     Same parameters (names and values), same call: ``forward(input, hx=None)`` with
     input (batch, T, F) if ``batch_first`` else (T, batch, F), or unbatched (T, F);
-    or a ``PackedSequence``; returns ``(output, h_n)`` for a GRU and ``(output, (h_n, c_n))``
-    for an LSTM, output (batch, T, D*H) (a ``PackedSequence`` for a packed input), h_n and
+    or a ``PackedSequence``; returns ``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell
+    with a cell state (the LSTM), output (batch, T, D*H) (a ``PackedSequence`` for a packed input), h_n and
     c_n (layers*D, batch, H). Refuses, in one line, ``proj_size``, inter-layer dropout in
     training mode and sequences longer than ``steps``.
     """
@@ -48,7 +47,9 @@ class ExplainableRNN(nn.Module):
     def __init__(self, rnn: nn.Module, steps: int) -> None:
         super().__init__()
         _refuse(rnn)
-        self.cell = cell_name(rnn)
+        self.spec = spec_of(rnn)
+        for name, value in self.spec.options:  # nn.RNN's nonlinearity, readable as on the original
+            setattr(self, name, value)
         self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
         self.num_layers, self.bidirectional = rnn.num_layers, rnn.bidirectional
         self.batch_first, self.bias, self.dropout = rnn.batch_first, rnn.bias, rnn.dropout
@@ -60,11 +61,6 @@ class ExplainableRNN(nn.Module):
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    def _weights(self, layer: int, direction: int) -> tuple:
-        sfx = f"_l{layer}" + ("_reverse" if direction else "")
-        get = lambda name: getattr(self, name + sfx, None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
     def forward(self, input: torch.Tensor, hx=None):
         if isinstance(input, PackedSequence):
@@ -99,16 +95,13 @@ class ExplainableRNN(nn.Module):
             seqs = []
             for d in range(D):
                 k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
+                w_ih, w_hh, b_ih, b_hh = layer_weights(self, layer, d)
                 xproj = F.linear(out, w_ih, b_ih)  # (batch, T, G*H), linear: no rule needed
                 h = h0[k] if h0 is not None else x.new_zeros(B, H)
-                c = (c0[k] if c0 is not None else x.new_zeros(B, H)) if self.cell == "lstm" else None
+                c = (c0[k] if c0 is not None else x.new_zeros(B, H)) if self.spec.cell_state else None
                 hs = [None] * T
-                for t in (range(T - 1, -1, -1) if d else range(T)):
-                    if self.cell == "lstm":
-                        h_t, c_t = lstm_cell(xproj[:, t] + F.linear(h, w_hh, b_hh), c)
-                    else:
-                        h_t, c_t = gru_cell(xproj[:, t], F.linear(h, w_hh, b_hh), h), None
+                for t in time_order(T, bool(d)):
+                    h_t, c_t = self.spec.step(xproj[:, t], F.linear(h, w_hh, b_hh), h, c)
                     if valid is None:
                         h, c, hs[t] = h_t, c_t, h_t
                     else:  # past a sequence's end its state is held and its output is zero
@@ -123,7 +116,7 @@ class ExplainableRNN(nn.Module):
         output = out
         if unbatched:
             output, h_n = output.squeeze(0), h_n.squeeze(1)
-        if self.cell == "gru":
+        if not self.spec.cell_state:
             return output, h_n
         c_n = torch.stack(c_n)
         return output, (h_n, c_n.squeeze(1) if unbatched else c_n)
