@@ -134,7 +134,8 @@ def test_target_out_of_range_is_clear():
 
 
 def test_readme_explain_your_own_model_runs(capsys):
-    """The README's example, run as written: shap and Captum agree and add up on a packed BiLSTM with attention."""
+    """The README's example, run as written: shap, Captum and the fast engine agree and add up on a packed BiLSTM
+    with attention."""
     import re
     from pathlib import Path
 
@@ -149,5 +150,6 @@ def test_readme_explain_your_own_model_runs(capsys):
     assert np.abs(shap_res.values - captum_res.values).max() < 1e-6
     assert np.abs(shap_res.residual).max() < 1e-6 and np.abs(captum_res.residual).max() < 1e-6
     assert np.all(shap_res.values[2, 9:] == 0) and np.abs(shap_res.values[2, :9]).max() > 1e-4
+    assert np.abs(namespace["by_fast"].values - shap_res.values).max() < 1e-6  # the fast engine, packed
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "(4, 20)" and all(float(v) < 1e-6 for v in printed[1].split())
+    assert printed[0] == "(4, 20)" and all(float(v) < 1e-6 for v in printed[1].split()) and float(printed[2]) < 1e-6

@@ -200,7 +200,8 @@ class FastDeepShap:
         self.block_steps = block_steps
         self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
-        self._bg: Trace | None = None
+        self._bg: dict[int, Trace] = {}
+        self.pair_steps = 0  # (pair, layer, direction, step) cells the multiplier backward ran, all calls together
 
     @classmethod
     def from_parts(cls, rnn: nn.Module, head: nn.Linear, embedding: nn.Embedding | None = None,
@@ -245,10 +246,16 @@ class FastDeepShap:
             out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
         return Trace(layers, x)
 
-    def _background(self, baselines: torch.Tensor) -> Trace:
+    def _background(self, baselines: torch.Tensor, steps: int | None = None) -> Trace:
+        """The background's trace over its first ``steps`` steps (all by default), cached for a few lengths."""
         if self._bg_key is None or self._bg_key.shape != baselines.shape or not torch.equal(self._bg_key, baselines.cpu()):
-            self._bg_key, self._bg = baselines.cpu().clone(), self.trace(baselines)
-        return self._bg
+            self._bg_key, self._bg = baselines.cpu().clone(), {}
+        steps = baselines.shape[1] if steps is None else steps
+        if steps not in self._bg:
+            if len(self._bg) >= 4:  # packed inputs of many lengths: keep the full trace and the latest few
+                self._bg.pop(next(k for k in self._bg if k != baselines.shape[1]))
+            self._bg[steps] = self.trace(baselines[:, :steps])
+        return self._bg[steps]
 
     @torch.no_grad()
     def _pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
@@ -320,7 +327,7 @@ class FastDeepShap:
         extra = self._check_extra(additional_forward_args, len(inputs))
         if self.n_outputs is not None and not 0 <= target < self.n_outputs:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
-        bg = self._background(baselines)
+        self._background(baselines)  # traced once, before the chunks
         per_chunk = max(1, self.chunk_pairs // len(baselines))
         bar = Progress(len(inputs), "fast DeepSHAP", "inputs", enabled=self.progress)
         for start in range(0, len(inputs), per_chunk):
@@ -331,16 +338,40 @@ class FastDeepShap:
             if pad:
                 chunk, consts = (torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) if isinstance(a, torch.Tensor) else a
                                  for a in (chunk, consts))
-            rv = self.trace(chunk)
-            constants = (chunk.to(self.device) if self.tokens else None, *consts)
-            hm = self.head.multipliers(rv.results(), bg.results(), target, constants)
-            values = self._pairs(rv, bg, hm).mean(dim=1)[:n].double().cpu().numpy()
-            outputs = hm.f_x[:n].double().cpu().numpy()
-            expected = hm.f_r[:, :n].double().mean(dim=0).cpu().numpy()
+            values, outputs, expected = self._chunk(chunk, consts, baselines, target)
+            values, outputs, expected = values[:n], outputs[:n], expected[:n]
             guard(self.method, values, outputs, expected, self.dtype, self.check, first=start)
             bar.update(n)
             yield start, values, outputs, expected
         bar.close()
+
+    def _chunk(self, chunk: torch.Tensor, consts: list, baselines: torch.Tensor, target: int):
+        """Values (n, T[, F]), outputs (n,) and base values (n,) of one chunk, as numpy float64.
+
+        A model that packs its sequences runs each input over its own length L (and its references
+        over the same L, as the libraries run them): inputs of one length go together, over L steps.
+        """
+        T = chunk.shape[1]
+        constants = (chunk.to(self.device) if self.tokens else None, *consts)
+        lengths = self.head.lengths(constants, len(chunk), T) if self.head.reads_inputs else None
+        groups = [(T, None)] if lengths is None else [(int(L), (lengths == L).nonzero()[:, 0]) for L in lengths.unique()]
+        values = np.zeros((len(chunk), *chunk.shape[1:2], *(chunk.shape[2:] if not self.tokens else ())))
+        outputs, expected = np.zeros(len(chunk)), np.zeros(len(chunk))
+        for L, rows in groups:
+            take = (lambda a: a) if rows is None else (
+                lambda a: a[rows.to(a.device)] if isinstance(a, torch.Tensor) else a)  # noqa: E731
+            sub = take(chunk)
+            rv, bg = self.trace(sub[:, :L]), self._background(baselines, L)
+            hm = self.head.multipliers(rv.results().padded(T), bg.results().padded(T), target,
+                                       tuple(take(a) for a in constants))
+            if hm.outputs is not None and L < T:  # outputs past a sequence's end are zeros: nothing flows there
+                hm.outputs = hm.outputs[:L]
+            self.pair_steps += len(bg.x) * len(sub) * L * self.L * self.D
+            at_rows = slice(None) if rows is None else rows.numpy()
+            values[at_rows, :L] = self._pairs(rv, bg, hm).mean(dim=1).double().cpu().numpy()
+            outputs[at_rows] = hm.f_x.double().cpu().numpy()
+            expected[at_rows] = hm.f_r.double().mean(dim=0).cpu().numpy()
+        return values, outputs, expected
 
     def _check_extra(self, extra: tuple, n: int) -> tuple:
         """Further forward arguments, one row per input: only a whole model's forward pass takes them."""

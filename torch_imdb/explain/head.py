@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.rules import rescale
@@ -53,6 +53,14 @@ class RNNResults:
     def rows(self, sl: slice) -> "RNNResults":
         """The results of rows ``sl`` (views)."""
         return RNNResults(self.outputs[sl], self.h_n[:, sl], None if self.c_n is None else self.c_n[:, sl])
+
+    def padded(self, T: int) -> "RNNResults":
+        """The outputs zero-padded to T steps: what a packed layer's outputs unpack to past a sequence's end."""
+        L = self.outputs.shape[1]
+        if L == T:
+            return self
+        pad = self.outputs.new_zeros(self.outputs.shape[0], T - L, self.outputs.shape[2])
+        return RNNResults(torch.cat([self.outputs, pad], dim=1), self.h_n, self.c_n)
 
 
 @dataclass
@@ -116,12 +124,29 @@ class LinearHead:
         return HeadMultipliers(None, h_n, None, self.explained(lx), self.explained(lr)[:, None].expand(B, n))
 
 
+class _Probe(Exception):
+    """Raised by the feed when only the lengths were asked for: the rest of the forward pass is not needed."""
+
+    def __init__(self, lengths: torch.Tensor | None) -> None:
+        super().__init__()
+        self.lengths = lengths
+
+
+def _marker(rows: int, T: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """What the feed expects the model to hand its recurrent layer: (rows, T, width) whose entries at (row, t)
+    all equal row * T + t + 1 (one value per position, so a reordering or a packing shows), without memory
+    per feature."""
+    codes = torch.arange(1, rows * T + 1, dtype=like.dtype, device=like.device).view(rows, T, 1)
+    return codes.expand(rows, T, width)
+
+
 class _Feed(nn.Module):
     """Stands in for the recurrent layer in the ruled head's copy: returns the traced results it is fed.
 
     It checks that the layer is called once, from zero state, on the model's input (or its
-    embedding) unchanged: what the fast engine's own recurrence computes. Anything else is
-    refused in one line naming the engines that explain it.
+    embedding) unchanged, packed or not: what the fast engine's own recurrence computes.
+    Anything else is refused in one line naming the engines that explain it. With ``probe``
+    set it only reports the packed lengths (None: not packed) by raising :class:`_Probe`.
     """
 
     def __init__(self, twin: nn.Module) -> None:
@@ -131,12 +156,32 @@ class _Feed(nn.Module):
         self.marker: torch.Tensor | None = None
         self.results: RNNResults | None = None
         self.calls = 0
+        self.probe = False
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.__dict__["twin"][0], name)
+
+    def _read(self, input) -> torch.Tensor | None:
+        """The lengths of a packed input (None for a padded one), after checking it is the marker."""
+        hint = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
+        m = self.marker
+        if isinstance(input, PackedSequence):
+            padded, lengths = pad_packed_sequence(input, batch_first=True)
+            seen, L = padded[..., :1], int(lengths.max())
+            valid = (torch.arange(L)[None, :] < lengths[:, None]).to(seen.device)[..., None]
+            if padded.shape[0] != m.shape[0] or padded.shape[2] != m.shape[2] or L > m.shape[1] or \
+                    not torch.equal(torch.where(valid, seen, 0), torch.where(valid, m[:, :L, :1], 0)):
+                raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its "
+                                 f"embedding) unchanged, packed in its own order; this model changes it first: {hint}")
+            return lengths
+        seen = input if self.batch_first else input.transpose(0, 1)
+        if seen.shape != m.shape or seen.data_ptr() != m.data_ptr() or seen.stride() != m.stride():
+            raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
+                             f"unchanged; this model transforms it first: {hint}")
+        return None
 
     def forward(self, input, hx=None):
         self.calls += 1
@@ -145,15 +190,17 @@ class _Feed(nn.Module):
             raise UsageError(f"the model calls its recurrent layer more than once; the fast engine explains one pass: {hint}")
         if hx is not None:
             raise UsageError(f"the model gives its recurrent layer an initial state; the fast engine starts from zero: {hint}")
-        if isinstance(input, PackedSequence):
-            raise UsageError(f"the fast engine does not take packed sequences yet: {hint}")
-        seen = input if self.batch_first else input.transpose(0, 1)
-        m = self.marker
-        if seen.shape != m.shape or seen.data_ptr() != m.data_ptr() or seen.stride() != m.stride():
-            raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
-                             f"unchanged; this model transforms it first: {hint}")
+        lengths = self._read(input)
+        if self.probe:
+            raise _Probe(lengths)
         res = self.results
-        out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
+        if lengths is not None:
+            out = pack_padded_sequence(res.outputs[:, : int(lengths.max())], lengths, batch_first=True,
+                                       enforce_sorted=input.sorted_indices is None)
+            if input.sorted_indices is not None and not torch.equal(out.sorted_indices, input.sorted_indices):
+                raise UsageError(f"the model packs its sequences in an order the fast engine does not follow: {hint}")
+        else:
+            out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
         return (out, (res.h_n, res.c_n)) if res.c_n is not None else (out, res.h_n)
 
 
@@ -192,6 +239,25 @@ class RuledHead:
         setattr(parent, name.rpartition(".")[2], self.feed)
         self.n_outputs: int | None = None
         self.block_pairs = block_pairs
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def lengths(self, constants: tuple, n: int, T: int) -> torch.Tensor | None:
+        """The steps (n,) the model's recurrent layer runs for each of n inputs when it packs them (lengths it
+        computes from the ids or its extra arguments), or None when it reads all T steps.
+
+        constants: (ids (n, T) or None, *extra) of the inputs. Runs the copy's forward pass up to the layer.
+        """
+        ids, *extra = constants
+        marker = _marker(n, T, self.input_size, torch.zeros((), dtype=self.dtype))
+        self.feed.marker, self.feed.probe, self.feed.calls = marker, True, 0
+        try:
+            self.copy(marker, ids, *extra)
+        except _Probe as probe:
+            return None if probe.lengths is None else probe.lengths.cpu()
+        finally:
+            self.feed.marker, self.feed.probe = None, False
+        return None  # the layer was never reached: multipliers() says so
 
     def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
         """Run the copy on the 2*B*n pair rows fed the traced results; gradients of the inputs' outputs.
@@ -220,7 +286,7 @@ class RuledHead:
             ids, *extra = constants
             rows = tuple(a.repeat(2 * B, *[1] * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in extra)
             # what the model hands its recurrent layer: checked to be this, unchanged, by the feed
-            marker = rx.outputs.new_zeros(()).expand(2 * P, rx.outputs.shape[1], self.input_size)
+            marker = _marker(2 * P, rx.outputs.shape[1], self.input_size, rx.outputs)
             self.feed.marker, self.feed.results, self.feed.calls = marker, leaves, 0
             try:
                 y = self.copy(marker, None if ids is None else ids.repeat(2 * B, 1), *rows)
