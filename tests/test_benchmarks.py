@@ -55,3 +55,17 @@ def test_fit_line():
 def test_bad_engine_is_a_clear_error(tmp_path, capsys):
     assert run_script(["--quick", "--out", str(tmp_path), "--engines", "lime"]) == 2
     assert "unknown lime" in capsys.readouterr().err
+
+
+def test_length_sweep_quick_counts_work_by_length(tmp_path):
+    """The packed model's work per review grows with the review's own length, not the padded one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "length_sweep.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "length_sweep.json").read_text())
+    steps = {p["length"]: p["pair_steps_per_review"] for p in record["points"]}
+    assert steps == {L: 8 * L * 2 for L in (5, 10, 20, 40)}  # background x own steps x directions, padded to 40
+    assert record["max_abs_diff_vs_shap"] < 1e-5 and (tmp_path / "length_sweep.png").stat().st_size > 0

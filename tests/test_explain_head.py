@@ -216,3 +216,30 @@ def test_packed_reviews_of_mixed_lengths_each_run_their_own_steps():
     assert np.abs(fast.values - ref.values).max() < 1e-10
     np.testing.assert_allclose(fast.expected_value, ref.expected_value, atol=1e-12)
     assert engine.pair_steps == 3 * int(lengths.sum()) * 2
+
+
+class ReadsPadding(Packed):
+    """Packed, but pooled by a mean over every position, padding included: the padding changes the output."""
+
+    def forward(self, ids):
+        mask = ids != 0
+        packed = pack_padded_sequence(self.embedding(ids), mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=ids.shape[1])
+        return torch.sigmoid(self.fc(out.mean(dim=1)))
+
+
+def test_trim_padding_gives_the_same_values_and_refuses_a_model_that_reads_the_padding():
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.tensor([7, 3, 7, 5])
+    x = torch.randint(1, 30, (4, 30), generator=g) * (torch.arange(30)[None] < lengths[:, None])
+    bg = torch.randint(1, 30, (3, 30), generator=g)
+    model = Packed("lstm").double().eval()
+    full = FastDeepShap(model, torch.float64).attribute(x, bg)
+    trimmed = FastDeepShap(model, torch.float64, trim_padding=True).attribute(x, bg)
+    assert np.abs(full.values - trimmed.values).max() < 1e-12
+    np.testing.assert_allclose(full.expected_value, trimmed.expected_value, atol=1e-12)
+    reads = ReadsPadding("lstm").double().eval()
+    FastDeepShap(reads, torch.float64).attribute(x, bg)  # exact without trimming
+    with pytest.raises(UsageError, match="reads that padding"):
+        FastDeepShap(reads, torch.float64, trim_padding=True).attribute(x, bg)

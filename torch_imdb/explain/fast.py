@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import Attribution, check_completeness, check_ids, check_sequences, guard
+from torch_imdb.explain.backends import (Attribution, check_completeness, check_ids, check_sequences,
+                                         completeness_tolerance, guard)
 from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, RNNResults, RuledHead
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
 from torch_imdb.explain.onednn import product
@@ -162,6 +163,10 @@ class FastDeepShap:
     explainable copy (:func:`~.transform.make_explainable`).
 
     ``output`` selects the explained entry of a tuple or dict output (as for the library explainers).
+    ``trim_padding``: for a model that packs its sequences and ignores everything past a
+    sequence's length (outputs masked there), run its head over each length only, not over the
+    padded length, so that a long padding costs nothing at all; each input's output is checked
+    against the model's own, and a model that reads the padding is refused in one line.
 
     ``chunk_pairs`` bounds how many (input, background) pairs are processed at
     once (memory grows linearly with it, and with layers and directions). ``block_steps``
@@ -175,7 +180,7 @@ class FastDeepShap:
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
-                 check_completeness: bool = True, output: int | str | None = None) -> None:
+                 check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False) -> None:
         rnn, embedding, self.head = model_parts(model, dtype, output)
         self.rnn, self.dtype = rnn, dtype
         self.spec = spec_of(rnn)
@@ -202,6 +207,7 @@ class FastDeepShap:
         self._bg_key: torch.Tensor | None = None
         self._bg: dict[int, Trace] = {}
         self.pair_steps = 0  # (pair, layer, direction, step) cells the multiplier backward ran, all calls together
+        self.trim_padding = trim_padding
 
     @classmethod
     def from_parts(cls, rnn: nn.Module, head: nn.Linear, embedding: nn.Embedding | None = None,
@@ -360,10 +366,16 @@ class FastDeepShap:
         for L, rows in groups:
             take = (lambda a: a) if rows is None else (
                 lambda a: a[rows.to(a.device)] if isinstance(a, torch.Tensor) else a)  # noqa: E731
-            sub = take(chunk)
+            sub, consts_g = take(chunk), tuple(take(a) for a in constants)
             rv, bg = self.trace(sub[:, :L]), self._background(baselines, L)
-            hm = self.head.multipliers(rv.results().padded(T), bg.results().padded(T), target,
-                                       tuple(take(a) for a in constants))
+            trim = self.trim_padding and L < T
+            if trim:  # the head over L steps: every constant with a time axis cut to L
+                consts_g = tuple(a[:, :L] if isinstance(a, torch.Tensor) and a.dim() > 1 and a.shape[1] == T else a
+                                 for a in consts_g)
+            hm = self.head.multipliers(rv.results().padded(L if trim else T), bg.results().padded(L if trim else T),
+                                       target, consts_g)
+            if trim:
+                self._check_trimmed(hm.f_x, sub, tuple(take(a) for a in consts), target)
             if hm.outputs is not None and L < T:  # outputs past a sequence's end are zeros: nothing flows there
                 hm.outputs = hm.outputs[:L]
             self.pair_steps += len(bg.x) * len(sub) * L * self.L * self.D
@@ -372,6 +384,14 @@ class FastDeepShap:
             outputs[at_rows] = hm.f_x.double().cpu().numpy()
             expected[at_rows] = hm.f_r.double().mean(dim=0).cpu().numpy()
         return values, outputs, expected
+
+    def _check_trimmed(self, trimmed: torch.Tensor, inputs: torch.Tensor, extra: tuple, target: int) -> None:
+        """With trim_padding: the outputs of the trimmed head must be the model's own, else it reads the padding."""
+        own = self.head.outputs(inputs.to(self.device), extra, target)
+        scale = torch.clamp(own.abs(), min=1.0)
+        if not bool(((trimmed - own).abs() <= completeness_tolerance(self.dtype) * scale).all()):
+            raise UsageError("trim_padding: the model's output changes when the padding past a sequence's length is "
+                             "cut, so it reads that padding; explain it without trim_padding")
 
     def _check_extra(self, extra: tuple, n: int) -> tuple:
         """Further forward arguments, one row per input: only a whole model's forward pass takes them."""

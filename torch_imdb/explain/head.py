@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -224,10 +226,13 @@ class RuledHead:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None,
                  block_pairs: int = 64) -> None:
-        from torch_imdb.explain.backends import explainable_model
+        from torch_imdb.explain.backends import PositiveProbability, explainable_model
+        from torch_imdb.model import SentimentRNN
         from torch_imdb.explain.twin import ExplainableRNN
 
         self.copy = explainable_model(model, 1, dtype, output)
+        plain = PositiveProbability(model) if isinstance(model, SentimentRNN) else model
+        self.plain = copy.deepcopy(plain).to(dtype).eval()  # the model as it is, for checks of its outputs
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
             raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has {len(twins)}; "
@@ -240,6 +245,11 @@ class RuledHead:
         self.n_outputs: int | None = None
         self.block_pairs = block_pairs
         self.dtype = dtype
+
+    @torch.no_grad()
+    def outputs(self, inputs: torch.Tensor, extra: tuple, target: int) -> torch.Tensor:
+        """The model's own output (n,) at ``target`` for inputs (n, T) ids or (n, T, F) floats."""
+        return self.copy.select(self.plain(inputs, *extra))[:, target]
 
     @torch.no_grad()
     def lengths(self, constants: tuple, n: int, T: int) -> torch.Tensor | None:
