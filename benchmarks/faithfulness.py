@@ -88,6 +88,9 @@ def predictor(model):
     return predict
 
 
+SAMPLE = 500  # reviews drawn for every run, of which --reviews are used
+
+
 def not_applicable(name: str, model) -> str | None:
     """Why method ``name`` does not apply to ``model``, or None when it does."""
     from torch_imdb.explain.cells import LSTM
@@ -262,7 +265,11 @@ def run(args) -> dict:
     ds = load_imdb(args.data)
     cache_dir = Path(args.checkpoint) / "cache"
     bg_rows, bg = sample_background(ckpt, ds, args.background, args.seed, cache_dir)
-    rows, ids, labels = sample_test_reviews(ckpt, ds, args.reviews, args.seed, cache_dir)
+    # the first --reviews of one seeded sample of at least SAMPLE: a smaller run's reviews (and its reference's,
+    # the first --reference-reviews) are those of a larger one, on every model
+    drawn = max(min(SAMPLE, len(ds["test"])), args.reviews)
+    rows, ids, labels = sample_test_reviews(ckpt, ds, drawn, args.seed, cache_dir)
+    rows, ids, labels = rows[: args.reviews], ids[: args.reviews], labels[: args.reviews]
     predict = predictor(ckpt.model)
     results: dict = {"weights_fingerprint": ckpt.fingerprint, "settings": {k: v for k, v in vars(args).items()},
                      "test_rows": [int(r) for r in rows], "background_train_rows": [int(r) for r in bg_rows],

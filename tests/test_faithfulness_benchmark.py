@@ -115,3 +115,15 @@ def test_benchmark_on_an_attention_model(planted_data, tmp_path):
     assert set(trial) == {"deepshap_exact", "ig_padding", "occlusion", "shapley_reference"}
     for other in trial.values():
         assert -1 <= other["kendall"]["mean"] <= 1 and 0 <= other["same_top_token"]["mean"] <= 1
+
+
+def test_a_smaller_run_explains_the_first_reviews_of_a_larger_one(tiny_checkpoint, tmp_path):
+    """--reviews takes the first reviews of one seeded sample, so models run with fewer reviews share theirs."""
+    ck, data = tiny_checkpoint
+    common = ["--checkpoint", str(ck), "--data", str(data), "--background", "4", "--reference-reviews", "0",
+              "--reference-background", "4",
+              "--methods", "grad_x_input,random"]
+    for n in (6, 3):
+        assert bench.main([*common, "--reviews", str(n), "--out", str(tmp_path / str(n))]) == 0
+    six, three = (json.loads((tmp_path / str(n) / "faithfulness.json").read_text())["test_rows"] for n in (6, 3))
+    assert three == six[:3]
