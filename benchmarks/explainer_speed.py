@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import textwrap
 import sys
 import threading
 import time
@@ -259,7 +260,8 @@ def plot(res: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("background size B (reference reviews)")
     ax.set_ylabel("seconds per explained review")
-    ax.set_title(f"Explanation cost, N={n} reviews\n{res['what']['model'][:80]}", fontsize=9)
+    model = textwrap.fill(res["what"]["model"], 90)  # wrapped, never cut: the epoch is at the end
+    ax.set_title(f"Explanation cost, N={n} reviews\n{model}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
