@@ -158,6 +158,103 @@ def padded_rows(n: int, per_chunk: int) -> int:
     return size
 
 
+class RecurrentStack:
+    """A recurrent module's layers and directions, as the engine runs them: the forward trace of rows and the
+    multiplier backward of (input, reference) pairs.
+
+    rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (its cell's spec does the cell's part); its weights
+    are copied in ``dtype``. ``block_steps`` time steps run per call of the spec's block, which
+    ``compile`` turns into one graph.
+    """
+
+    def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8) -> None:
+        self.spec, self.dtype = spec_of(rnn), dtype
+        self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
+        self.device = rnn.weight_hh_l0.device
+        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        self.weights = [[tuple(cast(w) for w in layer_weights(rnn, layer, d)) for d in range(self.D)]
+                        for layer in range(self.L)]
+        # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
+        self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
+        # torch.compile turns a window of block_steps steps into one graph: each step's ~40
+        # elementwise passes fuse into one kernel between two matrix products, and no Python
+        # runs between steps. The first call compiles (seconds; cached on disk after that).
+        if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._block = torch.compile(self.spec.block, dynamic=False) if compile else self.spec.block
+        self.block_steps = block_steps
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        """Every layer and direction over x (n, T, In), the first layer's input."""
+        layers, out = [], x
+        for layer in range(self.L):
+            per_dir = [self.spec.trace(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
+            layers.append(per_dir)
+            out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
+        return Trace(layers, x)
+
+    @torch.no_grad()
+    def pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool) -> torch.Tensor:
+        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids (``tokens``: the first
+        layer's input is an embedding, each token's share taken from the input projections), (n, B, T, F) for floats.
+
+        Multipliers flow from the head (``hm``: those of the outputs at every step and of the
+        final states) down, layer by layer; within a layer each direction runs backwards through
+        its own time order, in windows of ``block_steps`` steps. Buffers are time-major and
+        backgrounds first, (T, B, n, .): a window's input multipliers are one matrix product
+        into a contiguous block.
+        """
+        n, T = rv.x.shape[:2]
+        B, H = hm.f_r.shape[0], self.H
+        shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
+        g_above = hm.outputs  # multipliers of the current layer's outputs (T, B, n, D*H): the head's, then the layer above's
+        zeros = rv.x.new_zeros(B, n, H)
+        for layer in range(self.L - 1, -1, -1):
+            first = layer == 0 and tokens  # the input's share comes from the projections, not a product
+            width = rv.x.shape[2] if layer == 0 else self.D * H
+            g_in = None if first else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
+            for d in range(self.D):
+                above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
+                k = layer * self.D + d
+                g_h = zeros if hm.h_n is None else hm.h_n[k]
+                g_c = zeros if hm.c_n is None else hm.c_n[k]
+                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
+                                        first)
+                if first:
+                    shares = shares + share
+            g_above = g_in
+        if tokens:
+            return shares.permute(2, 1, 0)
+        return g_above.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+
+    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
+        """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
+        state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
+        shares (T, B, n)."""
+        w_ih_t, w_hh_t = self.weights_t[layer][d]
+        X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
+        R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
+        rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
+        state = g_c if self.spec.cell_state else None  # the cell state's multipliers
+        T = tx.h.shape[1]
+        shares = torch.empty(T, *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
+        carry = None
+        for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
+            window = slice(lo, hi)
+            if carry is not None:
+                g_h = self.spec.recurrent(carry, w_hh_t)
+            carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
+                                                    None if above is None else above[window], tokens, g_in is not None)
+            if tokens:
+                shares[window] = share
+            if kept is not None:  # the layer input's multipliers, both directions summed
+                if d == 0:
+                    g_in[window] = product(kept, w_ih_t)
+                else:
+                    g_in[window] += product(kept, w_ih_t)
+        return shares
+
+
 class FastDeepShap:
     """DeepLIFT-SHAP values of a model built around an LSTM/GRU, equal to shap.DeepExplainer's on its
     explainable copy (:func:`~.transform.make_explainable`).
@@ -183,26 +280,12 @@ class FastDeepShap:
                  check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False) -> None:
         rnn, embedding, self.head = model_parts(model, dtype, output)
         self.rnn, self.dtype = rnn, dtype
-        self.spec = spec_of(rnn)
-        self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
-        self.device = rnn.weight_hh_l0.device
-        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
-        self.weights = [[tuple(cast(w) for w in layer_weights(rnn, layer, d)) for d in range(self.D)]
-                        for layer in range(self.L)]
-        # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
-        self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
-        self.embedding = cast(embedding.weight) if embedding is not None else None
+        self.stack = RecurrentStack(rnn, dtype, compile, block_steps)
+        self.device = self.stack.device
+        self.embedding = None if embedding is None else embedding.weight.detach().to(dtype)
         self.chunk_pairs = chunk_pairs
         self.progress = progress
-        # torch.compile turns a window of block_steps steps into one graph: each step's ~40
-        # elementwise passes fuse into one kernel between two matrix products, and no Python
-        # runs between steps. The first call compiles (seconds; cached on disk after that).
         self.compiled = compile
-        if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)  # noqa: E731
-        self._block = wrap(self.spec.block)
-        self.block_steps = block_steps
         self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
         self._bg: dict[int, Trace] = {}
@@ -243,14 +326,7 @@ class FastDeepShap:
         if n < TRACE_ROWS:
             return self.trace(torch.cat([inputs, inputs[-1:].expand(TRACE_ROWS - n, *inputs.shape[1:])])).first_rows(n)
         x = inputs.to(self.device)
-        x = F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype)
-        run = self.spec.trace
-        layers, out = [], x
-        for layer in range(self.L):
-            per_dir = [run(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
-            layers.append(per_dir)
-            out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
-        return Trace(layers, x)
+        return self.stack.trace(F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype))
 
     def _background(self, baselines: torch.Tensor, steps: int | None = None) -> Trace:
         """The background's trace over its first ``steps`` steps (all by default), cached for a few lengths."""
@@ -262,66 +338,6 @@ class FastDeepShap:
                 self._bg.pop(next(k for k in self._bg if k != baselines.shape[1]))
             self._bg[steps] = self.trace(baselines[:, :steps])
         return self._bg[steps]
-
-    @torch.no_grad()
-    def _pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
-        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids, (n, B, T, F) for floats.
-
-        Multipliers flow from the head (``hm``: those of the outputs at every step and of the
-        final states) down, layer by layer; within a layer each direction runs backwards through
-        its own time order, in windows of ``block_steps`` steps. Buffers are time-major and
-        backgrounds first, (T, B, n, .): a window's input multipliers are one matrix product
-        into a contiguous block.
-        """
-        n, T = rv.x.shape[:2]
-        B, H = hm.f_r.shape[0], self.H
-        shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
-        g_above = hm.outputs  # multipliers of the current layer's outputs (T, B, n, D*H): the head's, then the layer above's
-        zeros = rv.x.new_zeros(B, n, H)
-        for layer in range(self.L - 1, -1, -1):
-            tokens = layer == 0 and self.tokens  # the input's share comes from the projections, not a product
-            width = rv.x.shape[2] if layer == 0 else self.D * H
-            g_in = None if tokens else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
-            for d in range(self.D):
-                above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
-                k = layer * self.D + d
-                g_h = zeros if hm.h_n is None else hm.h_n[k]
-                g_c = zeros if hm.c_n is None else hm.c_n[k]
-                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
-                                        tokens)
-                if tokens:
-                    shares = shares + share
-            g_above = g_in
-        if self.tokens:
-            return shares.permute(2, 1, 0)
-        return g_above.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
-
-    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
-        """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
-        state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
-        shares (T, B, n)."""
-        w_ih_t, w_hh_t = self.weights_t[layer][d]
-        X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
-        R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
-        rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
-        state = g_c if self.spec.cell_state else None  # the cell state's multipliers
-        T = tx.h.shape[1]
-        shares = torch.empty(T, *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
-        carry = None
-        for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
-            window = slice(lo, hi)
-            if carry is not None:
-                g_h = self.spec.recurrent(carry, w_hh_t)
-            carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
-                                                    None if above is None else above[window], tokens, g_in is not None)
-            if tokens:
-                shares[window] = share
-            if kept is not None:  # the layer input's multipliers, both directions summed
-                if d == 0:
-                    g_in[window] = product(kept, w_ih_t)
-                else:
-                    g_in[window] += product(kept, w_ih_t)
-        return shares
 
     def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
                        additional_forward_args: tuple = ()) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
@@ -378,9 +394,9 @@ class FastDeepShap:
                 self._check_trimmed(hm.f_x, sub, tuple(take(a) for a in consts), target)
             if hm.outputs is not None and L < T:  # outputs past a sequence's end are zeros: nothing flows there
                 hm.outputs = hm.outputs[:L]
-            self.pair_steps += len(bg.x) * len(sub) * L * self.L * self.D
+            self.pair_steps += len(bg.x) * len(sub) * L * self.stack.L * self.stack.D
             at_rows = slice(None) if rows is None else rows.numpy()
-            values[at_rows, :L] = self._pairs(rv, bg, hm).mean(dim=1).double().cpu().numpy()
+            values[at_rows, :L] = self.stack.pairs(rv, bg, hm, self.tokens).mean(dim=1).double().cpu().numpy()
             outputs[at_rows] = hm.f_x.double().cpu().numpy()
             expected[at_rows] = hm.f_r.double().mean(dim=0).cpu().numpy()
         return values, outputs, expected
@@ -446,38 +462,46 @@ class FastDeepShap:
         default f0, f1, ...), data = the input values. ``target=None`` explains every output: values
         gain a last axis (K) and base_values are (N, K). values.sum() + base_values = the model output.
         """
-        import shap
-
         results = [self.attribute(inputs, baselines, 0 if target is None else target)]  # (a ruled head learns K here)
         targets = range(self.n_outputs) if target is None else [target]
         results += [self.attribute(inputs, baselines, k) for k in targets[1:]]
-        n, T = inputs.shape[:2]
-        if self.tokens and (vocab is not None or words is not None) and target is not None:
-            from torch_imdb.plots import token_explanation
+        return explanation(results, inputs, self.tokens, None if target is None else target, words, feature_names,
+                           output_names, vocab, padding)
 
-            ids = inputs.cpu().numpy()
-            words = words if words is not None else [vocab.decode(row) for row in ids]
-            return token_explanation(results[0].values, results[0].expected_value, ids, words, padding)
-        if self.tokens:
-            data = np.array(words, dtype=object) if words is not None else inputs.cpu().numpy()
-            names = [f"t{t}" for t in range(T)]
-            values = [r.values for r in results]
-        else:
-            F_ = inputs.shape[2]
-            fnames = feature_names or [f"f{k}" for k in range(F_)]
-            if len(fnames) != F_:
-                raise UsageError(f"{len(fnames)} feature names for {F_} features")
-            names = [f"{fnames[k]}@t{t}" for t in range(T) for k in range(F_)]
-            data = inputs.detach().cpu().double().numpy().reshape(n, T * F_)
-            values = [r.values.reshape(n, T * F_) for r in results]
-        base = [np.broadcast_to(np.asarray(r.expected_value, dtype=np.float64), (n,)) for r in results]
-        if target is None:
-            values, base = np.stack(values, axis=-1), np.stack(base, axis=-1)
-        else:
-            values, base = values[0], base[0]
-        labels = output_names or [f"output {k}" for k in targets]
-        return shap.Explanation(values=values, base_values=base, data=data, feature_names=names,
-                                output_names=labels if target is None else labels[0])
+
+def explanation(results: list[Attribution], inputs: torch.Tensor, tokens: bool, target: int | None,
+                words=None, feature_names=None, output_names=None, vocab=None, padding: str = "merge"):
+    """``shap.Explanation`` of attributions of inputs (N, T) ids or (N, T, F) floats: one result, or one per output
+    (``target`` None). See :meth:`FastDeepShap.explain`."""
+    import shap
+
+    n, T = inputs.shape[:2]
+    if tokens and (vocab is not None or words is not None) and target is not None:
+        from torch_imdb.plots import token_explanation
+
+        ids = inputs.cpu().numpy()
+        words = words if words is not None else [vocab.decode(row) for row in ids]
+        return token_explanation(results[0].values, results[0].expected_value, ids, words, padding)
+    if tokens:
+        data = np.array(words, dtype=object) if words is not None else inputs.cpu().numpy()
+        names = [f"t{t}" for t in range(T)]
+        values = [r.values for r in results]
+    else:
+        F_ = inputs.shape[2]
+        fnames = feature_names or [f"f{k}" for k in range(F_)]
+        if len(fnames) != F_:
+            raise UsageError(f"{len(fnames)} feature names for {F_} features")
+        names = [f"{fnames[k]}@t{t}" for t in range(T) for k in range(F_)]
+        data = inputs.detach().cpu().double().numpy().reshape(n, T * F_)
+        values = [r.values.reshape(n, T * F_) for r in results]
+    base = [np.broadcast_to(np.asarray(r.expected_value, dtype=np.float64), (n,)) for r in results]
+    if target is None:
+        values, base = np.stack(values, axis=-1), np.stack(base, axis=-1)
+    else:
+        values, base = values[0], base[0]
+    labels = output_names or [f"output {k}" for k in (range(len(results)) if target is None else [target])]
+    return shap.Explanation(values=values, base_values=base, data=data, feature_names=names,
+                            output_names=labels if target is None else labels[0])
 
 
 class FastDeepLiftShap:
