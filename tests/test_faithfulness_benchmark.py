@@ -76,6 +76,17 @@ def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     table = (tmp_path / "faithfulness.md").read_text()
     assert "| **deepshap_exact** |" in table and "| random − exact |" in table
     assert "deepshap_exact" in capsys.readouterr().out
+    # the one-row-per-model summary reads the same JSON: exact DeepSHAP's numbers, the best other method's
+    summary_spec = importlib.util.spec_from_file_location("summary", SCRIPT.parent / "faithfulness_summary.py")
+    summary = importlib.util.module_from_spec(summary_spec)
+    summary_spec.loader.exec_module(summary)
+    assert summary.main([str(tmp_path / "faithfulness.json"), "--out", str(tmp_path / "models.md")]) == 0
+    row = (tmp_path / "models.md").read_text().splitlines()[2]
+    exact = res["methods"]["deepshap_exact"]
+    assert row.startswith(f"| ck `{res['weights_fingerprint']}` | 8 (3) |")
+    assert f"{exact['deletion_aopc']['mean']:.3f}; " in row and f"{conv['reliability']:.3f} → " in row
+    with pytest.raises(bench.UsageError, match="no such file"):
+        summary.main([str(tmp_path / "missing.json")])
 
 
 def test_attention_weights_as_a_method_equal_the_softmax_by_hand():
