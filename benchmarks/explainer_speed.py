@@ -20,24 +20,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import textwrap
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
 
-from torch_imdb.cli import ENGINES, answer_help, checkpoint_options
+from torch_imdb.cli import ENGINES, answer_help, checkpoint_options, int_list
 from torch_imdb.errors import UsageError, run_cli
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],

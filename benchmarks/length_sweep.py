@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from torch_imdb.cli import answer_help, checkpoint_options
+from torch_imdb.cli import answer_help, checkpoint_options, int_list
 from torch_imdb.errors import UsageError, run_cli
 
 
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/length_sweep.py", description=__doc__,
                                 parents=[checkpoint_options()], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(checkpoint="artifacts/attention")
-    p.add_argument("--lengths", default="25,50,100,200,400", help="review lengths of the sweep (words)")
+    p.add_argument("--lengths", type=int_list, default=[25, 50, 100, 200, 400],
+                   help="review lengths of the sweep (words; comma-separated)")
     p.add_argument("--maxlen", type=int, default=400, help="the padded length every batch has")
     p.add_argument("--reviews", type=int, default=10, help="reviews per length")
     p.add_argument("--background", type=int, default=100, help="training reviews in the background")
@@ -124,10 +125,10 @@ def run(args) -> dict:
     from torch_imdb.training import machine_info
 
     if args.quick:
-        args.lengths, args.maxlen, args.background, args.reviews = "5,10,20,40", 40, 8, 3
-    lengths = sorted({int(v) for v in args.lengths.split(",")})
-    if min(lengths) < 1 or max(lengths) > args.maxlen:
-        raise UsageError(f"--lengths must lie in [1, --maxlen={args.maxlen}], got {args.lengths}")
+        args.lengths, args.maxlen, args.background, args.reviews = [5, 10, 20, 40], 40, 8, 3
+    lengths = sorted(set(args.lengths))
+    if max(lengths) > args.maxlen:
+        raise UsageError(f"--lengths must not exceed --maxlen={args.maxlen}, got {max(lengths)}")
     torch.set_num_threads(args.threads)
     model, ids, bg_ids, what = load(args)
     packed = PackedModel(model).eval()

@@ -139,7 +139,7 @@ def test_head_multipliers_are_the_gradient_for_a_linear_head():
     model = Mean().double().eval()
     engine = FastDeepShap(model, torch.float64)
     x, bg = torch.randn(2, 4, 2, dtype=torch.float64), torch.randn(3, 4, 2, dtype=torch.float64)
-    rx, rr = engine.trace(x).results(), engine.trace(bg).results()
+    rx, rr = engine.trace(x).results, engine.trace(bg).results
     assert isinstance(rx, RNNResults) and rx.c_n is None
     hm = engine.head.multipliers(rx, rr, 0, (None,))
     expected = (model.fc.weight[0] / 4).detach().expand(4, 3, 2, 3)

@@ -8,6 +8,17 @@ import argparse
 ENGINES = ("shap", "captum", "fast", "fast-compiled")
 
 
+def int_list(text: str) -> list[int]:
+    """An option's comma-separated positive integers ("10,25,50"), or argparse's one-line error."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def checkpoint_options() -> argparse.ArgumentParser:
     """--checkpoint and --data: which trained model, and where the IMDB copy is."""
     p = argparse.ArgumentParser(add_help=False)

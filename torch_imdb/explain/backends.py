@@ -83,6 +83,14 @@ def check_sequences(inputs: torch.Tensor, baselines: torch.Tensor) -> None:
         raise UsageError(f"inputs are {tuple(inputs.shape[1:])} per sequence but baselines {tuple(baselines.shape[1:])}")
 
 
+def check_extra(extra: tuple, n: int, device) -> tuple:
+    """Further forward arguments on ``device``; a one-line error unless each tensor has one row per input (n)."""
+    for a in extra:
+        if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[0] != n):
+            raise UsageError(f"additional_forward_args must have one row per input ({n}), got shape {tuple(a.shape)}")
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in extra)
+
+
 class PositiveProbability(nn.Module):
     """P(positive) (batch, 1) of a model that returns logits (batch,): what the sentiment explanations explain."""
 
@@ -172,11 +180,7 @@ class _LibraryExplainer:
             raise UsageError(f"inputs must be (n, T) token ids or (n, T, F) sequences, got {tuple(inputs.shape)}")
         twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.rules_table)
         device = next(twin.parameters()).device
-        extra = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in additional_forward_args)
-        for a in extra:
-            if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[0] != len(inputs)):
-                raise UsageError(f"additional_forward_args must have one row per input ({len(inputs)}), "
-                                 f"got shape {tuple(a.shape)}")
+        extra = check_extra(additional_forward_args, len(inputs), device)
         if inputs.is_floating_point():
             check_sequences(inputs, baselines)
             x, bg, ids, bg_ids = inputs.to(device, self.dtype), baselines.to(device, self.dtype), None, None

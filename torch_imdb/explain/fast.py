@@ -30,6 +30,7 @@ equations and rules live in :mod:`.cells`, shared with the twin.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -40,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import (Attribution, check_completeness, check_ids, check_sequences,
+from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
                                          completeness_tolerance, guard)
 from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, RNNResults, RuledHead
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
@@ -109,7 +110,7 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None):
                              f"features), got {model.head!r}; " + TRANSFORM_HINT)
         if output is not None:
             raise UsageError("output= selects a tuple or dict output of a whole model; RNNParts has one output")
-        return rnn, embedding, LinearHead(model.head, model.output, rnn.num_layers, D, dtype)
+        return rnn, embedding, LinearHead(model.head, model.output, D, dtype)
     return rnn, embedding, RuledHead(model, dtype, output)
 
 
@@ -124,8 +125,10 @@ class Trace:
         """The trace of the first k rows (views)."""
         return Trace([[tr.first_rows(k) for tr in per_dir] for per_dir in self.layers], self.x[:k])
 
+    @functools.cached_property
     def results(self) -> RNNResults:
-        """What the recurrent module returns: the last layer's outputs and every layer's final states."""
+        """What the recurrent module returns: the last layer's outputs and every layer's final states
+        (computed once: the background's trace serves every chunk)."""
         top = self.layers[-1]
         outputs = torch.cat([tr.h for tr in top], dim=2) if len(top) > 1 else top[0].h
         T = self.x.shape[1]
@@ -388,7 +391,7 @@ class FastDeepShap:
             if trim:  # the head over L steps: every constant with a time axis cut to L
                 consts_g = tuple(a[:, :L] if isinstance(a, torch.Tensor) and a.dim() > 1 and a.shape[1] == T else a
                                  for a in consts_g)
-            hm = self.head.multipliers(rv.results().padded(L if trim else T), bg.results().padded(L if trim else T),
+            hm = self.head.multipliers(rv.results.padded(L if trim else T), bg.results.padded(L if trim else T),
                                        target, consts_g)
             if trim:
                 self._check_trimmed(hm.f_x, sub, tuple(take(a) for a in consts), target)
@@ -414,17 +417,14 @@ class FastDeepShap:
         if extra and not self.head.reads_inputs:
             raise UsageError("additional_forward_args go to a whole model's forward pass; this engine explains "
                              "a model given in parts")
-        for a in extra:
-            if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[0] != n):
-                raise UsageError(f"additional_forward_args must have one row per input ({n}), got shape {tuple(a.shape)}")
-        return tuple(a.to(self.device) if isinstance(a, torch.Tensor) else a for a in extra)
+        return check_extra(extra, n, self.device)
 
     def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
         """E f over the background, for a head that reads no constants of the inputs (one base value for all)."""
         if self.head.reads_inputs:
             raise UsageError("this model's base value can depend on each input (masks from its ids): "
                              "read Attribution.expected_value, one per input")
-        bg = self._background(baselines).results()
+        bg = self._background(baselines).results
         return float(self.head.explained(self.head.logits(bg))[:, target].double().mean())
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,

@@ -91,11 +91,11 @@ class LinearHead:
 
     reads_inputs = False
 
-    def __init__(self, linear: nn.Linear, output: str, layers: int, directions: int, dtype: torch.dtype) -> None:
+    def __init__(self, linear: nn.Linear, output: str, directions: int, dtype: torch.dtype) -> None:
         if output not in OUTPUTS or (output == "sigmoid" and linear.out_features != 1):
             raise UsageError(f"output must be one of {', '.join(OUTPUTS)} (sigmoid with one output), got {output!r}")
         self.w, self.b = linear.weight.detach().to(dtype), None if linear.bias is None else linear.bias.detach().to(dtype)
-        self.output, self.layers, self.directions = output, layers, directions
+        self.output, self.directions = output, directions
         self.n_outputs = linear.out_features
 
     def logits(self, res: RNNResults) -> torch.Tensor:
@@ -124,6 +124,10 @@ class LinearHead:
         h_n = lx.new_zeros(rx.h_n.shape[0], B, n, H)
         h_n[-D:] = g_final.view(B, n, D, H).permute(2, 0, 1, 3)
         return HeadMultipliers(None, h_n, None, self.explained(lx), self.explained(lr)[:, None].expand(B, n))
+
+
+# Where the feed's refusals send the user: the engines that explain any model the transform rules.
+LIBRARIES_HINT = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
 
 
 class _Probe(Exception):
@@ -168,7 +172,6 @@ class _Feed(nn.Module):
 
     def _read(self, input) -> torch.Tensor | None:
         """The lengths of a packed input (None for a padded one), after checking it is the marker."""
-        hint = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
         m = self.marker
         if isinstance(input, PackedSequence):
             padded, lengths = pad_packed_sequence(input, batch_first=True)
@@ -177,21 +180,23 @@ class _Feed(nn.Module):
             if padded.shape[0] != m.shape[0] or padded.shape[2] != m.shape[2] or L > m.shape[1] or \
                     not torch.equal(torch.where(valid, seen, 0), torch.where(valid, m[:, :L, :1], 0)):
                 raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its "
-                                 f"embedding) unchanged, packed in its own order; this model changes it first: {hint}")
+                                 "embedding) unchanged, packed in its own order; this model changes it first: "
+                                 + LIBRARIES_HINT)
             return lengths
         seen = input if self.batch_first else input.transpose(0, 1)
         if seen.shape != m.shape or seen.data_ptr() != m.data_ptr() or seen.stride() != m.stride():
             raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
-                             f"unchanged; this model transforms it first: {hint}")
+                             f"unchanged; this model transforms it first: {LIBRARIES_HINT}")
         return None
 
     def forward(self, input, hx=None):
         self.calls += 1
-        hint = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
         if self.calls > 1:
-            raise UsageError(f"the model calls its recurrent layer more than once; the fast engine explains one pass: {hint}")
+            raise UsageError("the model calls its recurrent layer more than once; the fast engine explains one pass: "
+                             + LIBRARIES_HINT)
         if hx is not None:
-            raise UsageError(f"the model gives its recurrent layer an initial state; the fast engine starts from zero: {hint}")
+            raise UsageError("the model gives its recurrent layer an initial state; the fast engine starts from zero: "
+                             + LIBRARIES_HINT)
         lengths = self._read(input)
         if self.probe:
             raise _Probe(lengths)
@@ -200,7 +205,8 @@ class _Feed(nn.Module):
             out = pack_padded_sequence(res.outputs[:, : int(lengths.max())], lengths, batch_first=True,
                                        enforce_sorted=input.sorted_indices is None)
             if input.sorted_indices is not None and not torch.equal(out.sorted_indices, input.sorted_indices):
-                raise UsageError(f"the model packs its sequences in an order the fast engine does not follow: {hint}")
+                raise UsageError("the model packs its sequences in an order the fast engine does not follow: "
+                                 + LIBRARIES_HINT)
         else:
             out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
         return (out, (res.h_n, res.c_n)) if res.c_n is not None else (out, res.h_n)
@@ -235,8 +241,8 @@ class RuledHead:
         self.plain = copy.deepcopy(plain).to(dtype).eval()  # the model as it is, for checks of its outputs
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
-            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has {len(twins)}; "
-                             "explain it with --engines shap,captum")
+            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has "
+                             f"{len(twins)}: " + LIBRARIES_HINT)
         name, twin = twins[0]
         parent = self.copy.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.copy.model
         self.feed = _Feed(twin)

@@ -96,10 +96,9 @@ class _Rescale(torch.autograd.Function):
 
 
 def _times_per_pair(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """grad (2P, ...) times m (P, ...), the same m for both halves, without forming [m; m]; summed back to
-    grad's shape where m broadcast it."""
-    out = grad.unflatten(0, (2, -1)) * m
-    return out.flatten(0, 1).sum_to_size(grad.shape)
+    """grad (2P, ...) times m (P, ...), the same m for both halves, without forming [m; m]. m is never larger
+    than grad's half (it is an operand of the op whose output grad is), so the product has grad's shape."""
+    return (grad.unflatten(0, (2, -1)) * m).flatten(0, 1)
 
 
 def elementwise(fn, z: torch.Tensor) -> torch.Tensor:
