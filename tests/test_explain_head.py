@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from conftest import CELLS, HEAD_MATRIX, head_case, head_case_id
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import FastDeepShap, ShapDeepExplainer
-from torch_imdb.explain.head import RNNResults, _pairs_of
+from torch_imdb.explain.head import PooledHead, RNNResults, RuledHead, _pairs_of
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 REFUSED = {"rnn-twice": "more than once"}
@@ -117,6 +117,60 @@ def test_pooled_sentiment_models_take_the_fast_engine_with_per_review_base_value
     assert np.abs(fast.values - ref.values).max() < 1e-10
     assert np.ndim(fast.expected_value) == 1 and np.ptp(fast.expected_value) > 1e-6
     np.testing.assert_allclose(fast.expected_value, ref.expected_value, atol=1e-12)
+
+
+def pooled_case(pool: str, dtype=torch.float64, cell: str = "lstm"):
+    """A bidirectional SentimentRNN with strong weights, inputs with padding (one all padding, one sharing the
+    references' padding) and their traces."""
+    torch.manual_seed(7)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, bidirectional=True, pool=pool, cell=cell,
+                                     attention_dim=4)).to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    g = torch.Generator().manual_seed(1)
+    x, bg = torch.randint(1, 30, (4, 9), generator=g), torch.randint(1, 30, (6, 9), generator=g)
+    x[1, :4], bg[:3, :4], x[3] = 0, 0, 0  # input 1 shares the padding of references 0-2; input 3 is all padding
+    engine = FastDeepShap(model, dtype)
+    return model, x, bg, engine.trace(x).results, engine.trace(bg).results
+
+
+@pytest.mark.parametrize("pool", PooledHead.POOLS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_pooled_head_in_closed_form_gives_the_ruled_heads_multipliers(pool, cell):
+    model, x, bg, rx, rr = pooled_case(pool, cell=cell)
+    closed = PooledHead(model, torch.float64).multipliers(rx, rr, 0, (x,))
+    ruled = RuledHead(model, torch.float64).multipliers(rx, rr, 0, (x,))
+    everything = slice(None), slice(None)
+    assert closed.output_multipliers(*everything).abs().max() > 1e-3
+    assert (closed.output_multipliers(*everything) - ruled.outputs).abs().max() < 1e-12
+    some = slice(2, 5), slice(3, 7)  # a window of steps and features, as the recurrence asks for them
+    assert torch.equal(closed.output_multipliers(*some), closed.output_multipliers(*everything)[2:5, ..., 3:7])
+    assert ruled.h_n is None or ruled.h_n.abs().max() == 0  # the pools read the outputs alone
+    assert (closed.f_x - ruled.f_x).abs().max() < 1e-12 and (closed.f_r - ruled.f_r).abs().max() < 1e-12
+    with torch.no_grad():
+        assert (closed.f_x - torch.sigmoid(model(x))).abs().max() < 1e-12
+
+
+def test_a_sentiment_model_pooling_by_attention_gets_the_closed_form_head():
+    model, x, bg, _, _ = pooled_case("attention")
+    engine = FastDeepShap(model, torch.float64)
+    assert isinstance(engine.head, PooledHead)
+    assert isinstance(FastDeepShap(pooled_case("max")[0], torch.float64).head, RuledHead)  # max: the ruled head
+    ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg)
+    assert np.abs(engine.attribute(x, bg).values - ref.values).max() < 1e-10
+    with pytest.raises(UsageError, match="target 1"):
+        engine.attribute(x, bg, target=1)
+    with pytest.raises(UsageError, match="token ids alone"):
+        engine.attribute(x, bg, additional_forward_args=(torch.ones(4, 9),))
+
+
+def test_the_compiled_attention_rules_give_the_eager_values():
+    model, x, bg, rx, rr = pooled_case("attention", torch.float32)
+    everything = slice(None), slice(None)
+    eager = PooledHead(model, torch.float32).multipliers(rx, rr, 0, (x,)).output_multipliers(*everything)
+    compiled = PooledHead(model, torch.float32, compile=True).multipliers(rx, rr, 0, (x,)).output_multipliers(*everything)
+    assert (eager - compiled).abs().max() < 1e-6 * eager.abs().max()
 
 
 def test_pairs_are_laid_out_backgrounds_first():

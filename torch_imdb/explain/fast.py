@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
                                          completeness_tolerance, guard)
-from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, RNNResults, RuledHead
+from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead, RNNResults, RuledHead
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
 from torch_imdb.explain.onednn import product
 from torch_imdb.progress import Progress
@@ -76,15 +76,18 @@ def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
     return found[0] if found else None
 
 
-def model_parts(model, dtype: torch.dtype, output: int | str | None = None):
+def model_parts(model, dtype: torch.dtype, output: int | str | None = None, compile: bool = False):
     """(rnn, embedding or None, head) of a model, or a one-line error naming the transform.
 
     A :class:`RNNParts` or a :class:`~torch_imdb.model.SentimentRNN` reading its final state gets
-    the closed-form :class:`~.head.LinearHead`; any other module with one ``nn.LSTM`` / ``nn.GRU``
+    the closed-form :class:`~.head.LinearHead`, a SentimentRNN pooling by mean or attention the
+    closed-form :class:`~.head.PooledHead`; any other module with one ``nn.LSTM`` / ``nn.GRU``
     gets the :class:`~.head.RuledHead`, its own forward pass run through the transform's rules.
     """
     if isinstance(model, SentimentRNN) and model.config.pool == "last":
         model = RNNParts(model.rnn, model.fc, model.embedding, "sigmoid")
+    if isinstance(model, SentimentRNN) and model.config.pool in PooledHead.POOLS and output is None:
+        return model.rnn, model.embedding, PooledHead(model, dtype, compile)
     if isinstance(model, RNNParts):
         rnn, embedding = model.rnn, model.embedding
         if not isinstance(model.head, nn.Linear):
@@ -136,6 +139,11 @@ class Trace:
         h_n = torch.stack([tr.h[:, 0 if reverse else T - 1] for tr, reverse in runs])
         cells = [tr.final_cell(reverse) for tr, reverse in runs]
         return RNNResults(outputs, h_n, None if cells[0] is None else torch.stack(cells))
+
+
+def _window_of(g: torch.Tensor, steps: slice, features: slice) -> torch.Tensor:
+    """The multipliers of a layer's outputs g (T, B, n, D*H) at some steps and features."""
+    return g[steps, ..., features]
 
 
 def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
@@ -210,14 +218,16 @@ class RecurrentStack:
         n, T = rv.x.shape[:2]
         B, H = hm.f_r.shape[0], self.H
         shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
-        g_above = hm.outputs  # multipliers of the current layer's outputs (T, B, n, D*H): the head's, then the layer above's
+        # the multipliers of the current layer's outputs at (steps, features), (t, B, n, f): the head's, then the
+        # layer above's
+        g_above = hm.output_multipliers
         zeros = rv.x.new_zeros(B, n, H)
         for layer in range(self.L - 1, -1, -1):
             first = layer == 0 and tokens  # the input's share comes from the projections, not a product
             width = rv.x.shape[2] if layer == 0 else self.D * H
             g_in = None if first else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
-                above = None if g_above is None else g_above[..., d * H : (d + 1) * H]
+                above = functools.partial(g_above, features=slice(d * H, (d + 1) * H))
                 k = layer * self.D + d
                 g_h = zeros if hm.h_n is None else hm.h_n[k]
                 g_c = zeros if hm.c_n is None else hm.c_n[k]
@@ -225,10 +235,10 @@ class RecurrentStack:
                                         first)
                 if first:
                     shares = shares + share
-            g_above = g_in
+            g_above = functools.partial(_window_of, g_in)
         if tokens:
             return shares.permute(2, 1, 0)
-        return g_above.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+        return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
     def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
         """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
@@ -247,7 +257,7 @@ class RecurrentStack:
             if carry is not None:
                 g_h = self.spec.recurrent(carry, w_hh_t)
             carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
-                                                    None if above is None else above[window], tokens, g_in is not None)
+                                                    above(window), tokens, g_in is not None)
             if tokens:
                 shares[window] = share
             if kept is not None:  # the layer input's multipliers, both directions summed
@@ -281,7 +291,7 @@ class FastDeepShap:
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
                  check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False) -> None:
-        rnn, embedding, self.head = model_parts(model, dtype, output)
+        rnn, embedding, self.head = model_parts(model, dtype, output, compile)
         self.rnn, self.dtype = rnn, dtype
         self.stack = RecurrentStack(rnn, dtype, compile, block_steps)
         self.device = self.stack.device
@@ -395,8 +405,6 @@ class FastDeepShap:
                                        target, consts_g)
             if trim:
                 self._check_trimmed(hm.f_x, sub, tuple(take(a) for a in consts), target)
-            if hm.outputs is not None and L < T:  # outputs past a sequence's end are zeros: nothing flows there
-                hm.outputs = hm.outputs[:L]
             self.pair_steps += len(bg.x) * len(sub) * L * self.stack.L * self.stack.D
             at_rows = slice(None) if rows is None else rows.numpy()
             values[at_rows, :L] = self.stack.pairs(rv, bg, hm, self.tokens).mean(dim=1).double().cpu().numpy()

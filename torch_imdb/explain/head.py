@@ -9,6 +9,9 @@ outputs themselves. Two kinds:
 
 - :class:`LinearHead`: ``Linear(final hidden state) -> sigmoid | logits | identity``,
   in closed form (the Keras example's head; no autograd, the fastest path);
+- :class:`PooledHead`: a :class:`~torch_imdb.model.SentimentRNN`'s mean or attention
+  pooling, in closed form from the same rules (the attention's linear maps run once per
+  row, not once per pair);
 - :class:`RuledHead`: any head the transform has rules for. The model's own forward
   pass runs on a batch of [inputs; references] pairs with its recurrent layer replaced
   by a *feed* of the traced results, under the transform's rule mode, and is
@@ -22,6 +25,7 @@ Pairs are laid out backgrounds first: pair p = b * n + i holds input i and refer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import copy
 
@@ -31,7 +35,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.rules import rescale
+from torch_imdb.explain.onednn import product
+from torch_imdb.explain.rules import pair_rescale, rescale
 
 OUTPUTS = ("sigmoid", "logits", "identity")
 
@@ -69,17 +74,24 @@ class RNNResults:
 class HeadMultipliers:
     """The head's part of the explanation of n inputs against B references (pairs backgrounds first).
 
-    outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or None when the head
-    reads none; h_n, c_n: (layers*D, B, n, H) multipliers of the final states, or None; f_x: (n,) the
+    outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or a function of
+    (steps, features) slices giving them there (a head that makes them window by window, so that
+    no (T, B, n, D*H) tensor is formed), or None when the head reads none; h_n, c_n: (layers*D, B, n, H) multipliers of the final states, or None; f_x: (n,) the
     explained output of each input; f_r: (B, n) the output of each reference run with input i's constants
     (masks from its ids, its extra arguments), whose mean over B is input i's base value.
     """
 
-    outputs: torch.Tensor | None
+    outputs: torch.Tensor | Callable[[slice, slice], torch.Tensor] | None
     h_n: torch.Tensor | None
     c_n: torch.Tensor | None
     f_x: torch.Tensor
     f_r: torch.Tensor
+
+    def output_multipliers(self, steps: slice, features: slice) -> torch.Tensor | None:
+        """The outputs' multipliers (t, B, n, f) at ``steps`` and ``features``, or None when the head reads none."""
+        if self.outputs is None or isinstance(self.outputs, torch.Tensor):
+            return None if self.outputs is None else self.outputs[steps, ..., features]
+        return self.outputs(steps, features)
 
 
 class LinearHead:
@@ -124,6 +136,101 @@ class LinearHead:
         h_n = lx.new_zeros(rx.h_n.shape[0], B, n, H)
         h_n[-D:] = g_final.view(B, n, D, H).permute(2, 0, 1, 3)
         return HeadMultipliers(None, h_n, None, self.explained(lx), self.explained(lr)[:, None].expand(B, n))
+
+
+def _attention_rules(zx, zr, tx, tr, m_s, v, c):
+    """The attention's part of the outputs' multipliers, ready for one matrix product:
+    [m_s * v * (tanh rescale), c] (t, B, n, A+1), with zx, tx (t, 1, n, A) the inputs' scoring layer
+    before and after its tanh, zr, tr (t, B, 1, A) the references', m_s (t, B, n) the scores'
+    multipliers and c (t, B, n) the outputs' own coefficient (times the head's row, the last row of
+    the product's matrix)."""
+    m_z = m_s[..., None] * v * pair_rescale(zx, zr, tx, tr, 1 - tr * tr)
+    return torch.cat([m_z, c[..., None]], dim=-1)
+
+
+class PooledHead:
+    """A :class:`~torch_imdb.model.SentimentRNN`'s mean or attention pooling -> Linear -> sigmoid, in closed form.
+
+    The same rules as the transform's (one rescale implementation, the Shapley rule for products,
+    softmax as exp / sum with the pair's shared shift), written out for this head so that the
+    per-row quantities (the attention's scoring layer, each output's logit share) are computed once
+    per input and once per reference, and only the rules run per pair. Masks come from each input's
+    ids and reach its references, as in the libraries (one base value per input). Per pair the cost
+    is one product (t, A+1) x (A+1, D*H) per step for attention, nothing but a scaled row for the mean.
+    ``compile`` turns the attention's elementwise rules into one fused kernel.
+    """
+
+    reads_inputs = True
+    n_outputs = 1
+    POOLS = ("mean", "attention")
+
+    def __init__(self, model, dtype: torch.dtype, compile: bool = False) -> None:
+        cast = lambda t: t.detach().to(dtype)  # noqa: E731
+        self.pool = model.config.pool
+        self.w, self.b = cast(model.fc.weight[0]), cast(model.fc.bias[0])  # (D*H,), ()
+        if self.pool == "attention":
+            self.A, self.a, self.v = cast(model.attn.weight), cast(model.attn.bias), cast(model.attn_v.weight[0])
+            # the product's matrix, transposed for onednn.product: [A; w].T (D*H, A+1)
+            self.Aw_t = torch.cat([self.A, self.w[None]]).t().contiguous()
+        self._rules = torch.compile(_attention_rules, dynamic=False) if compile else _attention_rules
+
+    def lengths(self, constants: tuple, n: int, T: int) -> None:
+        return None  # a SentimentRNN reads every step
+
+    def _mask(self, constants: tuple, n: int, T: int) -> torch.Tensor:
+        from torch_imdb.model import token_mask
+
+        ids, *extra = constants
+        if extra:
+            raise UsageError("a SentimentRNN's forward pass takes the token ids alone, not additional_forward_args")
+        return token_mask(ids).t()  # (T, n) bool
+
+    def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
+        if target != 0:
+            raise UsageError(f"target {target} is not an output of this model (it has 1)")
+        n, T = rx.outputs.shape[:2]
+        keep = self._mask(constants, n, T)[:, None]  # (T, 1, n): input i's mask, for its references too
+        Ox, Or = rx.outputs.transpose(0, 1), rr.outputs.transpose(0, 1)  # (T, n, W), (T, B, W)
+        ux, ur = (Ox @ self.w)[:, None], (Or @ self.w)[:, :, None]  # each output's logit share (T, 1, n), (T, B, 1)
+        if self.pool == "mean":
+            share = keep.to(ux.dtype) / keep.sum(dim=0)  # (T, 1, n)
+            lx, lr = (share * ux).sum(dim=0) + self.b, (share * ur).sum(dim=0) + self.b  # (1, n), (B, n)
+            m_out = self._m_logit(lx, lr)
+            coef = m_out * share  # (T, B, n): the outputs' multipliers are coef * w
+            return HeadMultipliers(lambda steps, features: coef[steps, ..., None] * self.w[features], None, None,
+                                   torch.sigmoid(lx[0]), torch.sigmoid(lr))
+        zx, zr = Ox @ self.A.t() + self.a, Or @ self.A.t() + self.a  # the scoring layer, per row (T, ., A)
+        tx, tr = torch.tanh(zx), torch.tanh(zr)
+        ninf = torch.tensor(float("-inf"), dtype=zx.dtype, device=zx.device)
+        sx, sr = torch.where(keep, (tx @ self.v)[:, None], ninf), torch.where(keep, (tr @ self.v)[:, :, None], ninf)
+        # softmax = exp(s - c) / sum: c, the pair's larger maximum, as the transform's shared shift
+        c = torch.maximum(sx.amax(dim=0), sr.amax(dim=0))  # (B, n)
+        qx, qr = sx - c, sr - c  # (T, B, n)
+        ex, er = torch.exp(qx), torch.exp(qr)
+        m_exp = pair_rescale(qx, qr, ex, er, er)
+        Sx, Sr = ex.sum(dim=0), er.sum(dim=0)
+        ix, ir = 1 / Sx, 1 / Sr
+        m_inv = pair_rescale(Sx, Sr, ix, ir, -ir * ir)
+        ax, ar = ex * ix, er * ir  # the attention weights (T, B, n)
+        lx, lr = (ax * ux).sum(dim=0) + self.b, (ar * ur).sum(dim=0) + self.b  # (B, n)
+        m_out = self._m_logit(lx, lr)
+        m_a = m_out * (ux + ur) / 2  # Shapley rule on alpha * h, then on e * (1/S)
+        m_s = (m_a * (ix + ir) / 2 + m_inv * (m_a * (ex + er) / 2).sum(dim=0)) * m_exp
+        coef = m_out * (ax + ar) / 2  # the outputs' own multiplier, times w
+        zx, zr, tx, tr = zx[:, None], zr[:, :, None], tx[:, None], tr[:, :, None]
+
+        def outputs(steps: slice, features: slice) -> torch.Tensor:
+            # made as the recurrence reaches each window: no (T, B, n, D*H) tensor to write and read back
+            ext = self._rules(zx[steps], zr[steps], tx[steps], tr[steps], m_s[steps], self.v, coef[steps])
+            return product(ext, self.Aw_t[features])
+        f_x = torch.sigmoid((torch.softmax(sx[:, 0], dim=0) * ux[:, 0]).sum(dim=0) + self.b)
+        return HeadMultipliers(outputs, None, None, f_x, torch.sigmoid(lr))
+
+    @staticmethod
+    def _m_logit(lx: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """The sigmoid's rescale multiplier (B, n) from the logits of the inputs (., n) and references (B, n)."""
+        yx, yr = torch.sigmoid(lx), torch.sigmoid(lr)
+        return pair_rescale(lx.expand_as(lr), lr, yx.expand_as(yr), yr, yr * (1 - yr))
 
 
 # Where the feed's refusals send the user: the engines that explain any model the transform rules.

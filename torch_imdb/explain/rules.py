@@ -91,8 +91,15 @@ class _Rescale(torch.autograd.Function):
                 d_ref = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
         else:
             d_ref = dz  # not read
-        m = _finite(rescale(dz, _difference(y_x, y_r), d_ref))
-        return _times_per_pair(grad, m), None
+        return _times_per_pair(grad, pair_rescale(z_x, z_r, y_x, y_r, d_ref)), None
+
+
+def pair_rescale(z_x: torch.Tensor, z_r: torch.Tensor, y_x: torch.Tensor, y_r: torch.Tensor,
+                 d_ref: torch.Tensor) -> torch.Tensor:
+    """The rescale multiplier of y = fn(z) for (input, reference) values, as the transform's rule gives it:
+    equal values (-inf and -inf of a mask included) differ by 0, and an infinite operand carries nothing.
+    d_ref: fn's derivative at z_r, used where |z_x - z_r| < RESCALE_EPS."""
+    return _finite(rescale(_difference(z_x, z_r), _difference(y_x, y_r), d_ref))
 
 
 def _times_per_pair(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
