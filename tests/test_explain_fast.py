@@ -48,7 +48,7 @@ def test_chunking_and_streaming_do_not_change_values():
     whole = FastDeepShap(model, torch.float64, chunk_pairs=10_000).attribute(ids, bg)
     engine = FastDeepShap(model, torch.float64, chunk_pairs=4)  # one review per chunk
     parts = list(engine.iter_attribute(ids, bg))
-    assert [p[0] for p in parts] == list(range(7))
+    assert [p[0].tolist() for p in parts] == [[k] for k in range(7)]
     np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), whole.values, atol=1e-14)
     # the background trace is cached across calls and refreshed when the background changes
     first = engine._background(bg)

@@ -272,6 +272,27 @@ def test_packed_reviews_of_mixed_lengths_each_run_their_own_steps():
     assert engine.pair_steps == 3 * int(lengths.sum()) * 2
 
 
+def test_packed_inputs_go_in_order_of_length_so_that_a_chunk_runs_together():
+    torch.manual_seed(1)
+    model = Packed("lstm").double().eval()
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([2, 8, 5, 2, 8, 5, 2, 8])  # interleaved: consecutive chunks of 2 would mix lengths
+    x = torch.randint(1, 30, (8, 8), generator=g) * (torch.arange(8)[None] < lengths[:, None])
+    bg = torch.randint(1, 30, (3, 8), generator=g)
+    engine = FastDeepShap(model, torch.float64, chunk_pairs=6)  # chunks of 2 reviews
+    groups = []
+    head = engine.head.multipliers
+    engine.head.multipliers = lambda rx, *a: groups.append(len(rx.outputs)) or head(rx, *a)
+    fast = engine.attribute(x, bg)
+    assert groups == [2, 1, 1, 1, 1, 2]  # lengths 2,2 | 2,5 | 5,8 | 8,8: one group per length in each chunk
+    # (in the inputs' own order every chunk would mix two lengths: eight groups of one)
+    rows = [r.tolist() for r, *_ in engine.iter_attribute(x, bg)]
+    assert rows == [[0, 3], [6, 2], [5, 1], [4, 7]]  # the input numbers each chunk holds, by length
+    ref = ShapDeepExplainer(model, torch.float64).attribute(x, bg)
+    assert np.abs(fast.values - ref.values).max() < 1e-10  # and the values come back in the inputs' order
+    np.testing.assert_allclose(fast.outputs, ref.outputs, atol=1e-12)
+
+
 class ReadsPadding(Packed):
     """Packed, but pooled by a mean over every position, padding included: the padding changes the output."""
 

@@ -122,13 +122,13 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torc
 
 
 def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype: torch.dtype,
-          check: bool = True, first: int = 0) -> np.ndarray:
+          check: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
     """The completeness guard: sum(values) must equal f(x) - E f(background) for every input.
 
     values (n, T[, F]); outputs (n,); expected: a float or (n,). The residual of input k must
     be within ``TOLERANCE[dtype] * max(1, |f(x_k)|, |E f|)``. Returns each input's residual as a
     fraction of its tolerance; past 1 it raises :class:`~torch_imdb.errors.CompletenessError`
-    in one line (input numbers counted from ``first``), unless ``check`` is False.
+    in one line naming the input (its number in ``rows`` (n,) when given), unless ``check`` is False.
     """
     expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), outputs.shape)
     residual = values.reshape(len(values), -1).sum(axis=1) - (outputs - expected)
@@ -138,7 +138,7 @@ def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype:
     if check and not (ratio <= 1).all():  # NaN fails too
         k = int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio)))
         raise CompletenessError(
-            f"{method}: the attributions of input {first + k} sum to {values[k].sum():.6g} but f(x) - E f = "
+            f"{method}: the attributions of input {k if rows is None else rows[k]} sum to {values[k].sum():.6g} but f(x) - E f = "
             f"{outputs[k] - expected[k]:.6g} (residual {residual[k]:.3g}, tolerance {tol:g} x {scale[k]:.3g} in "
             f"{str(dtype).split('.')[-1]}): an op in the model likely has no exact rule (the covered ops: "
             "torch_imdb.explain.describe_rules()); pass check_completeness=False to get the values with their residuals")

@@ -353,10 +353,15 @@ class FastDeepShap:
         return self._bg[steps]
 
     def iter_attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
-                       additional_forward_args: tuple = ()) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (start, values (n, T[, F]) float64, outputs (n,), base values (n,)) for consecutive chunks of inputs.
+                       additional_forward_args: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                              np.ndarray]]:
+        """Yield (rows, values (n, T[, F]) float64, outputs (n,), base values (n,)) for chunks of the inputs, rows
+        (n,) being the chunk's input numbers.
 
-        Memory stays bounded by ``chunk_pairs`` whatever the number of inputs.
+        Chunks are consecutive inputs, except for a model that packs its sequences: its inputs
+        go in order of length, so that a chunk's inputs share their lengths and run together
+        (each over its own steps), not one by one. Memory stays bounded by ``chunk_pairs``
+        whatever the number of inputs.
         """
         self.check_inputs(inputs, baselines)
         extra = self._check_extra(additional_forward_args, len(inputs))
@@ -364,31 +369,49 @@ class FastDeepShap:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
         self._background(baselines)  # traced once, before the chunks
         per_chunk = max(1, self.chunk_pairs // len(baselines))
+        lengths = self._lengths(inputs, extra, per_chunk)
+        order = np.arange(len(inputs)) if lengths is None else np.argsort(lengths.numpy(), kind="stable")
         bar = Progress(len(inputs), "fast DeepSHAP", "inputs", enabled=self.progress)
         for start in range(0, len(inputs), per_chunk):
-            rows = slice(start, start + per_chunk)
-            chunk, consts = inputs[rows], [a[rows] if isinstance(a, torch.Tensor) else a for a in extra]
-            n = len(chunk)
+            rows = order[start : start + per_chunk]
+            index = torch.from_numpy(rows)
+            n = len(rows)
             pad = padded_rows(n, per_chunk) - n if self.compiled else 0  # few shapes to compile
-            if pad:
-                chunk, consts = (torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) if isinstance(a, torch.Tensor) else a
-                                 for a in (chunk, consts))
-            values, outputs, expected = self._chunk(chunk, consts, baselines, target)
+            if pad:  # copies of the chunk's last input
+                index = torch.cat([index, index[-1:].expand(pad)])
+            take = lambda a: a[index.to(a.device)] if isinstance(a, torch.Tensor) else a  # noqa: E731
+            values, outputs, expected = self._chunk(take(inputs), [take(a) for a in extra], baselines, target,
+                                                    None if lengths is None else lengths[index])
             values, outputs, expected = values[:n], outputs[:n], expected[:n]
-            guard(self.method, values, outputs, expected, self.dtype, self.check, first=start)
+            guard(self.method, values, outputs, expected, self.dtype, self.check, rows=rows)
             bar.update(n)
-            yield start, values, outputs, expected
+            yield rows, values, outputs, expected
         bar.close()
 
-    def _chunk(self, chunk: torch.Tensor, consts: list, baselines: torch.Tensor, target: int):
+    def _lengths(self, inputs: torch.Tensor, extra: tuple, per_chunk: int) -> torch.Tensor | None:
+        """The steps (N,) the model's recurrent layer runs for each input when it packs them, else None."""
+        if not self.head.reads_inputs:
+            return None
+        found = []
+        for start in range(0, len(inputs), per_chunk):
+            rows = slice(start, start + per_chunk)
+            chunk = inputs[rows]
+            constants = (chunk.to(self.device) if self.tokens else None,
+                         *(a[rows] if isinstance(a, torch.Tensor) else a for a in extra))
+            found.append(self.head.lengths(constants, len(chunk), chunk.shape[1]))
+            if found[-1] is None:
+                return None
+        return torch.cat(found)
+
+    def _chunk(self, chunk: torch.Tensor, consts: list, baselines: torch.Tensor, target: int,
+               lengths: torch.Tensor | None):
         """Values (n, T[, F]), outputs (n,) and base values (n,) of one chunk, as numpy float64.
 
-        A model that packs its sequences runs each input over its own length L (and its references
-        over the same L, as the libraries run them): inputs of one length go together, over L steps.
+        A model that packs its sequences runs each input over its own length L (``lengths`` (n,), and its
+        references over the same L, as the libraries run them): inputs of one length go together, over L steps.
         """
         T = chunk.shape[1]
         constants = (chunk.to(self.device) if self.tokens else None, *consts)
-        lengths = self.head.lengths(constants, len(chunk), T) if self.head.reads_inputs else None
         groups = [(T, None)] if lengths is None else [(int(L), (lengths == L).nonzero()[:, 0]) for L in lengths.unique()]
         values = np.zeros((len(chunk), *chunk.shape[1:2], *(chunk.shape[2:] if not self.tokens else ())))
         outputs, expected = np.zeros(len(chunk)), np.zeros(len(chunk))
@@ -444,10 +467,10 @@ class FastDeepShap:
         when the head reads nothing of the inputs, else one per input (N,).
         """
         t0 = time.perf_counter()
-        parts = list(self.iter_attribute(inputs, baselines, target, additional_forward_args))
-        values = np.concatenate([p[1] for p in parts])
-        outputs = np.concatenate([p[2] for p in parts])
-        expected = np.concatenate([p[3] for p in parts])
+        values = np.zeros(inputs.shape[:2] if self.tokens else inputs.shape)
+        outputs, expected = np.zeros(len(inputs)), np.zeros(len(inputs))
+        for rows, v, f_x, base in self.iter_attribute(inputs, baselines, target, additional_forward_args):
+            values[rows], outputs[rows], expected[rows] = v, f_x, base
         seconds = time.perf_counter() - t0
         if not self.head.reads_inputs:
             expected = self.expected_value(baselines, target)
