@@ -221,3 +221,87 @@ def test_reading_an_explained_value_as_a_python_bool_is_refused():
         bool(z[0, 0])
     with RuleMode():
         assert explained(z * 2) and not explained(torch.zeros_like(z))
+
+
+class TimeMajor(nn.Module):
+    """A batch_first=False model that works on time-major tensors (T, batch, .) to the end: a tanh, attention
+    softmax over time (dim 0), the weighted sum, a mean and a max over time, a LayerNorm. ``batch_first`` runs the
+    same weights batch first, the reference layout."""
+
+    def __init__(self, cell: str, batch_first: bool) -> None:
+        from conftest import CELLS
+
+        super().__init__()
+        self.batch_first = batch_first
+        self.embedding = nn.Embedding(20, 4)
+        self.rnn = CELLS[cell].make(4, 3, batch_first=batch_first, bidirectional=True)
+        self.score, self.norm, self.fc = nn.Linear(6, 1), nn.LayerNorm(18), nn.Linear(18, 1)
+
+    def forward(self, ids):
+        x = self.embedding(ids)
+        out, _ = self.rnn(x if self.batch_first else x.transpose(0, 1))
+        time = 1 if self.batch_first else 0
+        keep = (ids != 0).to(out.dtype)
+        keep = keep if self.batch_first else keep.t()
+        h = torch.tanh(out)
+        alpha = torch.softmax(self.score(h).squeeze(-1).masked_fill(keep == 0, float("-inf")), dim=time)
+        context = (alpha.unsqueeze(-1) * out).sum(time)
+        mean = (out * keep.unsqueeze(-1)).sum(time) / keep.sum(time).unsqueeze(-1)
+        top = out.amax(dim=time)
+        return torch.sigmoid(self.fc(self.norm(torch.cat([context, mean, top], dim=-1))))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_time_major_model_gets_its_rules_with_the_batch_on_dim_1(cell):
+    from torch_imdb.explain import FastDeepShap
+
+    torch.manual_seed(11)
+    first, later = TimeMajor(cell, True).double().eval(), TimeMajor(cell, False).double().eval()
+    later.load_state_dict(first.state_dict())
+    g = torch.Generator().manual_seed(2)
+    x, bg = torch.randint(1, 20, (3, 7), generator=g), torch.randint(0, 20, (5, 7), generator=g)
+    x[1, :2] = 0
+    ref = ShapDeepExplainer(first, torch.float64).attribute(x, bg)
+    s = ShapDeepExplainer(later, torch.float64).attribute(x, bg)
+    c = CaptumDeepLiftShap(later, torch.float64).attribute(x, bg)
+    f = FastDeepShap(later, torch.float64).attribute(x, bg)
+    assert np.abs(ref.values).max() > 1e-3 and np.abs(ref.residual).max() < 1e-10
+    for other in (s, c, f):
+        assert np.abs(other.values - ref.values).max() < 1e-10
+
+
+class TimeMajorBatchSum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.fc = nn.GRU(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.transpose(0, 1))
+        return self.fc(torch.tanh(out).mean(1))  # dim 1 is the batch here
+
+
+def test_a_reduction_over_a_time_major_batch_is_refused():
+    x, bg = torch.randn(2, 5, 2, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
+    with pytest.raises(UnruledOpError, match="batch dimension"):
+        ShapDeepExplainer(TimeMajorBatchSum().double(), torch.float64).attribute(x, bg)
+
+
+def test_a_time_major_reciprocal_is_a_rule_not_a_linear_map():
+    class Reciprocal(TimeMajorBatchSum):
+        def forward(self, x):
+            out, _ = self.rnn(x.transpose(0, 1))
+            return self.fc((2.0 / (1.5 + torch.tanh(out))).mean(0))
+
+    class BatchFirst(Reciprocal):  # the same, batch first: a reflected division (2.0 / x) is no linear map either
+        def forward(self, x):
+            return self.fc((2.0 / (1.5 + torch.tanh(self.rnn(x.transpose(0, 1))[0].transpose(0, 1)))).mean(1))
+
+    torch.manual_seed(0)
+    x, bg = torch.randn(2, 5, 2, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
+    model = Reciprocal().double()
+    s = ShapDeepExplainer(model, torch.float64).attribute(x, bg)
+    first = BatchFirst().double()
+    first.load_state_dict(model.state_dict())
+    b = ShapDeepExplainer(first, torch.float64).attribute(x, bg)
+    assert np.abs(s.residual).max() < 1e-10 and np.abs(s.values).max() > 1e-3
+    assert np.abs(b.residual).max() < 1e-10 and np.abs(b.values - s.values).max() < 1e-12

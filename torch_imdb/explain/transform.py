@@ -150,7 +150,7 @@ def _bilinear(func, args, kwargs):
 
 def _division(func, args, kwargs):
     a, b = args[0], args[1]
-    if _name(func).startswith("r"):  # reflected: b / a
+    if getattr(func, "__name__", "").startswith("__r"):  # reflected, ``other / self``: args are (self, other)
         a, b = b, a
     if kwargs.get("rounding_mode"):
         raise _refusal(_name(func), "division with rounding has no rule")
@@ -199,16 +199,71 @@ def _layer_norm(func, args, kwargs):
                             values.get("bias"), values.get("eps", 1e-5))
 
 
-def _reduction(func, args, kwargs):
-    """sum / mean: linear, but not over the batch (dim 0), which would mix inputs and references."""
+def _reduction(func, args, kwargs, batch_dim: int = 0):
+    """sum / mean: linear, but not over the batch (dim 0, or ``batch_dim`` of a time-major tensor), which would
+    mix inputs and references."""
     dim = _dim_arg(args, kwargs, 1)
     tensor = args[0]
     if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
         dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
-        if dims is None or any(d % tensor.dim() == 0 for d in dims):
+        if dims is None or any(d % tensor.dim() == batch_dim for d in dims):
             raise _refusal(_name(func), "a sum or mean over the batch dimension (or over all elements) mixes the "
                                         "explained inputs; reduce over the other dimensions")
     return func(*args, **kwargs)
+
+
+def _linear_here(func, args, kwargs) -> bool:
+    """Whether a product or division is linear in this call: one explained factor, or a constant divisor."""
+    if _name(func) in DIVISION:
+        reflected = getattr(func, "__name__", "").startswith("__r")  # other / self
+        divisor = args[0] if reflected else (args[1] if len(args) > 1 else kwargs.get("other"))
+        return not explained(divisor)
+    return sum(explained(a) for a in tree_flatten((args, kwargs))[0]) < 2
+
+
+# Rules that run on time-major operands (batch on a later dim, as a batch_first=False model's outputs have it)
+# with the batch moved to dim 0, where the rules find the [inputs; references] halves.
+TIME_MAJOR = ELEMENTWISE | DIVISION | {"mul", "multiply", "imul", "softmax", "log_softmax", "max", "amax", "min",
+                                       "amin", "layer_norm"}
+_REDUCING = {"max", "amax", "min", "amin"}  # their dim argument goes away (unless keepdim)
+
+
+def _batch_first(func, args, kwargs, rule: "Rule", k: int):
+    """Apply ``rule`` to operands whose batch is dim k > 0: the batch moved to dim 0, a ``dim`` argument
+    renumbered to match, the result moved back."""
+    name = _name(func)
+    if name not in TIME_MAJOR:
+        raise _refusal(name, f"on a time-major tensor (the batch on dim {k}) this op has no rule; move the batch "
+                             "first (e.g. .transpose(0, 1)) before it")
+    nd = next(a.dim() for a in tree_flatten((args, kwargs))[0] if explained(a))
+    # the explained operands and the constants laid out like them (a time-major mask) move; others broadcast
+    move = lambda a: a.movedim(k, 0) if isinstance(a, torch.Tensor) and a.dim() == nd else a  # noqa: E731
+    args, kwargs = [move(a) for a in args], {key: move(v) for key, v in kwargs.items()}
+    dim = _dim_arg(args, kwargs, 1) if name not in ELEMENTWISE and name not in DIVISION else None
+    if name == "layer_norm":
+        shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else ())
+        if k >= nd - len(tuple(shape)):
+            raise _refusal(name, "a layer norm over the batch dimension mixes the explained inputs")
+        dim = None
+    out_k = k
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    if isinstance(dim, int):
+        d = dim % nd
+        if d == k:
+            raise _refusal(name, f"over the batch dimension (dim {k} of a time-major tensor) this op has no rule")
+        moved = d + 1 if d < k else d
+        if "dim" in kwargs:
+            kwargs["dim"] = moved
+        else:
+            args[1] = moved
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        if name in _REDUCING and not keepdim and d < k:
+            out_k = k - 1
+    result = rule.apply(func, tuple(args), kwargs)
+    if isinstance(result, tuple):  # max / min with a dim: (values, indices)
+        return type(result)(tuple(t.movedim(0, out_k) for t in result))
+    return result.movedim(0, out_k)
 
 
 @dataclass(frozen=True)
@@ -272,11 +327,29 @@ class RuleMode(TorchFunctionMode):
     one off (for tests of the completeness guard).
     """
 
-    def __init__(self, rules_table: dict[str, Rule] | None = None, watch: torch.Tensor | None = None) -> None:
+    def __init__(self, rules_table: dict[str, Rule] | None = None, watch: torch.Tensor | None = None,
+                 batch: int | None = None) -> None:
         super().__init__()
         self.rules = RULES if rules_table is None else rules_table
         self.watch = watch
         self.watched_read = False  # whether any op read ``watch`` (the ids: masks, lengths)
+        self.batch = batch  # rows of the explained batch: how a time-major tensor's batch dim is found
+
+    def batch_dim(self, flat: list) -> int:
+        """Where the explained operands hold the batch: 0, or for time-major operands (dim 0 not the batch's
+        size, one later dim of that size) that dim. Operands that disagree are refused."""
+        if self.batch is None:
+            return 0
+        dims = set()
+        for t in flat:
+            if explained(t) and t.dim() > 0 and t.shape[0] != self.batch:
+                sized = [d for d in range(1, t.dim()) if t.shape[d] == self.batch]
+                dims.add(sized[0] if len(sized) == 1 else 0)
+            elif explained(t):
+                dims.add(0)
+        if len(dims) > 1:
+            raise _refusal("an op", "its explained operands hold the batch on different dims; move the batch first")
+        return dims.pop() if dims else 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -299,6 +372,12 @@ class RuleMode(TorchFunctionMode):
         if name.endswith("_") and rule.kind != "linear" and kwargs.get("inplace") is None and \
                 not getattr(func, "__module__", "") == "torch.nn.functional":
             raise _refusal(name, "an in-place nonlinear op on an explained tensor has no rule; use the out-of-place op")
+        k = self.batch_dim(flat)
+        nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
+        if k and nonlinear:
+            return _batch_first(func, args, kwargs, rule, k)
+        if rule.apply is _reduction:
+            return _reduction(func, args, kwargs, k)
         return rule.apply(func, args, kwargs)
 
 
@@ -431,7 +510,7 @@ class ExplainableModel(nn.Module):
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None, *extra) -> torch.Tensor:
         ctx = self.context
         ctx.vectors, ctx.ids = (x, ids) if ids is not None else (None, None)
-        mode = RuleMode(self.rules_table, watch=ids)
+        mode = RuleMode(self.rules_table, watch=ids, batch=x.shape[0])
         try:
             with mode:
                 out = self.model(ids if ids is not None else x, *extra)
