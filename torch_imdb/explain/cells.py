@@ -170,20 +170,25 @@ def lstm_trace(x: torch.Tensor, w_ih, w_hh, b_ih, b_hh, reverse: bool) -> CellTr
     T, n, G = xproj.shape
     H = G // 4
     z, act = torch.empty_like(xproj), torch.empty_like(xproj)
-    c, cprev, out = x.new_empty(T, n, H), x.new_empty(T, n, H), x.new_empty(T, n, H)
+    c, tc, out = x.new_empty(T, n, H), x.new_empty(T, n, H), x.new_empty(T, n, H)
     h, c_t = x.new_zeros(n, H), x.new_zeros(n, H)
+    # each step writes its results in place (no copies: the loop is a few small ops per step, each costing
+    # mostly its dispatch)
     for t in steps(T, reverse):
-        cprev[t] = c_t
         zt = torch.add(xproj[t], F.linear(h, w_hh, b_hh), out=z[t])
         a = act[t]
         torch.sigmoid(zt, out=a)
         torch.tanh(zt[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
         i, f, g, o = a.split(H, dim=1)
         c_t = torch.addcmul(f * c_t, i, g, out=c[t])
-        h = out[t] = o * torch.tanh(c_t)
+        h = torch.mul(o, torch.tanh(c_t, out=tc[t]), out=out[t])
     dact = act * (1 - act)
     dact[..., 2 * H : 3 * H] = 1 - act[..., 2 * H : 3 * H] ** 2
-    tc = torch.tanh(c)
+    cprev = torch.zeros_like(c)  # the cell state before each step: the previous step's, 0 before the first
+    if reverse:
+        cprev[:-1] = c[1:]
+    else:
+        cprev[1:] = c[:-1]
     return CellTrace(LSTMSlab(act, z, dact, c, tc, 1 - tc * tc, cprev, xproj), out.transpose(0, 1))
 
 

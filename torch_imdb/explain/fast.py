@@ -24,7 +24,9 @@ float sequences, whatever its head does with the recurrent outputs and final sta
 (pooling, attention, MLPs, LayerNorm, tuple or dict outputs): the head's multipliers
 come from :mod:`.head`, in closed form for a Linear on the final state
 (:meth:`FastDeepShap.from_parts`, a :class:`~torch_imdb.model.SentimentRNN` reading
-its final state), else through the transform's rules on the pairs. The cells'
+its final state) and for a SentimentRNN's mean or attention pooling, else through
+the transform's rules on the pairs. A model that packs its sequences runs each input
+over its own steps, its inputs taken in order of length. The cells'
 equations and rules live in :mod:`.cells`, shared with the twin.
 """
 
