@@ -76,9 +76,10 @@ class HeadMultipliers:
 
     outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or a function of
     (steps, features) slices giving them there (a head that makes them window by window, so that
-    no (T, B, n, D*H) tensor is formed), or None when the head reads none; h_n, c_n: (layers*D, B, n, H) multipliers of the final states, or None; f_x: (n,) the
-    explained output of each input; f_r: (B, n) the output of each reference run with input i's constants
-    (masks from its ids, its extra arguments), whose mean over B is input i's base value.
+    no (T, B, n, D*H) tensor is formed), or None when the head reads none; h_n, c_n: (layers*D, B,
+    n, H) multipliers of the final states, or None; f_x: (n,) the explained output of each input;
+    f_r: (B, n) the output of each reference run with input i's constants (masks from its ids, its
+    extra arguments), whose mean over B is input i's base value.
     """
 
     outputs: torch.Tensor | Callable[[slice, slice], torch.Tensor] | None
@@ -177,19 +178,21 @@ class PooledHead:
     def lengths(self, constants: tuple, n: int, T: int) -> None:
         return None  # a SentimentRNN reads every step
 
-    def _mask(self, constants: tuple, n: int, T: int) -> torch.Tensor:
+    @staticmethod
+    def _mask(constants: tuple) -> torch.Tensor:
+        """The review's tokens (T, n) bool, from the ids (n, T) that constants start with."""
         from torch_imdb.model import token_mask
 
         ids, *extra = constants
         if extra:
             raise UsageError("a SentimentRNN's forward pass takes the token ids alone, not additional_forward_args")
-        return token_mask(ids).t()  # (T, n) bool
+        return token_mask(ids).t()
 
     def multipliers(self, rx: RNNResults, rr: RNNResults, target: int, constants: tuple = ()) -> HeadMultipliers:
+        """The head's multipliers for n inputs' results rx against B references' rr; constants: (ids (n, T),)."""
         if target != 0:
             raise UsageError(f"target {target} is not an output of this model (it has 1)")
-        n, T = rx.outputs.shape[:2]
-        keep = self._mask(constants, n, T)[:, None]  # (T, 1, n): input i's mask, for its references too
+        keep = self._mask(constants)[:, None]  # (T, 1, n): input i's mask, for its references too
         Ox, Or = rx.outputs.transpose(0, 1), rr.outputs.transpose(0, 1)  # (T, n, W), (T, B, W)
         ux, ur = (Ox @ self.w)[:, None], (Or @ self.w)[:, :, None]  # each output's logit share (T, 1, n), (T, B, 1)
         if self.pool == "mean":
@@ -223,6 +226,7 @@ class PooledHead:
             # made as the recurrence reaches each window: no (T, B, n, D*H) tensor to write and read back
             ext = self._rules(zx[steps], zr[steps], tx[steps], tr[steps], m_s[steps], self.v, coef[steps])
             return product(ext, self.Aw_t[features])
+
         f_x = torch.sigmoid((torch.softmax(sx[:, 0], dim=0) * ux[:, 0]).sum(dim=0) + self.b)
         return HeadMultipliers(outputs, None, None, f_x, torch.sigmoid(lr))
 
