@@ -137,8 +137,9 @@ def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype:
     ratio = np.abs(residual) / (tol * scale)
     if check and not (ratio <= 1).all():  # NaN fails too
         k = int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio)))
+        name = k if rows is None else rows[k]
         raise CompletenessError(
-            f"{method}: the attributions of input {k if rows is None else rows[k]} sum to {values[k].sum():.6g} but f(x) - E f = "
+            f"{method}: the attributions of input {name} sum to {values[k].sum():.6g} but f(x) - E f = "
             f"{outputs[k] - expected[k]:.6g} (residual {residual[k]:.3g}, tolerance {tol:g} x {scale[k]:.3g} in "
             f"{str(dtype).split('.')[-1]}): an op in the model likely has no exact rule (the covered ops: "
             "torch_imdb.explain.describe_rules()); pass check_completeness=False to get the values with their residuals")

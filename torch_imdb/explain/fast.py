@@ -398,12 +398,15 @@ class FastDeepShap:
         for start in range(0, len(inputs), per_chunk):
             rows = slice(start, start + per_chunk)
             chunk = inputs[rows]
-            constants = (chunk.to(self.device) if self.tokens else None,
-                         *(a[rows] if isinstance(a, torch.Tensor) else a for a in extra))
+            constants = self._constants(chunk, [a[rows] if isinstance(a, torch.Tensor) else a for a in extra])
             found.append(self.head.lengths(constants, len(chunk), chunk.shape[1]))
             if found[-1] is None:
                 return None
         return torch.cat(found)
+
+    def _constants(self, chunk: torch.Tensor, consts: list) -> tuple:
+        """What a ruled head's forward pass reads besides the explained input: (ids (n, T) or None, *extra)."""
+        return (chunk.to(self.device) if self.tokens else None, *consts)
 
     def _chunk(self, chunk: torch.Tensor, consts: list, baselines: torch.Tensor, target: int,
                lengths: torch.Tensor | None):
@@ -413,7 +416,7 @@ class FastDeepShap:
         references over the same L, as the libraries run them): inputs of one length go together, over L steps.
         """
         T = chunk.shape[1]
-        constants = (chunk.to(self.device) if self.tokens else None, *consts)
+        constants = self._constants(chunk, consts)
         groups = [(T, None)] if lengths is None else [(int(L), (lengths == L).nonzero()[:, 0]) for L in lengths.unique()]
         values = np.zeros((len(chunk), *chunk.shape[1:2], *(chunk.shape[2:] if not self.tokens else ())))
         outputs, expected = np.zeros(len(chunk)), np.zeros(len(chunk))

@@ -21,6 +21,8 @@ hooks, so shap and Captum (which pass an unknown op's gradient through) apply th
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 # shap's threshold (deep_pytorch.nonlinear_1d): below it the rescale rule's
@@ -84,22 +86,25 @@ class _Rescale(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         z, y = ctx.saved_tensors
         (z_x, z_r), (y_x, y_r) = _halves(z), _halves(y)
-        dz = _difference(z_x, z_r)
-        if (dz.abs() < RESCALE_EPS).any():  # the derivative at the reference is needed only there
+
+        def d_ref() -> torch.Tensor:
             with torch.enable_grad():
                 leaf = z_r.detach().requires_grad_()
-                d_ref = torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
-        else:
-            d_ref = dz  # not read
+                return torch.autograd.grad(ctx.fn(leaf).sum(), leaf)[0]
+
         return _times_per_pair(grad, pair_rescale(z_x, z_r, y_x, y_r, d_ref)), None
 
 
 def pair_rescale(z_x: torch.Tensor, z_r: torch.Tensor, y_x: torch.Tensor, y_r: torch.Tensor,
-                 d_ref: torch.Tensor) -> torch.Tensor:
+                 d_ref: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
     """The rescale multiplier of y = fn(z) for (input, reference) values, as the transform's rule gives it:
     equal values (-inf and -inf of a mask included) differ by 0, and an infinite operand carries nothing.
-    d_ref: fn's derivative at z_r, used where |z_x - z_r| < RESCALE_EPS."""
-    return _finite(rescale(_difference(z_x, z_r), _difference(y_x, y_r), d_ref))
+    d_ref: fn's derivative at z_r, used where |z_x - z_r| < RESCALE_EPS; or a function giving it, called
+    only when some difference is that small."""
+    dz = _difference(z_x, z_r)
+    if callable(d_ref):
+        d_ref = d_ref() if bool((dz.abs() < RESCALE_EPS).any()) else dz  # dz: a placeholder, never read
+    return _finite(rescale(dz, _difference(y_x, y_r), d_ref))
 
 
 def _times_per_pair(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

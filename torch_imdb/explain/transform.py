@@ -154,7 +154,7 @@ def _division(func, args, kwargs):
         a, b = b, a
     if kwargs.get("rounding_mode"):
         raise _refusal(_name(func), "division with rounding has no rule")
-    if not explained(b):  # a / constant: linear
+    if _linear_here(func, args, kwargs):  # a / constant
         return func(*args, **kwargs)
     return rules.divide(a, b, a_varies=explained(a))
 
@@ -279,8 +279,7 @@ def _run(func, args, kwargs):
 
 
 def _linear_product(func, args, kwargs):
-    explained_args = [a for a in tree_flatten((args, kwargs))[0] if explained(a)]
-    return _bilinear(func, args, kwargs) if len(explained_args) > 1 else func(*args, **kwargs)
+    return func(*args, **kwargs) if _linear_here(func, args, kwargs) else _bilinear(func, args, kwargs)
 
 
 RULES: dict[str, Rule] = {
@@ -372,13 +371,11 @@ class RuleMode(TorchFunctionMode):
         if name.endswith("_") and rule.kind != "linear" and kwargs.get("inplace") is None and \
                 not getattr(func, "__module__", "") == "torch.nn.functional":
             raise _refusal(name, "an in-place nonlinear op on an explained tensor has no rule; use the out-of-place op")
-        k = self.batch_dim(flat)
-        nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
-        if k and nonlinear:
-            return _batch_first(func, args, kwargs, rule, k)
         if rule.apply is _reduction:
-            return _reduction(func, args, kwargs, k)
-        return rule.apply(func, args, kwargs)
+            return _reduction(func, args, kwargs, self.batch_dim(flat))
+        nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
+        k = self.batch_dim(flat) if nonlinear else 0  # linear ops run in any layout
+        return _batch_first(func, args, kwargs, rule, k) if k else rule.apply(func, args, kwargs)
 
 
 # ---------------------------------------------------------------- the explainable copy
