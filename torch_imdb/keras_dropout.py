@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from torch_imdb.explain.cells import GRU, LSTM, RNN_RELU, RNN_TANH, layer_weights, spec_of
 
+
 def keras_masks(count: int, batch: int, width: int, rate: float, like: torch.Tensor) -> torch.Tensor:
     """``count`` inverted-dropout masks (count, batch, width), drawn once per sequence (Keras' ``_generate_dropout_mask``)."""
     ones = like.new_ones(count, batch, width)
