@@ -10,7 +10,12 @@ there is none, a randomly initialised model of the same shape, labelled so):
 - per point: one warm-up per engine, then repeats; median/min/max seconds,
   seconds per review, rows per second (2 x B x N), extra peak memory;
 - a fitted line seconds-per-review = a + b x B per engine;
-- a check that all engines agree at one point (max |difference| to shap).
+- a check that all engines agree at one point (max |difference| to shap);
+- for the fast engines, the product floor at the reference point: the recurrent
+  matrix products the engine runs there (each pair-step needs one row of one: its
+  multipliers are its own), timed alone on this machine, what share of the engine's
+  time they are, and the highest ratio to shap any engine running them could reach
+  here (shap's seconds per review over the floor's).
 
 Writes results/explainer_speed.json and results/explainer_speed.png.
 ``--quick`` runs a tiny sweep on a small random model in well under a minute.
@@ -24,6 +29,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from torch_imdb.cli import ENGINES, answer_help, checkpoint_options, int_list
@@ -147,6 +153,30 @@ def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget
             "extra_peak_rss_mb": mem.extra_bytes / 2**20, "peak_rss_mb": mem.peak / 2**20, "_values": result.values}
 
 
+def product_floor(engine, inputs: int, references: int, steps: int, seed: int, repeats: int = 10) -> dict:
+    """The matrix products the fast engine runs to explain ``inputs`` reviews of ``steps`` steps against
+    ``references`` (:meth:`~torch_imdb.explain.fast.FastDeepShap.product_plan`), each shape timed alone
+    (median of ``repeats``) on random operands: their count, GFLOP and seconds per review, and the rate."""
+    from torch_imdb.explain.onednn import product
+
+    plan = engine.product_plan(inputs, references, steps)
+    g = torch.Generator(device=engine.device).manual_seed(seed)
+    seconds = flop = 0.0
+    for (M, K, N), count in Counter(plan).items():
+        a = torch.randn(M, K, generator=g, dtype=engine.dtype, device=engine.device)
+        w_t = torch.randn(N, K, generator=g, dtype=engine.dtype, device=engine.device)
+        product(a, w_t)  # the first call allocates and picks its kernel
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            product(a, w_t)
+            times.append(time.perf_counter() - t0)
+        seconds += count * statistics.median(times)
+        flop += count * 2.0 * M * K * N
+    return {"products": len(plan), "gflop_per_review": flop / inputs / 1e9,
+            "gflop_per_s": flop / seconds / 1e9 if seconds else None, "seconds_per_review": seconds / inputs}
+
+
 def fit_line(points: list[dict]) -> dict | None:
     """Least squares seconds_per_review = a + b x B, with R^2 and the log-log slope (None with < 2 sizes)."""
     B = np.array([p["background"] for p in points], dtype=float)
@@ -192,11 +222,18 @@ def run(args) -> dict:
     ref = {p["engine"]: p["seconds_per_review"] for p in points
            if p["background"] == args.sweep_background and p["reviews"] == args.reviews}
     ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
+    floors = {}
+    for name, engine in engines.items():
+        if hasattr(engine, "product_plan") and name in ref:
+            floor = product_floor(engine, args.reviews, args.sweep_background, ids_pool.shape[1], args.seed)
+            floor["share_of_engine_time"] = floor["seconds_per_review"] / ref[name]
+            floor["ceiling_vs_shap"] = ref["shap"] / floor["seconds_per_review"] if "shap" in ref else None
+            floors[name] = floor
     from torch_imdb.checkpoint import model_fingerprint
 
     return {"weights_fingerprint": model_fingerprint(model), "what": what, "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "machine": machine_info(), "versions": versions(), "warmup_seconds": warm, "points": points,
-            "fits": fits, "agreement": check,
+            "fits": fits, "agreement": check, "product_floor": floors,
             "at_reference_point": {"background": args.sweep_background, "reviews": args.reviews,
                                    "seconds_per_review": ref, **ratios}}
 
@@ -227,6 +264,12 @@ def print_table(res: dict) -> None:
         if k.endswith("speedup_vs_shap"):
             print(f"{k} at B={res['at_reference_point']['background']}, N={res['at_reference_point']['reviews']}: "
                   f"{v:.1f}x")
+    for name, f in res.get("product_floor", {}).items():
+        ceiling = f" - no engine running them beats shap by more than {f['ceiling_vs_shap']:.0f}x here" \
+            if f["ceiling_vs_shap"] else ""
+        print(f"{name}: its {f['products']} recurrent products alone take {f['seconds_per_review'] * 1e3:.2f} ms per "
+              f"review ({f['gflop_per_review']:.2f} GFLOP at {f['gflop_per_s']:.0f} GFLOP/s), "
+              f"{100 * f['share_of_engine_time']:.0f}% of its time{ceiling}")
     if res["agreement"]:
         print(f"agreement at B={res['agreement']['background']}: {res['agreement']['max_abs_diff_vs_shap']}")
 

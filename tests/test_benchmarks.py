@@ -37,6 +37,13 @@ def test_quick_run_writes_json_and_png(tmp_path):
     assert res["agreement"]["max_abs_diff_vs_shap"]["fast"] < 1e-5
     assert res["agreement"]["max_abs_diff_vs_shap"]["captum"] < 1e-5
     assert {"torch", "shap", "captum"} <= set(res["versions"]) and res["machine"]["cpu_count"] >= 1
+    # the quick model (one LSTM layer, H=16, T=12) at B=8, N=2: one chunk, 11 products (16 pairs, 4H) @ (4H, H)
+    floor = res["product_floor"]["fast"]
+    assert set(res["product_floor"]) == {"fast"} and floor["products"] == 11
+    assert floor["gflop_per_review"] == pytest.approx(11 * 2 * 16 * 64 * 16 / 2 / 1e9)
+    assert floor["seconds_per_review"] > 0
+    assert floor["ceiling_vs_shap"] == pytest.approx(
+        res["at_reference_point"]["seconds_per_review"]["shap"] / floor["seconds_per_review"])
     assert (tmp_path / "explainer_speed.png").read_bytes()[:4] == b"\x89PNG"
 
 

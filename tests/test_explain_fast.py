@@ -97,6 +97,35 @@ def test_compiled_chunks_are_padded_to_few_sizes():
     assert padded_rows(20, 20) == 20 and padded_rows(11, 20) == 20
 
 
+@pytest.mark.parametrize("case,compile", [(("lstm", 2, True, True, "logits"), False),
+                                          (("gru", 2, False, False, "identity"), False),
+                                          (("rnn_tanh", 1, True, True, "sigmoid"), False),
+                                          (("gru", 2, True, False, "identity"), True)],
+                         ids=lambda v: case_id(v) if isinstance(v, tuple) else ("compiled" if v else "eager"))
+def test_product_plan_is_the_products_run(case, compile, monkeypatch):
+    """product_plan lists exactly the matrix products the multiplier backward runs (the benchmark's floor counts
+    them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
+    from torch_imdb.explain import cells, fast
+
+    model, x, bg, target = matrix_case(case, n=5, b=4)
+    model = model.float()
+    x, bg = (x, bg) if case[3] else (x.float(), bg.float())
+    run = []
+
+    def recording(a, w_t):
+        run.append((a.reshape(-1, a.shape[-1]).shape[0], *w_t.shape[::-1]))
+        return a @ w_t.t()
+
+    for module in (cells, fast):
+        monkeypatch.setattr(module, "product", recording)
+    torch._dynamo.reset()  # a graph compiled by another test calls the product it was traced with
+    engine = fast_for(model, block_steps=2, chunk_pairs=8, compile=compile)
+    engine.attribute(x, bg, target=target)
+    plan = engine.product_plan(len(x), len(bg), x.shape[1])
+    assert sorted(run) == sorted(plan)
+    assert len(plan) > 0 and (compile or len(plan) == len(run))
+
+
 OUTPUT = {"sigmoid": "sigmoid", "logits": "logits", "identity": "identity"}
 
 

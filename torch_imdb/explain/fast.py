@@ -206,6 +206,26 @@ class RecurrentStack:
             out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
         return Trace(layers, x)
 
+    def product_plan(self, pairs: int, steps: int, tokens: bool) -> list[tuple[int, int, int]]:
+        """The matrix products (M, K, N) that :meth:`pairs` runs for ``pairs`` pairs over ``steps`` steps, one
+        entry per product: per layer and direction, h's multipliers (pairs, G*H) @ (G*H, H) at every step but
+        the direction's last processed one, and unless the layer's input is token ids (``tokens``, first layer),
+        its input's multipliers (K*pairs, G*H) @ (G*H, In), one per window of K steps.
+
+        They are the work no exact engine of this kind avoids: every pair has its own rescale
+        multipliers, so each pair-step takes one row of such a product. The head's products
+        (a pooled head's, a ruled head's) are not counted.
+        """
+        plan = []
+        for layer in range(self.L):
+            for d in range(self.D):
+                w_ih_t, w_hh_t = self.weights_t[layer][d]
+                plan += [(pairs, w_hh_t.shape[1], w_hh_t.shape[0])] * (steps - 1)
+                if not (layer == 0 and tokens):
+                    plan += [((hi - lo) * pairs, w_ih_t.shape[1], w_ih_t.shape[0])
+                             for lo, hi in windows(steps, self.block_steps, bool(d))]
+        return plan
+
     @torch.no_grad()
     def pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool) -> torch.Tensor:
         """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids (``tokens``: the first
@@ -370,7 +390,7 @@ class FastDeepShap:
         if self.n_outputs is not None and not 0 <= target < self.n_outputs:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
         self._background(baselines)  # traced once, before the chunks
-        per_chunk = max(1, self.chunk_pairs // len(baselines))
+        per_chunk = self.per_chunk(len(baselines))
         lengths = self._lengths(inputs, extra, per_chunk)
         order = np.arange(len(inputs)) if lengths is None else np.argsort(lengths.numpy(), kind="stable")
         bar = Progress(len(inputs), "fast DeepSHAP", "inputs", enabled=self.progress)
@@ -378,7 +398,7 @@ class FastDeepShap:
             rows = order[start : start + per_chunk]
             index = torch.from_numpy(rows)
             n = len(rows)
-            pad = padded_rows(n, per_chunk) - n if self.compiled else 0  # few shapes to compile
+            pad = self.chunk_rows(n, per_chunk) - n
             if pad:  # copies of the chunk's last input
                 index = torch.cat([index, index[-1:].expand(pad)])
             take = lambda a: a[index.to(a.device)] if isinstance(a, torch.Tensor) else a  # noqa: E731
@@ -389,6 +409,22 @@ class FastDeepShap:
             bar.update(n)
             yield rows, values, outputs, expected
         bar.close()
+
+    def per_chunk(self, references: int) -> int:
+        """Inputs per chunk against ``references`` background rows: ``chunk_pairs`` pairs at most, one input at least."""
+        return max(1, self.chunk_pairs // references)
+
+    def chunk_rows(self, n: int, per_chunk: int) -> int:
+        """The rows a chunk of n inputs runs with: n, or compiled, padded to few shapes (:func:`padded_rows`)."""
+        return padded_rows(n, per_chunk) if self.compiled else n
+
+    def product_plan(self, inputs: int, references: int, steps: int) -> list[tuple[int, int, int]]:
+        """The recurrent stack's matrix products (M, K, N) for explaining ``inputs`` inputs of ``steps`` steps
+        against ``references`` background rows, chunk by chunk (:meth:`RecurrentStack.product_plan`)."""
+        per_chunk = self.per_chunk(references)
+        return [shape for start in range(0, inputs, per_chunk)
+                for shape in self.stack.product_plan(self.chunk_rows(min(per_chunk, inputs - start), per_chunk)
+                                                     * references, steps, self.tokens)]
 
     def _lengths(self, inputs: torch.Tensor, extra: tuple, per_chunk: int) -> torch.Tensor | None:
         """The steps (N,) the model's recurrent layer runs for each input when it packs them, else None."""
