@@ -287,7 +287,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     n = res["settings"]["reviews"]
     for name, fit in res["fits"].items():
         slope = f"log-log slope {fit['loglog_slope']:.2f}" if fit else "one point"
@@ -296,6 +296,12 @@ def plot(res: dict, path: Path) -> None:
         ax.errorbar(B, [p["seconds_per_review"] for p in pts],
                     yerr=[[(p["median_s"] - p["min_s"]) / n for p in pts], [(p["max_s"] - p["median_s"]) / n for p in pts]],
                     marker="o", capsize=3, label=f"{name} ({slope})")
+    ref = res["at_reference_point"]
+    floors = {round(f["seconds_per_review"], 12) for f in res.get("product_floor", {}).values()}
+    for k, floor in enumerate(sorted(floors)):  # at the reference point, which has N reviews
+        if ref["reviews"] == n:
+            ax.scatter([ref["background"]], [floor], marker="_", s=500, color="black", zorder=3,
+                       label=None if k else "fast engine's recurrent products alone (its floor)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("background size B (reference reviews)")
@@ -303,7 +309,7 @@ def plot(res: dict, path: Path) -> None:
     model = textwrap.fill(res["what"]["model"], 90)  # wrapped, never cut: the epoch is at the end
     ax.set_title(f"Explanation cost, N={n} reviews\n{model}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     fig.tight_layout()
     atomic_savefig(path, fig, dpi=120)
     plt.close(fig)
