@@ -298,8 +298,8 @@ def plot(res: dict, path: Path) -> None:
                     marker="o", capsize=3, label=f"{name} ({slope})")
     ref = res["at_reference_point"]
     floors = {round(f["seconds_per_review"], 12) for f in res.get("product_floor", {}).values()}
-    for k, floor in enumerate(sorted(floors)):  # at the reference point, which has N reviews
-        if ref["reviews"] == n:
+    if ref["reviews"] == n:  # the floor is measured at the reference point: on this figure when it has N reviews
+        for k, floor in enumerate(sorted(floors)):
             ax.scatter([ref["background"]], [floor], marker="_", s=500, color="black", zorder=3,
                        label=None if k else "fast engine's recurrent products alone (its floor)")
     ax.set_xscale("log")
