@@ -178,7 +178,7 @@ def product_floor(plan: list[tuple[int, int, int]], inputs: int, dtype: torch.dt
         seconds += count * min(times)
         flop += count * 2.0 * M * K * N
     return {"products": len(plan), "gflop_per_review": flop / inputs / 1e9,
-            "gflop_per_s": flop / seconds / 1e9 if seconds else None, "seconds_per_review": seconds / inputs}
+            "gflop_per_s": flop / seconds / 1e9, "seconds_per_review": seconds / inputs}
 
 
 def fit_line(points: list[dict]) -> dict | None:
@@ -230,6 +230,8 @@ def run(args) -> dict:
     for name, engine in engines.items():
         if hasattr(engine, "product_plan") and name in ref:
             plan = engine.product_plan(args.reviews, args.sweep_background, ids_pool.shape[1])
+            if not plan:  # one-step reviews of ids: no recurrent product, no floor (and none to divide by)
+                continue
             if tuple(plan) not in timed:
                 timed[tuple(plan)] = product_floor(plan, args.reviews, engine.dtype, engine.device, args.seed)
             floor = dict(timed[tuple(plan)])

@@ -90,8 +90,10 @@ class HeadMultipliers:
 
     def output_multipliers(self, steps: slice, features: slice) -> torch.Tensor | None:
         """The outputs' multipliers (t, B, n, f) at ``steps`` and ``features``, or None when the head reads none."""
-        if self.outputs is None or isinstance(self.outputs, torch.Tensor):
-            return None if self.outputs is None else self.outputs[steps, ..., features]
+        if self.outputs is None:
+            return None
+        if isinstance(self.outputs, torch.Tensor):
+            return self.outputs[steps, ..., features]
         return self.outputs(steps, features)
 
 
