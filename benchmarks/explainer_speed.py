@@ -32,27 +32,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from torch_imdb.cli import ENGINES, answer_help, checkpoint_options, int_list
+from torch_imdb.cli import ENGINES, Parser, answer_help, bounded, checkpoint_options, count, int_list, seed_value
+from torch_imdb.config import MAX_REVIEWS, Range
 from torch_imdb.errors import UsageError, run_cli
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python benchmarks/explainer_speed.py", description=__doc__, parents=[checkpoint_options()],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES),
                    help=f"comma-separated, from {', '.join(ENGINES)} (default: all)")
     p.add_argument("--backgrounds", type=int_list, default=[10, 25, 50, 100, 200],
                    help="background sizes of the first sweep (default: 10,25,50,100,200)")
-    p.add_argument("--reviews", type=int, default=10, help="reviews explained in the background sweep (default: 10)")
+    p.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=10,
+                   help="reviews explained in the background sweep (default: 10)")
     p.add_argument("--reviews-sweep", type=int_list, default=[1, 10, 50],
                    help="numbers of reviews of the second sweep (default: 1,10,50)")
-    p.add_argument("--sweep-background", type=int, default=100, help="background of the second sweep (default: 100)")
-    p.add_argument("--check-background", type=int, default=None,
+    p.add_argument("--sweep-background", type=count(1, MAX_REVIEWS), default=100,
+                   help="background of the second sweep (default: 100)")
+    p.add_argument("--check-background", type=count(1, MAX_REVIEWS), default=None,
                    help="background size at which all engines are compared (default: the smallest)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default: 3)")
-    p.add_argument("--point-budget", type=float, default=60.0,
+    p.add_argument("--repeats", type=count(1, 1000), default=3, help="timed repeats per point (default: 3)")
+    p.add_argument("--point-budget", type=bounded(Range(float, 0, 86_400, low_open=True)), default=60.0,
                    help="stop repeating a point once its repeats took this many seconds (default: 60)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--threads", type=count(0, 1024), default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=seed_value, default=0, help="sampling seed (default: 0)")
     p.add_argument("--out", default="results", help="folder for explainer_speed.json/.png (default: results)")
     p.add_argument("--quick", action="store_true", help="tiny sweep on a small random model, under a minute")
     return p
@@ -166,7 +169,7 @@ def product_floor(plan: list[tuple[int, int, int]], inputs: int, dtype: torch.dt
 
     g = torch.Generator(device=device).manual_seed(seed)
     seconds = flop = 0.0
-    for (M, K, N), count in Counter(plan).items():
+    for (M, K, N), uses in Counter(plan).items():
         a = torch.randn(M, K, generator=g, dtype=dtype, device=device)
         w_t = torch.randn(N, K, generator=g, dtype=dtype, device=device)
         product(a, w_t)  # the first call allocates and picks its kernel
@@ -175,8 +178,8 @@ def product_floor(plan: list[tuple[int, int, int]], inputs: int, dtype: torch.dt
             t0 = time.perf_counter()
             product(a, w_t)
             times.append(time.perf_counter() - t0)
-        seconds += count * min(times)
-        flop += count * 2.0 * M * K * N
+        seconds += uses * min(times)
+        flop += uses * 2.0 * M * K * N
     return {"products": len(plan), "gflop_per_review": flop / inputs / 1e9,
             "gflop_per_s": flop / seconds / 1e9, "seconds_per_review": seconds / inputs}
 
@@ -329,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         args.engines = [e for e in args.engines if e != "fast-compiled"]  # compiling alone takes ~30 s
     if args.check_background is None:
         args.check_background = min(args.backgrounds)
-    if args.repeats < 1:
-        raise UsageError("--repeats must be at least 1")
     res = run(args)
     print_table(res)
     out = Path(args.out)

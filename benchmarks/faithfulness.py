@@ -45,20 +45,24 @@ import time
 import warnings
 from pathlib import Path
 
-from torch_imdb.cli import answer_help, checkpoint_options, sampling_options
+from torch_imdb.cli import Parser, answer_help, checkpoint_options, count, sampling_options
+from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.errors import UsageError, run_cli
 
 METHODS = ("deepshap_exact", "deepshap_plain_shap", "deepshap_plain_captum", "expected_gradients", "ig_padding",
            "grad_x_input", "occlusion", "lrp", "attention", "attention_norm", "random")
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/faithfulness.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
-    p.add_argument("--reviews", type=int, default=500, help="test reviews (seeded sample)")
-    p.add_argument("--reference-reviews", type=int, default=100, help="reviews with a Shapley reference (0: none)")
-    p.add_argument("--reference-background", type=int, default=20, help="background rows of the Shapley comparison")
-    p.add_argument("--permutations", type=int, default=10, help="permutations per review and seed for the reference")
-    p.add_argument("--reference-seeds", type=int, default=6,
+    p = Parser(prog="python benchmarks/faithfulness.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
+    p.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=500, help="test reviews (seeded sample)")
+    p.add_argument("--reference-reviews", type=count(0, MAX_REVIEWS), default=100,
+                   help="reviews with a Shapley reference (0: none)")
+    p.add_argument("--reference-background", type=count(1, MAX_REVIEWS), default=20,
+                   help="background rows of the Shapley comparison")
+    p.add_argument("--permutations", type=count(1, 10_000), default=10,
+                   help="permutations per review and seed for the reference")
+    p.add_argument("--reference-seeds", type=count(2, 1000), default=6,
                    help="seeds pooled into the reference (even; its halves measure its convergence)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
+from torch_imdb.cli import Parser
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.io import atomic_write_text
+from torch_imdb.io import atomic_write_text, read_json
 
 # (metric, its key in a method's record, True when higher is better)
 METRICS = [("Spearman with Shapley", "agreement", True), ("deletion AOPC", "deletion_aopc", True),
@@ -30,8 +30,8 @@ NOT_RANKED = ("random",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/faithfulness_summary.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python benchmarks/faithfulness_summary.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", help="faithfulness.json files (default: results/faithfulness.json and "
                                             "results/faithfulness/*/faithfulness.json)")
     p.add_argument("--out", default="results/faithfulness_models.md", help="the markdown table to write")
@@ -71,10 +71,11 @@ def summary_rows(files: list[Path]) -> list[str]:
               + " | ".join(f"{label}: exact; best other (paired)" for label, _, _ in METRICS) + " |")
     rows = [header, "|" + "---|" * (3 + len(METRICS))]
     for f in files:
+        fix = "run benchmarks/faithfulness.py"
+        d = read_json(f, fix, what="a faithfulness.json")
         try:
-            d = json.loads(f.read_text())
             methods, settings, ref = d["methods"], d["settings"], d.get("reference") or {}
-        except (OSError, ValueError, KeyError) as exc:
+        except (KeyError, AttributeError) as exc:
             raise UsageError(f"{f} is not a faithfulness.json ({type(exc).__name__}); run benchmarks/faithfulness.py") from None
         if EXACT not in methods:
             raise UsageError(f"{f} has no {EXACT} results; run benchmarks/faithfulness.py with it")

@@ -26,21 +26,22 @@ import sys
 import time
 from pathlib import Path
 
-from torch_imdb.cli import answer_help, checkpoint_options, int_list
+from torch_imdb.cli import Parser, answer_help, checkpoint_options, count, int_list, seed_value
+from torch_imdb.config import MAX_LEN, MAX_REVIEWS
 from torch_imdb.errors import UsageError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/length_sweep.py", description=__doc__,
-                                parents=[checkpoint_options()], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python benchmarks/length_sweep.py", description=__doc__,
+               parents=[checkpoint_options()], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(checkpoint="artifacts/attention")
     p.add_argument("--lengths", type=int_list, default=[25, 50, 100, 200, 400],
                    help="review lengths of the sweep (words; comma-separated)")
-    p.add_argument("--maxlen", type=int, default=400, help="the padded length every batch has")
-    p.add_argument("--reviews", type=int, default=10, help="reviews per length")
-    p.add_argument("--background", type=int, default=100, help="training reviews in the background")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--maxlen", type=count(1, MAX_LEN), default=400, help="the padded length every batch has")
+    p.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=10, help="reviews per length")
+    p.add_argument("--background", type=count(1, MAX_REVIEWS), default=100, help="training reviews in the background")
+    p.add_argument("--seed", type=seed_value, default=0, help="sampling seed")
+    p.add_argument("--threads", type=count(1, 1024), default=1, help="torch threads")
     p.add_argument("--out", default="results", help="folder for length_sweep.json/.png")
     p.add_argument("--quick", action="store_true", help="a small random model on planted lengths, in seconds "
                    "(sets --lengths 5,10,20,40 --maxlen 40 --background 8 --reviews 3)")

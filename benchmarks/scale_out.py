@@ -27,15 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-from torch_imdb.cli import answer_help, checkpoint_options, sampling_options
+from torch_imdb.cli import Parser, answer_help, checkpoint_options, count, sampling_options
+from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.errors import UsageError, run_cli
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/scale_out.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[checkpoint_options(), sampling_options()])
-    p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many test reviews (0: all 25,000)")
-    p.add_argument("--chunk-reviews", type=int, default=250,
+    p = Parser(prog="python benchmarks/scale_out.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               parents=[checkpoint_options(), sampling_options()])
+    p.add_argument("--limit", type=count(0, MAX_REVIEWS), default=0,
+                   help="a seeded sample of this many test reviews (0: all 25,000)")
+    p.add_argument("--chunk-reviews", type=count(), default=250,
                    help="reviews per local chunk and per Ray batch (smaller batches shorten the tail where one actor idles)")
     p.add_argument("--work-dir", default="artifacts/scale_out", help="where the input file and the runs' outputs go")
     p.add_argument("--out", default="results/scale_out.json")

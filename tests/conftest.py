@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.explain.cells import SPECS
 from torch_imdb.model import ModelConfig, SentimentRNN
+
+# The property-based tests: a fixed seed (derandomize) and a bounded number of examples, so CI is repeatable and short.
+settings.register_profile("torch_imdb", derandomize=True, max_examples=60, deadline=None, print_blob=True)
+settings.load_profile("torch_imdb")
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every command a user runs: the package's modules and the benchmark scripts.
+COMMANDS = ["torch_imdb.train", "torch_imdb.explain", "torch_imdb.words", "torch_imdb.series", "torch_imdb.report",
+            "torch_imdb.report_check", "benchmarks/explainer_speed.py", "benchmarks/faithfulness.py",
+            "benchmarks/faithfulness_summary.py", "benchmarks/length_sweep.py", "benchmarks/scale_out.py"]
+
+
+def command_parser(command: str):
+    """The argparse parser of a command of COMMANDS (a module name, or a script's path from the repository root)."""
+    if command.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(command).stem, ROOT / command)
+        mod = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(ROOT))
+        spec.loader.exec_module(mod)
+        return mod.build_parser()
+    name = command + ".__main__" if command == "torch_imdb.explain" else command
+    return importlib.import_module(name).build_parser()
+
 
 POSITIVE = ["superb", "wonderful", "delight"]
 NEGATIVE = ["awful", "boring", "dreadful"]

@@ -228,11 +228,12 @@ def test_links_fifos_and_devices_are_refused_without_hanging(tmp_path, target, r
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("hidden", -3, r"hidden = -3 is not an integer in \[1, 65536\]"),
+    ("hidden", -3, r"hidden = -3 is not an integer in \[1, 16384\]"),
     ("hidden", "3", r"hidden = '3' is not an integer"),
     ("layers", 1.5, r"layers = 1.5 is not an integer"),
     ("bidirectional", "yes", "is not true or false"),
-    ("dropout", 2, r"dropout = 2 is not a rate in \[0, 1\)"),
+    ("dropout", 2, r"dropout = 2 is not a number in \[0, 1\)"),
+    ("dropout", float("nan"), r"dropout = nan is not a number in \[0, 1\)"),
     ("vocab_size", 10**12, r"vocab_size = 1000000000000 is not an integer in \[3, 10000000\]"),
     ("pool", "sum", "pool = 'sum' is not one of last, mean, max, attention"),
     ("activation", "relu", r"unknown model settings \(activation\)"),
@@ -245,18 +246,18 @@ def test_config_fields_are_checked_before_anything_is_built(tmp_path, field, val
 
 
 def test_a_model_larger_than_its_weights_file_is_refused_before_allocation(tmp_path, monkeypatch):
-    """10M words x 65536 wide would be 2.6 TB: refused from the file size, and SentimentRNN is never called."""
+    """10M words x 16384 wide would be 655 GB: refused from the file size, and SentimentRNN is never called."""
     import torch_imdb.checkpoint as checkpoint
 
     _, _, cfg = saved(tmp_path)
-    cfg["model"].update(vocab_size=10_000_000, embed_dim=65536)
+    cfg["model"].update(vocab_size=10_000_000, embed_dim=16384)
     rewrite(tmp_path, cfg)
     monkeypatch.setattr(checkpoint, "SentimentRNN", lambda *a, **k: pytest.fail("the model was built"))
-    refused(tmp_path, "describes 655,36.* parameters, which model-.*cannot hold")
+    refused(tmp_path, "describes 163,84.* parameters, which model-.*cannot hold")
 
 
 @pytest.mark.parametrize("content,match", [
-    ("[1, 2]", "holds a list, not a training config"),
+    ("[1, 2]", "holds a JSON list, not a training config"),
     ("{", "config.json is unreadable"),
     ('{"maxlen": 7}', "has no `model` settings"),
     ("\xff\xfe", "config.json is unreadable"),
@@ -267,10 +268,30 @@ def test_malformed_configs_are_one_line(tmp_path, content, match):
     refused(tmp_path, match)
 
 
-def test_maxlen_is_checked(tmp_path):
+@pytest.mark.parametrize("maxlen", [-1, 0, 1_000_000])
+def test_maxlen_is_checked(tmp_path, maxlen):
+    """A crafted maxlen of 1,000,000 would have explain ask for 51 GB: refused before anything is built."""
     _, _, cfg = saved(tmp_path)
-    rewrite(tmp_path, {**cfg, "maxlen": -1})
-    refused(tmp_path, r"maxlen = -1 is not an integer in \[1, 1048576\]")
+    rewrite(tmp_path, {**cfg, "maxlen": maxlen})
+    refused(tmp_path, rf"maxlen = {maxlen} is not an integer in \[1, 4096\]")
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path):
+    """600 KB of nested arrays, under the 1 MiB cap: a RecursionError traceback before, one line now."""
+    saved(tmp_path)
+    depth = 300_000
+    (tmp_path / CONFIG).write_text('{"model": ' + "[" * depth + "]" * depth + "}")
+    refused(tmp_path, "config.json nests deeper than 64 levels")
+
+
+def test_a_vocabulary_with_a_repeated_word_is_refused_even_with_its_fingerprint_recomputed(tmp_path):
+    """Two ids for one word: the vocabulary must be a bijection on its ids, whatever fingerprint the config gives."""
+    _, vocab_path, cfg = saved(tmp_path)
+    words = json.loads(vocab_path.read_text())["words"]
+    words[1] = words[0]
+    vocab_path.write_text(json.dumps({"words": words}))
+    rewrite(tmp_path, {**cfg, "vocab_fingerprint": Vocab(tuple(words)).fingerprint()})
+    refused(tmp_path, f"word {words[0]!r} has ids 3 and 4")
 
 
 def test_a_pickle_that_weights_only_blocks_is_one_line(tmp_path):

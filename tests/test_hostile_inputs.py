@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 
 import numpy as np
@@ -207,6 +208,25 @@ def test_editing_a_review_between_a_kill_and_its_resume_is_refused(tiny_checkpoi
     write_csv(path, [(1, "w1 superb"), (2, "w2 awful"), (3, "wonderful"), (4, "boring")])  # the original again
     assert explain(ck, data, path, out, "--chunk-reviews", "2") == 0
     assert "resuming: 1 of 2 chunks" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+def test_the_temporary_files_of_killed_writes_go_with_the_next_run(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """A run killed in the middle of writing its manifest, tokens.csv or word_summary.csv leaves a temporary file;
+    the resume removes each one (not the file of a writer still running)."""
+    from test_io import dead_pid
+
+    ck, data = tiny_checkpoint
+    path = write_csv(tmp_path / "r.csv", [(1, "w1 superb"), (2, "w2 awful"), (3, "wonderful"), (4, "boring")])
+    out = tmp_path / "out"
+    run_killed_after_first_chunk(monkeypatch, ck, data, path, out)
+    left = [out / f".{name}.{dead_pid()}-q1w2.tmp" for name in ("manifest.json", "tokens.csv", "word_summary.csv")]
+    left.append(out / ".manifest.json.x7k2m9p0.tmp")  # the name an older version gave it
+    live = out / f".tokens.csv.{os.getppid()}-live.tmp"
+    for stale in [*left, live]:
+        stale.write_text("half a file")
+    assert explain(ck, data, path, out, "--chunk-reviews", "2") == 0
+    assert sorted(p.name for p in out.glob(".*.tmp")) == [live.name]
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 import shlex
@@ -13,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import command_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -61,17 +60,6 @@ def commands(doc: Path) -> list[str]:
     return [c for c in found if COMMAND.match(c)]
 
 
-def parser_of(module: str | None, script: str | None):
-    if script:
-        spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
-        mod = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(ROOT))
-        spec.loader.exec_module(mod)
-        return mod.build_parser()
-    name = module + ".__main__" if module == "torch_imdb.explain" else module
-    return importlib.import_module(name).build_parser()
-
-
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_command_in_the_docs_parses(doc):
     """Each documented command is accepted by its parser as written: no stale flag, no stale value."""
@@ -84,7 +72,7 @@ def test_every_command_in_the_docs_parses(doc):
         if "..." in rest:
             args = args[: next(k for k, a in enumerate(args) if "..." in a)]
         try:
-            parser_of(module, script).parse_args(args)
+            command_parser(module or script).parse_args(args)
         except SystemExit as exc:
             pytest.fail(f"{doc.name}: `{cmd}` is refused by its parser (exit {exc.code})")
 

@@ -63,6 +63,60 @@ def test_report_refuses_outputs_of_two_models(report, tmp_path):
         build_report(mixed, mixed / "r2.html")
 
 
+@pytest.mark.parametrize("name", ["explain_summary.json", "train_metrics.json", "explainer_speed.json",
+                                  "word_importance.json", "faithfulness.json", "all_test_timing.json"])
+@pytest.mark.parametrize("content,match", [
+    ('{"weights_fingerprint": "ab', "is unreadable \\(not JSON"),  # truncated: a write cut short by hand
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ("[" * 5000 + "]" * 5000, "nests deeper than 64 levels"),
+    (b"\xff\xfe{}", "not UTF-8"),
+])
+def test_a_damaged_results_file_is_one_line_naming_it(report, tmp_path, run_report, name, content, match):
+    """Every JSON file the report reads back: truncated, a list where an object belongs, crafted, not text."""
+    damaged = copy_results(report, tmp_path)
+    (damaged / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    err = run_report(damaged)
+    assert err.startswith(f"error: {damaged / name} ") and re.search(match, err), err
+    assert "regenerate it" in err
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("explain_summary.json", lambda d: d.pop("agreement")),
+    ("explain_summary.json", lambda d: d.update(expected_value="0.5")),
+    ("train_metrics.json", lambda d: d.update(epochs=[])),
+])
+def test_a_results_file_without_what_the_report_reads_is_one_line(report, tmp_path, run_report, name, edit):
+    damaged = copy_results(report, tmp_path)
+    data = json.loads((damaged / name).read_text())
+    edit(data)
+    (damaged / name).write_text(json.dumps(data))
+    err = run_report(damaged)
+    assert str(damaged / name) in err and "lacks what the report reads" in err, err
+    assert "regenerate it with `python -m" in err, err
+    assert not (damaged / "report.html").exists() or (damaged / "report.html").read_bytes() == \
+        (report[1] / "report.html").read_bytes()
+
+
+def copy_results(report, tmp_path) -> Path:
+    _, res = report
+    shutil.copytree(res, tmp_path / "res")
+    return tmp_path / "res"
+
+
+@pytest.fixture
+def run_report(capsys):
+    """`python -m torch_imdb.report --results FOLDER` as the CLI runs it: exit 2 and one error line; returns it."""
+    from torch_imdb.errors import run_cli
+    from torch_imdb.report import main
+
+    def run(folder: Path) -> str:
+        assert run_cli(main, ["--results", str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+    return run
+
+
 def test_missing_results_folder(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         build_report(tmp_path / "none", tmp_path / "r.html")

@@ -58,7 +58,8 @@ def test_cli_writes_checkpoint_and_metrics(planted_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("option,bad", [
     ("val_fraction", 1.5), ("epochs", 0), ("batch_size", 0), ("layers", 0), ("dropout", 1.0), ("recurrent_dropout", -0.1),
-    ("monitor", "loss"), ("lr", 0.0), ("lr", float("nan")), ("arch", "rnn"), ("dropout_masks", "per-step")])
+    ("monitor", "loss"), ("lr", 0.0), ("lr", float("nan")), ("arch", "rnn"), ("dropout_masks", "per-step"),
+    ("seed", -1), ("seed", 2**40), ("maxlen", 1_000_000), ("hidden", 10**9), ("epochs", 1.5), ("layers", True)])
 def test_bad_options_are_clear(option, bad):
     with pytest.raises(UsageError, match="--" + option.replace("_", "-")):
         TrainConfig(**{option: bad}).validate()
@@ -217,3 +218,46 @@ def test_machine_info_tells_processors_apart():
         pytest.skip("no /proc/cpuinfo on this system: the family/model numbers come from it")
     family, model = info["cpu_family_model"].split("/")
     assert family.isdigit() and model.isdigit() and isinstance(info["avx512"], bool)
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """Every setting in range, but together 2.5 billion parameters: one line before anything is built."""
+    import torch_imdb.training as training
+
+    monkeypatch.setattr(training, "prepare_data", lambda *a, **k: pytest.fail("the data was prepared"))
+    with pytest.raises(UsageError, match=r"up to 2,475,311,105 parameters, more than the 268,435,456"):
+        fit(TrainConfig(embed_dim=16384, hidden=16384), tmp_path / "ck", log=lambda *_: None)
+
+
+def test_a_kill_while_the_metrics_are_written_resumes(planted_data, tmp_path, monkeypatch):
+    """Killed while metrics.json is being written (its temporary file left behind): the state is still there, and
+    --resume finishes the run with the uninterrupted run's weights, metrics and no temporary file."""
+    import torch_imdb.training as training
+
+    cfg = TrainConfig(epochs=2, data=str(planted_data), seed=3, **SMALL)
+    whole = fit(cfg, tmp_path / "whole", log=lambda *_: None)
+    cut = tmp_path / "cut"
+
+    def killed(path, metrics):  # half of the file written, as a killed process leaves it, then the kill
+        (path.parent / f".metrics.json.{dead_pid()}-x.tmp").write_text('{"config": ')
+        raise Interrupt
+
+    monkeypatch.setattr(training, "write_metrics", killed)
+    with pytest.raises(Interrupt):
+        fit(cfg, cut, log=lambda *_: None)
+    assert (cut / "train_state.pt").exists() and not (cut / "metrics.json").exists()
+    assert [p.name for p in cut.glob(".metrics.json.*.tmp")]
+    monkeypatch.undo()
+    resumed = fit(cfg, cut, log=lambda *_: None, resume=True, metrics_out=tmp_path / "m.json")
+    assert resumed["weights_fingerprint"] == whole["weights_fingerprint"]
+    assert [r["test_loss"] for r in resumed["epochs"]] == [r["test_loss"] for r in whole["epochs"]]
+    assert json.loads((cut / "metrics.json").read_text())["weights_fingerprint"] == whole["weights_fingerprint"]
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads((cut / "metrics.json").read_text())
+    assert not (cut / "train_state.pt").exists() and not list(cut.glob(".*.tmp"))
+
+
+def dead_pid() -> int:
+    """The number of a process that has ended (a child started and waited for)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -3,20 +3,70 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
+
+from torch_imdb.config import MAX_REVIEWS, RANGES, Range
 
 # The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare.
 ENGINES = ("shap", "captum", "fast", "fast-compiled")
 
 
+MAX_COUNT = 1_000_000  # a bound for counts with no natural one (chunk sizes, repeats, workers)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line error (``error: MESSAGE; see --help``, exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see --help\n")
+
+
+def bounded(allowed: Range) -> Callable[[str], int | float]:
+    """An argparse type for a value in ``allowed``, or argparse's one-line error naming the range.
+
+    ``.range`` keeps the range, for the tests' walk over every parser."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = allowed.kind(text)
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or allowed.error(value):
+            kind = "an integer" if allowed.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind} in {allowed}, got {_shown(text)}")
+        return value
+
+    parse.__name__ = f"{allowed.kind.__name__} in {allowed}"
+    parse.range = allowed
+    return parse
+
+
+def _shown(text: str) -> str:
+    """An option's value as a message quotes it: at most 40 characters (a pasted file stays out of the line)."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def count(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
+    """An integer option in [low, high]."""
+    return bounded(Range(int, low, high))
+
+
+seed_value = bounded(RANGES["seed"])
+
+
 def int_list(text: str) -> list[int]:
-    """An option's comma-separated positive integers ("10,25,50"), or argparse's one-line error."""
+    """An option's comma-separated integers in [1, MAX_COUNT] ("10,25,50"), or argparse's one-line error."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        values = [_positive(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [1, {MAX_COUNT}], got {_shown(text)}")
     return values
+
+
+_positive = count()
+int_list.range = _positive.range
 
 
 def checkpoint_options() -> argparse.ArgumentParser:
@@ -30,8 +80,9 @@ def checkpoint_options() -> argparse.ArgumentParser:
 def sampling_options() -> argparse.ArgumentParser:
     """--background and --seed: the reference set and the seed of every sample drawn."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--background", type=int, default=100, help="training reviews in the background (reference) set")
-    p.add_argument("--seed", type=int, default=0, help="background drawn with SEED, reviews with SEED+1")
+    p.add_argument("--background", type=count(1, MAX_REVIEWS), default=100,
+                   help="training reviews in the background (reference) set")
+    p.add_argument("--seed", type=seed_value, default=0, help="background drawn with SEED, reviews with SEED+1")
     return p
 
 

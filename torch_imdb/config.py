@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from torch_imdb.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the names of the cell specs (torch_imdb.explain.cells.SPECS)
 DROPOUT_MASKS = ("per-gate", "shared")
 POOLS = ("last", "mean", "max", "attention")
+MONITORS = ("val_loss", "val_acc")
+MAX_REVIEWS = 25_000  # each IMDB split's size
+MAX_LEN = 4096  # above the longest IMDB review (2,470 words); 25,000 reviews of it are 0.8 GB of int64 ids
+
+
+class Range(NamedTuple):
+    """The values a numeric setting takes: a finite ``kind`` (int or float) from ``low`` to ``high``, each end
+    included unless ``low_open`` / ``high_open``."""
+
+    kind: type
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def error(self, value) -> str | None:
+        """Why ``value`` is not in the range (a phrase), or None when it is."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
+                or not (self.low < value if self.low_open else self.low <= value) \
+                or not (value < self.high if self.high_open else value <= self.high):
+            return f"is not {'an integer' if self.kind is int else 'a number'} in {self}"
+        return None
+
+
+# Every numeric setting of a model or a training run, bounded before anything is built: the train command's option
+# types, TrainConfig.validate and the checkpoint loader all read this one table. The highs fit the project's machines
+# (24 GB); a model's size is bounded once more by its parameter count (torch_imdb.checkpoint.MAX_PARAMETERS).
+RANGES: dict[str, Range] = {
+    "epochs": Range(int, 1, 10_000), "batch_size": Range(int, 1, MAX_REVIEWS),
+    "max_features": Range(int, 4, 10_000_000), "vocab_size": Range(int, 3, 10_000_000),
+    "maxlen": Range(int, 1, MAX_LEN),
+    "embed_dim": Range(int, 1, 1 << 14), "hidden": Range(int, 1, 1 << 14), "layers": Range(int, 1, 64),
+    "attention_dim": Range(int, 1, 1 << 14), "dropout": Range(float, 0, 1, high_open=True),
+    "recurrent_dropout": Range(float, 0, 1, high_open=True), "val_fraction": Range(float, 0, 1, high_open=True),
+    "lr": Range(float, 0, 10, low_open=True), "seed": Range(int, 0, 2**32 - 1), "patience": Range(int, 0, 10_000),
+    "train_limit": Range(int, 0, MAX_REVIEWS), "test_limit": Range(int, 0, MAX_REVIEWS),
+}
 
 
 @dataclass
@@ -48,21 +90,16 @@ class TrainConfig:
                            pool=self.pool, attention_dim=self.attention_dim)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "maxlen", "embed_dim", "hidden", "layers", "attention_dim"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("dropout", "recurrent_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.val_fraction < 1:
-            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        """Every setting's type and range (RANGES) and choice, checked before anything is built; one-line errors."""
+        for name in RANGES.keys() & {f.name for f in fields(self)}:
+            why = RANGES[name].error(getattr(self, name))
+            if why:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r} {why}")
         if self.arch not in CELLS:
             raise UsageError(f"--arch must be one of {', '.join(CELLS)}, got {self.arch}")
         if self.pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool}")
         if self.dropout_masks not in DROPOUT_MASKS:
             raise UsageError(f"--dropout-masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks}")
-        if self.monitor not in ("val_loss", "val_acc"):
+        if self.monitor not in MONITORS:
             raise UsageError(f"--monitor must be val_loss or val_acc, got {self.monitor}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")

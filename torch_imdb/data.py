@@ -116,9 +116,20 @@ class Vocab:
 
     @classmethod
     def from_json(cls, text: str) -> "Vocab":
+        """The vocabulary :meth:`to_json` wrote; a ValueError unless it is a bijection between words and ids: each word
+        once, each a word that :func:`tokenize` gives (so encoding a word gives back its id)."""
         words = json.loads(text).get("words") if text.lstrip().startswith("{") else None
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError("not a vocabulary: expected {\"words\": [strings]}")
+        first: dict[str, int] = {}
+        for k, w in enumerate(words):
+            if w in first:
+                raise ValueError(f"not a vocabulary: word {w[:40]!r} has ids {first[w] + N_RESERVED} and "
+                                 f"{k + N_RESERVED}; each word must have one id")
+            if tokenize(w) != [w]:
+                raise ValueError(f"not a vocabulary: id {k + N_RESERVED} holds {w[:40]!r}, which is not one word as "
+                                 "torch_imdb splits text")
+            first[w] = k
         return cls(tuple(words))
 
 

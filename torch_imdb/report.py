@@ -16,16 +16,15 @@ import base64
 import csv
 import html
 import io
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from torch_imdb.cli import HelpFormatter
+from torch_imdb.cli import HelpFormatter, Parser
 from torch_imdb.errors import UsageError, run_cli
-from torch_imdb.io import atomic_write_text
+from torch_imdb.io import atomic_write_text, read_json
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1150px; margin: 2em auto;
@@ -66,7 +65,10 @@ def model_fingerprint_of(results: Path) -> str | None:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """One of the results' JSON files (None when it is missing); a one-line error naming it when it is damaged."""
+    if not path.exists():
+        return None
+    return read_json(path, f"regenerate it with `{MODEL_OUTPUTS.get(path.name, 'the command that wrote it')}`")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -259,6 +261,18 @@ def faithfulness_section(results: Path) -> str:
                           "Spearman with Shapley", "s/review"], rows) + _img(results / "faithfulness.png", "faithfulness")
 
 
+def section(build, results: Path, *names: str):
+    """``build(results)``; a file that parses but lacks what the section reads (a key, a type, a number) is one line
+    naming the files and the commands that regenerate them, not a traceback."""
+    try:
+        return build(results)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        present = [n for n in names if (results / n).exists()] or list(names)
+        how = "; ".join(f"`{MODEL_OUTPUTS[n]}`" for n in present if n in MODEL_OUTPUTS) or "the command that wrote it"
+        raise UsageError(f"{' or '.join(str(results / n) for n in present)} lacks what the report reads "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); regenerate it with {how}") from None
+
+
 def build_report(results: str | Path, out: str | Path) -> Path:
     """Write the HTML report for the files in ``results`` to ``out``; returns ``out``."""
     import shap
@@ -267,15 +281,17 @@ def build_report(results: str | Path, out: str | Path) -> Path:
     if not results.is_dir():
         raise UsageError(f"results folder {results} does not exist; run the project's commands first (see README)")
     fingerprint = model_fingerprint_of(results)
-    explain_html, has_js = explanation_section(results)
+    explain_html, has_js = section(explanation_section, results, "explain_summary.json", "explain_attributions.csv")
     body = ["<h1>torch-imdb: an LSTM on IMDB, explained exactly</h1>",
             f"<p>Every section below comes from the weights with fingerprint <code>{fingerprint}</code> "
             "(checked across the files it reads).</p>",
-            "<h2>Training</h2>", training_section(results),
+            "<h2>Training</h2>", section(training_section, results, "train_metrics.json", "train_metrics_early_stop.json"),
             "<h2>Explanations: shap.DeepExplainer vs Captum DeepLiftShap on the twin</h2>", explain_html,
-            "<h2>What explanations cost</h2>", benchmark_section(results),
-            "<h2>Global word importance</h2>", words_section(results),
-            "<h2>Faithfulness: which explanation finds what drives the model?</h2>", faithfulness_section(results)]
+            "<h2>What explanations cost</h2>",
+            section(benchmark_section, results, "explainer_speed.json", "all_test_timing.json"),
+            "<h2>Global word importance</h2>", section(words_section, results, "word_importance.json"),
+            "<h2>Faithfulness: which explanation finds what drives the model?</h2>",
+            section(faithfulness_section, results, "faithfulness.json")]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>torch-imdb report</title>"
             f"<style>{CSS}</style>{shap.getjs() if has_js else ''}</head><body>" + "\n".join(body) + "</body></html>\n")
     atomic_write_text(out, page)
@@ -283,8 +299,8 @@ def build_report(results: str | Path, out: str | Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.report", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="python -m torch_imdb.report", description=__doc__,
+               formatter_class=HelpFormatter)
     p.add_argument("--results", default="results", help="folder with the project's results")
     p.add_argument("--out", default=None, help="HTML file to write (default: RESULTS/report.html)")
     return p

@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from torch_imdb.cli import Parser
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic", "--enable-logging=stderr", "--v=0",
          "--virtual-time-budget=20000", "--hide-scrollbars"]
@@ -154,8 +156,8 @@ def passed(res: dict) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.report_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m torch_imdb.report_check", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", nargs="?", default="results/report.html")
     p.add_argument("--screenshot", default=None, help="also save a full-page PNG screenshot here")
     return p

@@ -16,17 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-from torch_imdb.cli import HelpFormatter, answer_help
+from torch_imdb.cli import HelpFormatter, Parser, answer_help, count, seed_value
 from torch_imdb.errors import UsageError, run_cli
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.series", description=__doc__,
-                                formatter_class=HelpFormatter)
-    p.add_argument("--train", type=int, default=2000, help="training sequences")
-    p.add_argument("--explain", type=int, default=200, help="test sequences to explain")
-    p.add_argument("--background", type=int, default=50, help="training sequences in the background")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed for the data, the initialisation and the background")
+    p = Parser(prog="python -m torch_imdb.series", description=__doc__,
+               formatter_class=HelpFormatter)
+    p.add_argument("--train", type=count(2, 100_000), default=2000, help="training sequences")
+    p.add_argument("--explain", type=count(1, 100_000), default=200, help="test sequences to explain")
+    p.add_argument("--background", type=count(1, 100_000), default=50, help="training sequences in the background")
+    p.add_argument("--epochs", type=count(1, 10_000), default=30, help="training epochs")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seed for the data, the initialisation and the background")
     p.add_argument("--out", default="results", help="folder for series_attributions.png/.json")
     return p
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
-from pathlib import Path
 
-from torch_imdb.cli import HelpFormatter
+from torch_imdb.cli import HelpFormatter, Parser, bounded
+from torch_imdb.config import CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, TrainConfig
 from torch_imdb.errors import run_cli
-from torch_imdb.config import TrainConfig
 
 HELP = {
     "epochs": "passes over the training data",
@@ -45,9 +44,12 @@ HELP = {
 }
 
 
+CHOICES = {"arch": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "monitor": MONITORS}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.train", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="python -m torch_imdb.train", description=__doc__,
+               formatter_class=HelpFormatter)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
@@ -55,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
             continue
-        kind = {int: int, float: float}.get(type(default), str)
-        p.add_argument(flag, type=kind, default=default, help=HELP[f.name])
+        if f.name in RANGES:
+            p.add_argument(flag, type=bounded(RANGES[f.name]), default=default, help=HELP[f.name])
+        else:
+            p.add_argument(flag, choices=CHOICES.get(f.name), default=default, help=HELP[f.name])
     p.add_argument("--out", default="artifacts", help="checkpoint folder (weights, vocab.json, config.json)")
     p.add_argument("--metrics-out", default=None, help="also write the metrics JSON here (e.g. results/train_metrics.json)")
     p.add_argument("--resume", action="store_true",
@@ -67,14 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from torch_imdb.training import fit, write_metrics  # torch loads here, not for --help
+    from torch_imdb.training import fit  # torch loads here, not for --help
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    metrics = fit(cfg, args.out, resume=args.resume)
-    metrics["command"] = "python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_metrics(Path(args.out) / "metrics.json", metrics)
+    fit(cfg, args.out, resume=args.resume, metrics_out=args.metrics_out,
+        command="python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.metrics_out:
-        write_metrics(args.metrics_out, metrics)
         print(f"metrics written to {args.metrics_out}")
     return 0
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torch_imdb.checkpoint import save_checkpoint, saved_fingerprint
+from torch_imdb.checkpoint import MAX_PARAMETERS, parameter_count, save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
-from torch_imdb.io import atomic_torch_save, atomic_write_json, remove_stale_temps
+from torch_imdb.io import atomic_torch_save, atomic_write_json
 from torch_imdb.config import TrainConfig
 from torch_imdb.model import SentimentRNN
 from torch_imdb.progress import Progress
@@ -188,14 +188,22 @@ def load_state(path: Path, saved_config: dict, vocab: Vocab) -> dict:
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None, log=print,
-        resume: bool = False) -> dict:
-    """Train a model per ``cfg``, save its checkpoint to ``out_dir``, return the metrics dict.
+        resume: bool = False, command: str | None = None, metrics_out: str | Path | None = None) -> dict:
+    """Train a model per ``cfg``, save its checkpoint and ``out_dir/metrics.json`` (and ``metrics_out``), return the
+    metrics dict (with ``command``, the command line that ran it, when given).
 
     The checkpoint saved is the last epoch's, or with ``val_fraction > 0`` the
     best validation epoch's (by ``cfg.monitor``). ``resume`` continues the run
-    whose state ``out_dir/train_state.pt`` holds (same settings required).
+    whose state ``out_dir/train_state.pt`` holds (same settings required). The
+    state is removed last, once the checkpoint and the metrics are on disk: a
+    run killed at any moment before that resumes.
     """
     cfg.validate()
+    largest = parameter_count(cfg.model_config(cfg.max_features))  # the vocabulary has at most max_features ids
+    if largest > MAX_PARAMETERS:
+        raise UsageError(f"these settings describe a model of up to {largest:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} this project builds; lower --max-features, --embed-dim, --hidden or "
+                         "--layers")
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     if data is None:
@@ -206,7 +214,6 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     if state is None and state_path.exists():
         log(f"starting over: the state of an unfinished run in {state_path} will be replaced (--resume continues it)")
     move_aside_derived(out_dir, log)
-    remove_stale_temps(out_dir, STATE)
     torch.manual_seed(cfg.seed)
     x_all = torch.from_numpy(data.x_train)
     y_all = torch.from_numpy(data.y_train)
@@ -274,12 +281,11 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     if x_val is None:
         best_epoch = history[-1]["epoch"]
         fingerprint = save_checkpoint(out_dir, model, data.vocab, {**saved_config, "epoch": best_epoch})
-    state_path.unlink(missing_ok=True)
     final = next(r for r in history if r["epoch"] == best_epoch)
     log(f"Test score: {final['test_loss']:.4f}")
     log(f"Test accuracy: {final['test_acc']:.4f}" + (f" (checkpoint of epoch {best_epoch}, best {cfg.monitor})"
                                                     if x_val is not None else ""))
-    return {
+    metrics = {
         "config": saved_config,
         "n_train": int(len(x_tr)), "n_val": int(0 if x_val is None else len(x_val)), "n_test": int(len(x_te)),
         "epochs": history,
@@ -293,7 +299,12 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         "machine": machine_info(device),
         "checkpoint": str(out_dir),
         "weights_fingerprint": fingerprint,
+        **({"command": command} if command else {}),
     }
+    for path in (out_dir / "metrics.json", *([metrics_out] if metrics_out else [])):
+        write_metrics(path, metrics)
+    state_path.unlink(missing_ok=True)  # last: everything it could rebuild is durable now
+    return metrics
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_imdb.cli import HelpFormatter, checkpoint_options, sampling_options
+from torch_imdb.cli import HelpFormatter, Parser, checkpoint_options, count, sampling_options
+from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.data import N_RESERVED, Vocab
 from torch_imdb.errors import UsageError, run_cli
 from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
@@ -249,16 +250,17 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.words", description=__doc__,
-                                formatter_class=HelpFormatter,
-                                parents=[checkpoint_options(), sampling_options()])
+    p = Parser(prog="python -m torch_imdb.words", description=__doc__,
+               formatter_class=HelpFormatter,
+               parents=[checkpoint_options(), sampling_options()])
     p.add_argument("--attributions", default=None,
                    help="folder of `explain --all-test` or `--input` to summarise; refused unless finished and of "
                         "these weights (default: CHECKPOINT/all_test when finished, else a sample is explained)")
-    p.add_argument("--sample", type=int, default=2000, help="test reviews to explain when there is no --attributions")
-    p.add_argument("--min-count", type=int, default=20, help="leave out words seen fewer times")
-    p.add_argument("--top", type=int, default=20, help="words per side in the figure")
-    p.add_argument("--frequent", type=int, default=200,
+    p.add_argument("--sample", type=count(1, MAX_REVIEWS), default=2000,
+                   help="test reviews to explain when there is no --attributions")
+    p.add_argument("--min-count", type=count(), default=20, help="leave out words seen fewer times")
+    p.add_argument("--top", type=count(1, 1000), default=20, help="words per side in the figure")
+    p.add_argument("--frequent", type=count(0), default=200,
                    help="words seen at least this often count as frequent in the agreement with the log-count ratio")
     p.add_argument("--out", default="results", help="folder for word_importance.csv/.png/.json")
     return p
@@ -270,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     from torch_imdb.data import load_imdb
     from torch_imdb.explain.corpus import default_out_dir
 
-    if args.min_count < 1 or args.top < 1:
-        raise UsageError("--min-count and --top must be at least 1")
     ckpt = load_checkpoint(args.checkpoint)
     attributions = args.attributions or default_out_dir(args.checkpoint)
     dataset = load_imdb(args.data)

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from torch_imdb.cli import ENGINES, HelpFormatter, checkpoint_options, sampling_options
+from torch_imdb.cli import ENGINES, HelpFormatter, Parser, checkpoint_options, count, sampling_options
+from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.errors import UsageError, run_cli
 
 
@@ -28,11 +29,11 @@ OPTION_MODES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torch_imdb.explain", description=__doc__,
-                                formatter_class=HelpFormatter,
-                                parents=[checkpoint_options(), sampling_options()])
+    p = Parser(prog="python -m torch_imdb.explain", description=__doc__,
+               formatter_class=HelpFormatter,
+               parents=[checkpoint_options(), sampling_options()])
     g = p.add_argument_group("sampled test reviews (the default) or --text: shap, Captum and the fast engine compared")
-    g.add_argument("--reviews", type=int, default=10, help="test reviews to explain")
+    g.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=10, help="test reviews to explain")
     g.add_argument("--text", action="append", default=None,
                    help="explain this review instead of sampled ones (repeat for several)")
     g.add_argument("--engines", default=None,
@@ -55,19 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the fast engine in this process, or on Ray Data (pip install 'torch-imdb[ray]')")
     g.add_argument("--ray-address", default=None,
                    help="with --engine ray: the cluster to join (e.g. 10.0.0.1:6379; default: a new local Ray)")
-    g.add_argument("--workers", type=int, default=0,
+    g.add_argument("--workers", type=count(0, 1024), default=0,
                    help="with --engine ray: actors in the pool (0: as many as the cluster's CPUs allow)")
-    g.add_argument("--threads-per-worker", type=int, default=1,
+    g.add_argument("--threads-per-worker", type=count(1, 1024), default=1,
                    help="with --engine ray: CPUs each actor asks for, and its torch thread count")
     g = p.add_argument_group("--all-test: the whole test split, with the fast engine")
     g.add_argument("--all-test", action="store_true",
                    help="explain the whole test split, streamed to resumable parquet chunks")
-    g.add_argument("--limit", type=int, default=0, help="a seeded sample of this many test reviews (0: all)")
+    g.add_argument("--limit", type=count(0, MAX_REVIEWS), default=0,
+                   help="a seeded sample of this many test reviews (0: all)")
     g.add_argument("--timing-out", default=None, help="also copy the run's manifest (timing) here")
     g = p.add_argument_group("--input and --all-test")
     g.add_argument("--out-dir", default=None,
                    help="where the parquet chunks go (default: CHECKPOINT/explain_input or CHECKPOINT/all_test)")
-    g.add_argument("--chunk-reviews", type=int, default=500,
+    g.add_argument("--chunk-reviews", type=count(), default=500,
                    help="reviews per parquet chunk, or per Ray batch (what a restart can lose)")
     g.add_argument("--no-compile", action="store_true", help="run the fast engine without torch.compile")
     return p

@@ -26,7 +26,7 @@ from torch_imdb.data import encode_split, sample_indices
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
 from torch_imdb.explain.fast import FastDeepShap
-from torch_imdb.io import atomic_path, atomic_write_json
+from torch_imdb.io import atomic_path, atomic_write_json, read_json
 from torch_imdb.progress import Progress
 
 
@@ -131,13 +131,7 @@ def read_manifest(out: Path) -> dict | None:
     path = out / "manifest.json"
     if not path.exists():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"{path} is damaged ({type(exc).__name__}); delete {out} to start over") from None
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{path} is not a run's manifest; delete {out} to start over")
-    return manifest
+    return read_json(path, f"delete {out} to start over", what="a run's manifest")
 
 
 def start_run(out: Path, settings: dict) -> list[Path]:
