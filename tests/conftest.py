@@ -20,8 +20,10 @@ from torch_imdb.explain.cells import SPECS
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 # The property-based tests: a fixed seed (derandomize) and a bounded number of examples, so CI is repeatable and short.
-settings.register_profile("torch_imdb", derandomize=True, max_examples=60, deadline=None, print_blob=True)
-settings.load_profile("torch_imdb")
+# TORCH_IMDB_HYPOTHESIS=long runs a longer, randomized search by hand.
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("TORCH_IMDB_HYPOTHESIS", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every command a user runs: the package's modules and the benchmark scripts.

@@ -49,7 +49,7 @@ def test_a_folder_or_a_glob_reads_every_file_in_order(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda d: [write_parquet(d / "a.parquet", text=["x"]), write_parquet(d / "b.parquet", id=[1], text=["y"])],
-     "a.parquet has no `id` column but other files do"),
+     "b.parquet row 0 has an `id` but a.parquet row 0 has none"),
     (lambda d: [write_parquet(d / "a.parquet", id=[1, 1], text=["x", "y"])], "id 1 appears 2 times"),
     (lambda d: [write_parquet(d / "a.parquet", id=["one"], text=["x"])], "not an integer"),
     (lambda d: [write_parquet(d / "a.parquet", id=[1], text=["x"]), (d / "b.txt").write_text("y\n")], "mixes formats"),

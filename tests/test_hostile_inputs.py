@@ -167,6 +167,130 @@ def test_a_csv_that_is_not_csv_is_one_line(tmp_path):
         assert got.rows >= 1
 
 
+# --- paths that loop ----------------------------------------------------------------------------------------------
+
+def looping_folder(root):
+    """d/a.txt, d/sub/b.txt, and links back: d/self -> d, d/sub/up -> d, d/sub/a-again.txt -> d/a.txt."""
+    d = root / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("superb\nawful\n")
+    (d / "sub" / "b.txt").write_text("boring\n")
+    (d / "self").symlink_to(d)
+    (d / "sub" / "up").symlink_to(d)
+    (d / "sub" / "a-again.txt").symlink_to(d / "a.txt")
+    return d
+
+
+def test_a_recursive_glob_over_links_back_walks_each_folder_once(tmp_path):
+    """The hang guard, counted not timed: Python's glob follows d/self -> d without end; this walk lists the two
+    real folders once each and reads each real file once, with a line for the second path to a.txt."""
+    from torch_imdb.explain.texts import walk_glob
+
+    d = looping_folder(tmp_path)
+    notes = []
+    walk = walk_glob(d, ("**", "*.txt"), notes)
+    assert walk.folders == 2
+    assert [p.relative_to(d).as_posix() for p in walk.files] == ["a.txt", "sub/b.txt"]
+    assert len(notes) == 1 and "a-again.txt is the same file as" in notes[0] and notes[0].endswith("a.txt (a link): read once")
+
+
+def test_a_looping_folder_is_explained_once_with_a_warning(tiny_checkpoint, tmp_path, capsys):
+    ck, data = tiny_checkpoint
+    d = looping_folder(tmp_path)
+    got = read_texts(str(d / "**" / "*.txt"))
+    assert got.texts == ["superb", "awful", "boring"] and got.ids.tolist() == [0, 1, 2]
+    assert explain(ck, data, str(d / "**" / "*.txt"), tmp_path / "out") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a-again.txt is the same file as" in err[0], err
+    assert read_texts(d).texts == ["superb", "awful"]  # a folder: its own files, a.txt once
+
+
+def test_a_link_to_a_file_in_a_folder_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("superb\n")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    got = read_texts(tmp_path)
+    assert got.texts == ["superb"] and len(got.warnings) == 1 and "b.txt is the same file as" in got.warnings[0]
+
+
+# --- text that parses into something else -----------------------------------------------------------------------
+
+def test_an_unterminated_quote_in_a_csv_is_refused_naming_its_line(tmp_path):
+    """It merged the rows after it into one review (1 row instead of 3, exit 0, no warning)."""
+    (tmp_path / "r.csv").write_text('id,text\n1,superb\n2,"awful\n3,boring\n4,dull\n')
+    with pytest.raises(UsageError, match=r"r.csv line 3: a quoted field opens here and is never closed"):
+        read_texts(tmp_path / "r.csv")
+
+
+def test_a_quote_closed_rows_later_is_warned_with_the_rows_it_swallowed(tmp_path):
+    (tmp_path / "r.csv").write_text('id,text\n1,"superb\n2,awful\n3,boring\n4,"dull, flat"\n')
+    got = read_texts(tmp_path / "r.csv")
+    assert len(got.texts) == 1 and len(got.warnings) == 1
+    assert got.warnings[0].startswith("row 0: its text runs over 4 lines, 3 of which read as rows of their own")
+
+
+def test_a_review_over_several_lines_is_no_warning(tmp_path):
+    write_csv(tmp_path / "r.csv", [(1, "superb\nreally\nwonderful, truly"), (2, "awful")])
+    got = read_texts(tmp_path / "r.csv")
+    assert got.texts == ["superb\nreally\nwonderful, truly", "awful"] and not got.warnings
+
+
+@pytest.mark.parametrize("encoding,bom,fix", [("utf-16", True, "utf-16"), ("utf-16-le", False, "utf-16-le"),
+                                              ("utf-16-be", False, "utf-16-be"), ("utf-32", True, "utf-32")])
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
+def test_utf16_read_as_utf8_is_refused_with_the_encoding_to_give(tmp_path, encoding, bom, fix, fmt, capsys):
+    """It became all-<unk> reviews with one warning suggesting latin-1; a CSV's error printed the header's NULs."""
+    path = tmp_path / f"r.{fmt}"
+    lines = ["a superb film", "awful, boring"]
+    text = {"txt": "\n".join(lines), "csv": "id,text\n1,a superb film\n2,\"awful, boring\"\n",
+            "jsonl": "\n".join(json.dumps({"text": t}) for t in lines)}[fmt]
+    path.write_bytes(text.encode(encoding))
+    assert path.read_bytes()[:2] in ((b"\xff\xfe", b"\xfe\xff") if bom else (b"a\x00", b"\x00a", b"i\x00", b"\x00i", b"{\x00", b"\x00{"))
+    with pytest.raises(UsageError, match=f"give --encoding {fix}$") as err:
+        read_texts(path)
+    assert "\x00" not in str(err.value) and "\n" not in str(err.value)
+    got = read_texts(path, encoding=fix)
+    assert got.texts == lines and not got.warnings and not got.skipped
+
+
+def test_a_utf8_byte_order_mark_read_as_latin1_is_refused(tmp_path):
+    write_csv(tmp_path / "r.csv", [(1, "café")], encoding="utf-8-sig")
+    with pytest.raises(UsageError, match="byte-order mark of UTF-8, but is read as iso8859-1; give --encoding utf-8"):
+        read_texts(tmp_path / "r.csv", encoding="latin-1")
+
+
+def test_a_column_name_with_control_characters_is_escaped(tmp_path):
+    (tmp_path / "r.csv").write_bytes(b"id,te\x00xt\x1b[31m\n1,superb\n")
+    with pytest.raises(UsageError, match=r"columns: id, te\\x00xt\\x1b\[31m\)") as err:
+        read_texts(tmp_path / "r.csv")
+    assert "\x00" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+# --- a column present in some rows only --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("records,first,lacking", [
+    ([{"text": "superb"}, {"id": 7, "text": "awful"}], "row 1", "row 0"),  # an id first seen after row 0
+    ([{"id": 7, "text": "superb"}, {"text": "awful"}], "row 0", "row 1"),
+    ([{"id": 7, "text": "superb"}, {"id": None, "text": "awful"}], "row 0", "row 1"),
+])
+def test_ids_in_some_json_lines_only_are_one_line(tmp_path, records, first, lacking):
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    with pytest.raises(UsageError, match=f"{first} has an `id` but {lacking} has none; give every row an integer"):
+        read_texts(tmp_path / "r.jsonl")
+
+
+def test_an_empty_id_cell_in_a_csv_is_the_same_rule(tmp_path):
+    write_csv(tmp_path / "r.csv", [(1, "superb"), ("", "awful")])
+    with pytest.raises(UsageError, match="row 0 has an `id` but row 1 has none"):
+        read_texts(tmp_path / "r.csv")
+
+
+def test_rows_without_text_do_not_count_for_the_id_rule(tmp_path):
+    (tmp_path / "r.jsonl").write_text("\n".join([json.dumps({"id": 3, "text": "superb"}), json.dumps({"text": ""}),
+                                                 "not json"]))
+    got = read_texts(tmp_path / "r.jsonl")
+    assert got.ids.tolist() == [3] and len(got.skipped) == 2
+
+
 # --- resumes and output folders ----------------------------------------------------------------------------------
 
 class Killed(Exception):
