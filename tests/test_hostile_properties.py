@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from torch_imdb.errors import UsageError, run_cli

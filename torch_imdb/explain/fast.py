@@ -42,32 +42,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torch_imdb.errors import UsageError
+from torch_imdb.errors import CompletenessError, UsageError
 from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
-                                         completeness_tolerance, guard)
+                                         completeness_tolerance, explainable_model, guard)
 from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead, RNNResults, RuledHead
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
 from torch_imdb.explain.onednn import product
+from torch_imdb.explain.own import OwnOutputs, RNNParts
 from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
 TRANSFORM_HINT = ("explain it with shap or Captum through the transform (ShapDeepExplainer / CaptumDeepLiftShap, "
                   "or make_explainable), which covers any model built around nn.LSTM / nn.GRU")
-
-
-@dataclass
-class RNNParts:
-    """A model given in parts: [embedding ->] rnn -> Linear(final states) -> output.
-
-    rnn: an ``nn.LSTM`` / ``nn.GRU``; head: ``nn.Linear`` on the final hidden
-    state (D*H); embedding: ``nn.Embedding`` for token ids, None for float inputs;
-    output: "sigmoid" (one output, explained as a probability), "logits" or "identity".
-    """
-
-    rnn: nn.Module
-    head: nn.Linear
-    embedding: nn.Embedding | None = None
-    output: str = "identity"
 
 
 def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
@@ -315,6 +301,8 @@ class FastDeepShap:
                  check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False) -> None:
         rnn, embedding, self.head = model_parts(model, dtype, output, compile)
         self.rnn, self.dtype = rnn, dtype
+        self.model, self.output = model, output
+        self.own = OwnOutputs(model, dtype, output)  # what the guard checks against: the model as it is
         self.stack = RecurrentStack(rnn, dtype, compile, block_steps)
         self.device = self.stack.device
         self.embedding = None if embedding is None else embedding.weight.detach().to(dtype)
@@ -324,6 +312,7 @@ class FastDeepShap:
         self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
         self._bg: dict[int, Trace] = {}
+        self._expected: dict[int, float] = {}  # the model's own E f over the background, by target
         self.pair_steps = 0  # (pair, layer, direction, step) cells the multiplier backward ran, all calls together
         self.trim_padding = trim_padding
 
@@ -366,7 +355,7 @@ class FastDeepShap:
     def _background(self, baselines: torch.Tensor, steps: int | None = None) -> Trace:
         """The background's trace over its first ``steps`` steps (all by default), cached for a few lengths."""
         if self._bg_key is None or self._bg_key.shape != baselines.shape or not torch.equal(self._bg_key, baselines.cpu()):
-            self._bg_key, self._bg = baselines.cpu().clone(), {}
+            self._bg_key, self._bg, self._expected = baselines.cpu().clone(), {}, {}
         steps = baselines.shape[1] if steps is None else steps
         if steps not in self._bg:
             if len(self._bg) >= 4:  # packed inputs of many lengths: keep the full trace and the latest few
@@ -402,13 +391,85 @@ class FastDeepShap:
             if pad:  # copies of the chunk's last input
                 index = torch.cat([index, index[-1:].expand(pad)])
             take = lambda a: a[index.to(a.device)] if isinstance(a, torch.Tensor) else a  # noqa: E731
-            values, outputs, expected = self._chunk(take(inputs), [take(a) for a in extra], baselines, target,
+            chunk, consts = take(inputs), [take(a) for a in extra]
+            values, outputs, expected = self._chunk(chunk, consts, baselines, target,
                                                     None if lengths is None else lengths[index])
             values, outputs, expected = values[:n], outputs[:n], expected[:n]
-            guard(self.method, values, outputs, expected, self.dtype, self.check, rows=rows)
+            first = lambda a: a[:n] if isinstance(a, torch.Tensor) else a  # noqa: E731
+            chunk, consts = chunk[:n], [first(a) for a in consts]
+            own, own_expected = self._own(chunk, consts, target), self._own_expected(chunk, consts, baselines, target)
+            self._check_outputs(rows, (outputs, own, "f(x)"), (expected, own_expected, "E f"),
+                                inputs=chunk, extra=consts, baselines=baselines)
+            expected = expected if own_expected is None else own_expected
+            guard(self.method, values, own, expected, self.dtype, self.check, rows=rows)
             bar.update(n)
-            yield rows, values, outputs, expected
+            yield rows, values, own, expected
         bar.close()
+
+    def _own(self, inputs: torch.Tensor, extra: list, target: int) -> np.ndarray:
+        """The model's own outputs (n,) float64 at ``target``, from the user's module as it is (:class:`OwnOutputs`)."""
+        out = self.own(inputs.to(self.device), *extra)
+        if not 0 <= target < out.shape[1]:
+            raise UsageError(f"target {target} is not an output of this model (it has {out.shape[1]})")
+        return out[:, target].double().cpu().numpy()
+
+    def _own_expected(self, inputs: torch.Tensor, extra: list, baselines: torch.Tensor,
+                      target: int) -> np.ndarray | None:
+        """Each input's E f (n,) by the model itself: the mean of its own outputs over the background, each reference
+        run with the input's extra arguments. None where the model itself cannot give it: a token model that computes
+        something from its ids besides their embedding (a mask, lengths) has that as a constant of each input, which
+        its own forward pass cannot be handed apart from the ids."""
+        if self.tokens and self.head.ids_read:
+            return None
+        if not any(isinstance(a, torch.Tensor) for a in extra):
+            return np.full(len(inputs), self._own_mean(baselines, target))
+        B = len(baselines)
+        return np.array([self._own(baselines, [a[i:i + 1].expand(B, *a.shape[1:]) if isinstance(a, torch.Tensor)
+                                               else a for a in extra], target).mean() for i in range(len(inputs))])
+
+    def _own_mean(self, baselines: torch.Tensor, target: int) -> float:
+        """The model's own mean output over the background at ``target``, cached with the background."""
+        self._background(baselines)  # keys the caches on this background
+        if target not in self._expected:
+            self._expected[target] = float(self._own(baselines, [], target).mean())
+        return self._expected[target]
+
+    def _check_outputs(self, rows: np.ndarray, *pairs: tuple, inputs: torch.Tensor, extra: list,
+                       baselines: torch.Tensor) -> None:
+        """The engine's f(x) and E f (each pair: (the engine's (n,), the model's own (n,) or None, name)) must be the
+        model's own within the guard's tolerance: else the engine explains another function (a mask or lengths
+        computed from the input, a path around the recurrent layer), and its values are refused, with the
+        transform's one line naming the op and the user's line when it has one."""
+        if not self.check:
+            return
+        for engine, own, name in pairs:
+            if own is None:
+                continue
+            off = ~(np.abs(engine - own) <= completeness_tolerance(self.dtype) * np.maximum(1.0, np.abs(own)))
+            if not off.any():
+                continue
+            k = int(np.argmax(off))
+            self._transform_refusal(inputs[k:k + 1], baselines[:1],
+                                    [a[k:k + 1] if isinstance(a, torch.Tensor) else a for a in extra])
+            whose = "output" if name == "f(x)" else "mean output over the background"
+            raise CompletenessError(
+                f"{self.method}: {name} of input {rows[k]} as the engine computes it is {engine[k]:.6g}, but the "
+                f"model's own {whose} is {own[k]:.6g}: the model computes something from its input that this "
+                "engine does not follow; explain it with ShapDeepExplainer or CaptumDeepLiftShap")
+
+    def _transform_refusal(self, x: torch.Tensor, reference: torch.Tensor, extra: list) -> None:
+        """Raise the transform's refusal of the model, if it has one, on the pair (x, reference) (1 row each)."""
+        if isinstance(self.model, RNNParts):
+            return
+        twin = explainable_model(self.model, x.shape[1], self.dtype, self.output).to(self.device)
+        pair = torch.cat([x, reference.to(x.device)]).to(self.device)
+        consts = [torch.cat([a, a]).to(self.device) if isinstance(a, torch.Tensor) else a for a in extra]
+        try:
+            with torch.enable_grad():
+                vectors = (twin.embed(pair) if self.tokens else pair.to(self.dtype)).requires_grad_(True)
+                twin(vectors, pair if self.tokens else None, *consts)
+        except UsageError as exc:
+            raise UsageError(f"{self.method}: {exc}") from None
 
     def per_chunk(self, references: int) -> int:
         """Inputs per chunk against ``references`` background rows: ``chunk_pairs`` pairs at most, one input at least."""
@@ -478,7 +539,7 @@ class FastDeepShap:
 
     def _check_trimmed(self, trimmed: torch.Tensor, inputs: torch.Tensor, extra: tuple, target: int) -> None:
         """With trim_padding: the outputs of the trimmed head must be the model's own, else it reads the padding."""
-        own = self.head.outputs(inputs.to(self.device), extra, target)
+        own = self.own(inputs.to(self.device), *extra)[:, target]
         scale = torch.clamp(own.abs(), min=1.0)
         if not bool(((trimmed - own).abs() <= completeness_tolerance(self.dtype) * scale).all()):
             raise UsageError("trim_padding: the model's output changes when the padding past a sequence's length is "
@@ -496,8 +557,7 @@ class FastDeepShap:
         if self.head.reads_inputs:
             raise UsageError("this model's base value can depend on each input (masks from its ids): "
                              "read Attribution.expected_value, one per input")
-        bg = self._background(baselines).results
-        return float(self.head.explained(self.head.logits(bg))[:, target].double().mean())
+        return self._own_mean(baselines, target)
 
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
                   additional_forward_args: tuple = ()) -> Attribution:

@@ -27,8 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -105,6 +103,7 @@ class LinearHead:
     """
 
     reads_inputs = False
+    ids_read = False
 
     def __init__(self, linear: nn.Linear, output: str, directions: int, dtype: torch.dtype) -> None:
         if output not in OUTPUTS or (output == "sigmoid" and linear.out_features != 1):
@@ -164,6 +163,7 @@ class PooledHead:
     """
 
     reads_inputs = True
+    ids_read = True  # its mask of the padding: each input's base value is its own
     n_outputs = 1
     POOLS = ("mean", "attention")
 
@@ -345,13 +345,10 @@ class RuledHead:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None,
                  block_pairs: int = 64) -> None:
-        from torch_imdb.explain.backends import PositiveProbability, explainable_model
-        from torch_imdb.model import SentimentRNN
+        from torch_imdb.explain.backends import explainable_model
         from torch_imdb.explain.twin import ExplainableRNN
 
         self.copy = explainable_model(model, 1, dtype, output)
-        plain = PositiveProbability(model) if isinstance(model, SentimentRNN) else model
-        self.plain = copy.deepcopy(plain).to(dtype).eval()  # the model as it is, for checks of its outputs
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
             raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has "
@@ -365,10 +362,10 @@ class RuledHead:
         self.block_pairs = block_pairs
         self.dtype = dtype
 
-    @torch.no_grad()
-    def outputs(self, inputs: torch.Tensor, extra: tuple, target: int) -> torch.Tensor:
-        """The model's own output (n,) at ``target`` for inputs (n, T) ids or (n, T, F) floats."""
-        return self.copy.select(self.plain(inputs, *extra))[:, target]
+    @property
+    def ids_read(self) -> bool:
+        """Whether the model's last forward pass computed something from its ids besides their embedding."""
+        return self.copy.ids_read
 
     @torch.no_grad()
     def lengths(self, constants: tuple, n: int, T: int) -> torch.Tensor | None:

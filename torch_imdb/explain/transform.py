@@ -518,29 +518,34 @@ class ExplainableModel(nn.Module):
 
     def select(self, out) -> torch.Tensor:
         """The explained output (batch, K) of the model's raw output."""
-        key = self.output
-        if isinstance(out, dict):
-            if key is None and len(out) == 1:
-                key = next(iter(out))
-            if key not in out:
-                raise UsageError(f"the model returns a dict with keys {sorted(map(str, out))}; choose one with "
-                                 f"output=KEY (--output KEY)")
-            out = out[key]
-        elif isinstance(out, (tuple, list)):
-            if key is None:
-                raise UsageError(f"the model returns a {type(out).__name__} of {len(out)}; choose one with output=INDEX")
-            if not isinstance(key, int) or not -len(out) <= key < len(out):
-                raise UsageError(f"output={key!r} is not an index of the model's {len(out)} outputs")
-            out = out[key]
-        elif key is not None:
-            raise UsageError(f"output={key!r} was given but the model returns a single tensor")
-        if not isinstance(out, torch.Tensor):
-            raise UsageError(f"the explained output is a {type(out).__name__}, not a tensor")
-        if out.dim() == 1:
-            return out.unsqueeze(1)
-        if out.dim() != 2:
-            raise UsageError(f"the explained output has shape {tuple(out.shape)}; explain a (batch,) or (batch, K) output")
-        return out
+        return select_output(out, self.output)
+
+
+def select_output(out, key: int | str | None) -> torch.Tensor:
+    """The explained output (batch, K) of a model's raw output: the tensor, or its entry ``key`` of a tuple or dict
+    output; a (batch,) output becomes (batch, 1). One-line errors for anything else."""
+    if isinstance(out, dict):
+        if key is None and len(out) == 1:
+            key = next(iter(out))
+        if key not in out:
+            raise UsageError(f"the model returns a dict with keys {sorted(map(str, out))}; choose one with "
+                             f"output=KEY (--output KEY)")
+        out = out[key]
+    elif isinstance(out, (tuple, list)):
+        if key is None:
+            raise UsageError(f"the model returns a {type(out).__name__} of {len(out)}; choose one with output=INDEX")
+        if not isinstance(key, int) or not -len(out) <= key < len(out):
+            raise UsageError(f"output={key!r} is not an index of the model's {len(out)} outputs")
+        out = out[key]
+    elif key is not None:
+        raise UsageError(f"output={key!r} was given but the model returns a single tensor")
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"the explained output is a {type(out).__name__}, not a tensor")
+    if out.dim() == 1:
+        return out.unsqueeze(1)
+    if out.dim() != 2:
+        raise UsageError(f"the explained output has shape {tuple(out.shape)}; explain a (batch,) or (batch, K) output")
+    return out
 
 
 def make_explainable(model: nn.Module, steps: int, output: int | str | None = None,
@@ -566,4 +571,4 @@ def describe_rules() -> dict[str, list[str]]:
 
 
 __all__ = ["ExplainableModel", "RULES", "Rule", "RuleMode", "UnruledOpError", "describe_rules", "explained",
-           "make_explainable"]
+           "make_explainable", "select_output"]

@@ -1,0 +1,172 @@
+"""The guard held against the model itself: every fast-engine call checks f(x) and E f against the user's own
+module, untouched, so an engine that explains another function is refused, never checked against itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from torch_imdb.errors import CompletenessError, UsageError
+from torch_imdb.explain import FastDeepShap
+from torch_imdb.explain.own import OwnOutputs, RNNParts
+from torch_imdb.model import ModelConfig, SentimentRNN
+
+THIS = __file__.rsplit("/", 1)[-1]
+
+
+class MaskedMeanSeries(nn.Module):
+    """A float series whose padding is all-zero steps, masked out of the mean: the mask comes from the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, x):
+        mask = (x.abs().sum(-1) > 0).unsqueeze(-1).to(x.dtype)  # MASK FROM X
+        out, _ = self.lstm(x)
+        return self.fc((out * mask).sum(1) / mask.sum(1).clamp(min=1)).squeeze(-1)
+
+
+class MaskFromEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 4, padding_idx=0)
+        self.lstm, self.fc = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        mask = (e != 0).any(-1).unsqueeze(-1).to(e.dtype)  # MASK FROM THE EMBEDDING
+        out, _ = self.lstm(e)
+        return self.fc((out * mask).sum(1) / mask.sum(1).clamp(min=1)).squeeze(-1)
+
+
+class LengthsFromX(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, x):
+        lengths = (x.abs().sum(-1) > 0).sum(1).clamp(min=1)  # LENGTHS FROM X
+        _, (h, _) = self.lstm(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
+        return self.fc(h[-1]).squeeze(-1)
+
+
+class ResidualFromEmbedding(nn.Module):
+    """A head that also reads the embedding around the recurrent layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 4)
+        self.lstm, self.fc, self.skip = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 1), nn.Linear(4, 1)
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        out, _ = self.lstm(e)
+        return (self.fc(out.mean(1)) + self.skip(e.mean(1))).squeeze(-1)
+
+
+def padded_floats(n: int, seed: int) -> torch.Tensor:
+    x = torch.randn(n, 6, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x[:, :2] = 0
+    return x
+
+
+def padded_ids(n: int, seed: int) -> torch.Tensor:
+    ids = torch.randint(1, 50, (n, 6), generator=torch.Generator().manual_seed(seed))
+    ids[:, :2] = 0
+    return ids
+
+
+def case(name: str):
+    torch.manual_seed(0)
+    model = {"mask": MaskedMeanSeries, "embedding mask": MaskFromEmbedding, "lengths": LengthsFromX,
+             "residual": ResidualFromEmbedding}[name]().double().eval()
+    tokens = name in ("embedding mask", "residual")
+    make = padded_ids if tokens else padded_floats
+    return model, make(3, 1), make(5, 2)
+
+
+@pytest.mark.parametrize("name,marker", [("mask", "MASK FROM X"), ("embedding mask", "MASK FROM THE EMBEDDING"),
+                                         ("lengths", "LENGTHS FROM X")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_mask_or_lengths_from_the_input_is_refused_naming_the_line(name, marker, dtype):
+    """These were explained silently wrong (the head ran the model on a placeholder, so the mask was all true, and
+    the guard compared against that head's own output): now refused in one line, as shap and Captum refuse them."""
+    model, x, bg = case(name)
+    with pytest.raises(UsageError) as err:
+        FastDeepShap(model.to(dtype), dtype=dtype).attribute(x, bg)
+    message = str(err.value)
+    assert "\n" not in message and f"at {THIS}:" in message and marker in message, message
+    assert "no exact rule for" in message
+
+
+@pytest.mark.parametrize("name", ["mask", "embedding mask", "lengths", "residual"])
+def test_without_the_guard_the_outputs_and_residuals_are_the_models_own(name):
+    """check_completeness=False returns the values with the real residual: f(x) and E f of the user's module."""
+    model, x, bg = case(name)
+    got = FastDeepShap(model, dtype=torch.float64, check_completeness=False).attribute(x, bg)
+    with torch.no_grad():
+        f_x, f_bg = model(x).numpy(), model(bg).numpy()
+    np.testing.assert_allclose(got.outputs, f_x, rtol=0, atol=1e-12)
+    if np.ndim(got.expected_value) == 0:  # a head that reads nothing of the inputs: E f over the background
+        assert got.expected_value == pytest.approx(f_bg.mean(), abs=1e-12)
+    real = got.values.reshape(len(x), -1).sum(1) - (f_x - got.expected_value)
+    np.testing.assert_allclose(got.residual, real, rtol=0, atol=1e-12)
+    assert np.abs(real).max() > 1e-3  # these engines do not explain these models: the residual says so
+
+
+def test_a_head_reading_the_embedding_is_refused_with_the_real_reason():
+    """It quoted an f(x) - E f computed on the placeholder and blamed an op with no rule."""
+    model, x, bg = case("residual")
+    with pytest.raises(CompletenessError, match=r"f\(x\) of input 0 as the engine computes it is .* but the "
+                                                r"model's own output is .*ShapDeepExplainer or CaptumDeepLiftShap"):
+        FastDeepShap(model, dtype=torch.float64).attribute(x, bg)
+
+
+def sentiment(pool: str) -> SentimentRNN:
+    torch.manual_seed(3)
+    return SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, pool=pool, attention_dim=4)).eval()
+
+
+@pytest.mark.parametrize("pool", ["last", "mean", "attention"])
+def test_a_head_that_computes_something_else_is_caught_by_the_guard(pool, monkeypatch):
+    """The closed-form heads' f(x) shifted by 0.01: the values and E f stay as they were, so only a guard that asks
+    the model itself can see it."""
+    engine = FastDeepShap(sentiment(pool), dtype=torch.float64)
+    ids, bg = torch.randint(1, 30, (3, 7)), torch.randint(0, 30, (4, 7))
+    engine.attribute(ids, bg)  # exact as it is
+    real = engine.head.multipliers
+    monkeypatch.setattr(engine.head, "multipliers", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), f_x=real(*a, **k).f_x + 0.01))
+    with pytest.raises(CompletenessError, match="but the model's own output is"):
+        engine.attribute(ids, bg)
+
+
+def test_the_users_module_is_left_as_it_was():
+    model = sentiment("attention")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    FastDeepShap(model, dtype=torch.float64).attribute(torch.randint(1, 30, (2, 7)), torch.randint(0, 30, (3, 7)))
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+@pytest.mark.parametrize("output", ["sigmoid", "identity"])
+def test_a_model_in_parts_is_checked_against_its_parts_run_by_torch(output):
+    torch.manual_seed(4)
+    parts = RNNParts(nn.GRU(6, 5, batch_first=True, bidirectional=True), nn.Linear(10, 1), nn.Embedding(30, 6),
+                     output)
+    own = OwnOutputs(parts, torch.float64)
+    ids = torch.randint(0, 30, (3, 7))
+    with torch.no_grad():
+        _, h = parts.rnn.double()(parts.embedding.double()(ids))
+        logits = parts.head.double()(torch.cat([h[0], h[1]], dim=1))
+    expected = torch.sigmoid(logits) if output == "sigmoid" else logits
+    torch.testing.assert_close(own(ids), expected, rtol=0, atol=1e-12)
+    got = FastDeepShap.from_parts(parts.rnn, parts.head, parts.embedding, output,
+                                  dtype=torch.float64).attribute(ids, torch.randint(0, 30, (4, 7)))
+    np.testing.assert_allclose(got.outputs, expected[:, 0].numpy(), rtol=0, atol=1e-12)

@@ -1,0 +1,75 @@
+"""The user's model as it is: the outputs that every engine's completeness guard checks against.
+
+An engine explains a model through something it can differentiate (the transform's
+explainable copy, the fast engine's heads), and the guard must not take that
+thing's word for what the model outputs. :class:`OwnOutputs` runs the user's own
+module, untouched (a deep copy in the explained dtype), so that an engine which
+explains something other than the model (a mask computed from a placeholder, a
+head that misses a residual path) is caught instead of checked against itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from torch_imdb.explain.backends import PositiveProbability
+from torch_imdb.explain.transform import select_output
+from torch_imdb.model import SentimentRNN
+
+
+@dataclass
+class RNNParts:
+    """A model given in parts: [embedding ->] rnn -> Linear(final states) -> output.
+
+    rnn: an ``nn.LSTM`` / ``nn.GRU``; head: ``nn.Linear`` on the final hidden
+    state (D*H); embedding: ``nn.Embedding`` for token ids, None for float inputs;
+    output: "sigmoid" (one output, explained as a probability), "logits" or "identity".
+    """
+
+    rnn: nn.Module
+    head: nn.Linear
+    embedding: nn.Embedding | None = None
+    output: str = "identity"
+
+
+class PartsModel(nn.Module):
+    """:class:`RNNParts` as the module it describes, run with torch's own layers: (n, T) ids or (n, T, F) floats ->
+    (n, K)."""
+
+    def __init__(self, parts: RNNParts) -> None:
+        super().__init__()
+        self.rnn, self.head, self.embedding, self.output = parts.rnn, parts.head, parts.embedding, parts.output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, state = self.rnn(self.embedding(x) if self.embedding is not None else x)
+        h_n = state[0] if isinstance(self.rnn, nn.LSTM) else state
+        directions = 2 if self.rnn.bidirectional else 1
+        out = self.head(h_n[-directions:].transpose(0, 1).reshape(len(x), -1))
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+
+class OwnOutputs(nn.Module):
+    """The explained outputs (n, K) of the user's module as it is, in ``dtype``.
+
+    model: the user's module (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+    P(positive)), or :class:`RNNParts`; output: the entry of a tuple or dict output.
+    The module is copied, so the user's own is never changed.
+    """
+
+    def __init__(self, model, dtype: torch.dtype, output: int | str | None = None) -> None:
+        super().__init__()
+        if isinstance(model, RNNParts):
+            model = PartsModel(model)
+        elif isinstance(model, SentimentRNN):
+            model = PositiveProbability(model)
+        self.model = copy.deepcopy(model).to(dtype).eval()
+        self.dtype, self.output = dtype, output
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, *extra) -> torch.Tensor:
+        x = inputs if not inputs.is_floating_point() else inputs.to(self.dtype)
+        return select_output(self.model(x, *extra), self.output)
