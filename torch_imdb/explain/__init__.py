@@ -5,6 +5,7 @@
 - :mod:`.rules`: the rescale and Shapley rules, and softmax, max and LayerNorm as their decompositions;
 - :mod:`.backends`: shap.DeepExplainer and Captum DeepLiftShap on the explainable copy;
 - :mod:`.fast`: the project's own engine, same values without hooks; :mod:`.head`: its heads;
+- :mod:`.own`: the user's module as it is, what the fast engine's guard checks against;
 - :mod:`.compare`, :mod:`.corpus`: what ``python -m torch_imdb.explain`` runs.
 
 Every engine has ``attribute(inputs, baselines, target=0) -> Attribution`` with
@@ -14,9 +15,9 @@ token ids (N, T) and (B, T), or float sequences (N, T, F) and (B, T, F).
 # Loaded on first use (PEP 562), so that `python -m torch_imdb.explain --help` does not wait for torch.
 _EXPORTS = {
     "Attribution": "backends", "CaptumDeepLiftShap": "backends", "ShapDeepExplainer": "backends",
-    "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "fast",
-    "ExplainableModel": "transform", "UnruledOpError": "transform", "describe_rules": "transform",
-    "make_explainable": "transform", "ExplainableRNN": "twin",
+    "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
+    "ExplainableModel": "transform", "RESCALE": "transform", "Rule": "transform", "UnruledOpError": "transform",
+    "describe_rules": "transform", "make_explainable": "transform", "ExplainableRNN": "twin",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -104,11 +104,11 @@ class PositiveProbability(nn.Module):
 
 
 def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype, output: int | str | None = None,
-                      rules_table=None) -> ExplainableModel:
+                      extra_rules=None) -> ExplainableModel:
     """The explainable copy in ``dtype``; a :class:`SentimentRNN` is explained as P(positive)."""
     if isinstance(model, SentimentRNN):
         model = PositiveProbability(model)
-    return make_explainable(model, steps, output, rules_table).to(dtype).eval()
+    return make_explainable(model, steps, output, extra_rules).to(dtype).eval()
 
 
 def completeness_tolerance(dtype: torch.dtype) -> float:
@@ -159,18 +159,19 @@ class _LibraryExplainer:
     values and :meth:`attribute`; each library gives only ``_values``.
 
     ``output`` selects the explained entry of a tuple or dict output; ``check_completeness``
-    False turns the guard's error into residuals returned with the values.
+    False turns the guard's error into residuals returned with the values; ``extra_rules`` (op name ->
+    :class:`~.transform.Rule`) join the transform's rules.
     """
 
     method = ""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
-                 check_completeness: bool = True, rules_table=None) -> None:
+                 check_completeness: bool = True, extra_rules=None) -> None:
         self.model = model
         self.dtype = dtype
         self.output = output
         self.check = check_completeness
-        self.rules_table = rules_table
+        self.extra_rules = extra_rules
 
     def _prepare(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int,
                  additional_forward_args: tuple = ()):
@@ -179,7 +180,7 @@ class _LibraryExplainer:
                              "additional_forward_args=(...)")
         if inputs.dim() < 2:
             raise UsageError(f"inputs must be (n, T) token ids or (n, T, F) sequences, got {tuple(inputs.shape)}")
-        twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.rules_table)
+        twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.extra_rules)
         device = next(twin.parameters()).device
         extra = check_extra(additional_forward_args, len(inputs), device)
         if inputs.is_floating_point():

@@ -64,7 +64,8 @@ def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
     return found[0] if found else None
 
 
-def model_parts(model, dtype: torch.dtype, output: int | str | None = None, compile: bool = False):
+def model_parts(model, dtype: torch.dtype, output: int | str | None = None, compile: bool = False,
+                extra_rules: dict | None = None):
     """(rnn, embedding or None, head) of a model, or a one-line error naming the transform.
 
     A :class:`RNNParts` or a :class:`~torch_imdb.model.SentimentRNN` reading its final state gets
@@ -102,7 +103,7 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None, comp
         if output is not None:
             raise UsageError("output= selects a tuple or dict output of a whole model; RNNParts has one output")
         return rnn, embedding, LinearHead(model.head, model.output, D, dtype)
-    return rnn, embedding, RuledHead(model, dtype, output)
+    return rnn, embedding, RuledHead(model, dtype, output, extra_rules=extra_rules)
 
 
 @dataclass
@@ -291,15 +292,18 @@ class FastDeepShap:
     time steps run per call of a block function, which ``compile=True`` turns into one
     graph. Works on the model's device; ``dtype`` float64 is for verification.
     Every chunk passes the completeness guard (:func:`~.backends.check_completeness`);
-    ``check_completeness=False`` returns the values with their residuals instead.
+    ``check_completeness=False`` returns the values with their residuals instead. ``extra_rules`` (op name ->
+    :class:`~.transform.Rule`) join the transform's rules for the model's head.
     """
 
     method = "fast"
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
-                 check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False) -> None:
-        rnn, embedding, self.head = model_parts(model, dtype, output, compile)
+                 check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False,
+                 extra_rules: dict | None = None) -> None:
+        rnn, embedding, self.head = model_parts(model, dtype, output, compile, extra_rules)
+        self.extra_rules = extra_rules
         self.rnn, self.dtype = rnn, dtype
         self.model, self.output = model, output
         self.own = OwnOutputs(model, dtype, output)  # what the guard checks against: the model as it is
@@ -461,7 +465,7 @@ class FastDeepShap:
         """Raise the transform's refusal of the model, if it has one, on the pair (x, reference) (1 row each)."""
         if isinstance(self.model, RNNParts):
             return
-        twin = explainable_model(self.model, x.shape[1], self.dtype, self.output).to(self.device)
+        twin = explainable_model(self.model, x.shape[1], self.dtype, self.output, self.extra_rules).to(self.device)
         pair = torch.cat([x, reference.to(x.device)]).to(self.device)
         consts = [torch.cat([a, a]).to(self.device) if isinstance(a, torch.Tensor) else a for a in extra]
         try:

@@ -344,11 +344,11 @@ class RuledHead:
     reads_inputs = True
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, output: int | str | None = None,
-                 block_pairs: int = 64) -> None:
+                 block_pairs: int = 64, extra_rules: dict | None = None) -> None:
         from torch_imdb.explain.backends import explainable_model
         from torch_imdb.explain.twin import ExplainableRNN
 
-        self.copy = explainable_model(model, 1, dtype, output)
+        self.copy = explainable_model(model, 1, dtype, output, extra_rules)
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
             raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has "

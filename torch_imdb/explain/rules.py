@@ -13,9 +13,9 @@ multiplier m with ``Δy = m · Δx``, the same for both halves of a pair:
 
   exact, and what shap's original TensorFlow backend did for ``Mul``.
 
-Division, softmax, log-softmax, max over a dimension and LayerNorm are
-decompositions into these rules and linear maps, so every one is exact
-(complete) by construction. The rules are autograd functions, not module
+Division, softmax, log-softmax, logsumexp, max over a dimension, max pooling,
+p-norm normalisation, LayerNorm and multi-head attention are decompositions into
+these rules and linear maps, so every one is exact (complete) by construction. The rules are autograd functions, not module
 hooks, so shap and Captum (which pass an unknown op's gradient through) apply them.
 """
 
@@ -224,3 +224,39 @@ def layer_norm(x: torch.Tensor, shape, weight=None, bias=None, eps: float = 1e-5
     if weight is not None:
         y = y * weight
     return y + bias if bias is not None else y
+
+
+def logsumexp(z: torch.Tensor, dim, keepdim: bool = False) -> torch.Tensor:
+    """log(sum exp z) along ``dim`` = c + log(sum exp(z - c)): rescale on exp and on log, the sum linear, c the
+    pair's shared shift (a constant within each pair)."""
+    c = _shared_max(z, dim)
+    out = c + elementwise(torch.log, elementwise(torch.exp, z - c).sum(dim=dim, keepdim=True))
+    return out if keepdim else out.squeeze(dim) if isinstance(dim, int) else out.squeeze(tuple(dim))
+
+
+def normalize(x: torch.Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize``: x / max(||x||_p, eps) along ``dim``: |x|^p (rescale), its sum (linear), the p-th root with
+    the floor (rescale), the division (Shapley)."""
+    powered = elementwise(lambda t: t.abs().pow(p), x).sum(dim=dim, keepdim=True)
+    return divide(x, elementwise(lambda t: t.pow(1.0 / p).clamp_min(eps), powered))
+
+
+def window_max(x: torch.Tensor, members: list[list[list[int]]]) -> torch.Tensor:
+    """The maximum of x (N, C, *S) over windows of its spatial dims S: ``members[d][o]``, the positions along
+    spatial dim d that output o along it reads. The windows are gathered (linear) and folded with :func:`amax`, a
+    window's positions in index order; a window shorter than the longest repeats its first position at its end,
+    which the fold passes at multiplier 0. Returns (N, C, *O)."""
+    spatial = x.shape[2:]
+    windows = [[]]
+    for d, per_output in enumerate(members):  # row-major over the outputs, each window row-major over its positions
+        windows = [w + [m] for w in windows for m in per_output]
+    flat = []
+    for w in windows:
+        cells = [[]]
+        for positions in w:
+            cells = [c + [q] for c in cells for q in positions]
+        flat.append([sum(q * int(torch.tensor(spatial[d + 1:]).prod()) for d, q in enumerate(c)) for c in cells])
+    width = max(len(f) for f in flat)
+    index = torch.tensor([f + [f[0]] * (width - len(f)) for f in flat], device=x.device)  # (O, K)
+    gathered = x.flatten(2)[:, :, index]  # (N, C, O, K)
+    return amax(gathered, -1).unflatten(2, [len(per_output) for per_output in members])

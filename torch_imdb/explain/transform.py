@@ -33,6 +33,8 @@ whose sigmoids, tanhs and products the same rules cover, also for a
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -78,6 +81,7 @@ LINEAR = {
     "getitem", "setitem", "flip", "roll", "index_select", "gather", "clone", "masked_select",
     "to", "float", "double", "half", "bfloat16", "type_as", "type", "cpu", "cuda",
     "linear", "conv1d", "conv2d", "embedding_bag", "pad", "dropout", "alpha_dropout", "batch_norm",
+    "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "_pack_padded_sequence", "_pad_packed_sequence", "trace", "diagonal", "diag_embed", "tril", "triu",
     "size", "dim", "numel", "len", "get", "is_floating_point", "is_complex", "element_size", "stride",
     "is_contiguous", "get_device", "storage_offset", "nelement", "ndimension", "data_ptr",
@@ -199,6 +203,117 @@ def _layer_norm(func, args, kwargs):
                             values.get("bias"), values.get("eps", 1e-5))
 
 
+def _logsumexp(func, args, kwargs):
+    z, dim = args[0], _dim_arg(args, kwargs, 1)
+    keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+    dims = [dim] if isinstance(dim, int) else list(dim or [])
+    if not dims or any(d % z.dim() == 0 for d in dims):
+        raise _refusal("logsumexp", "a logsumexp over the batch dimension (or over all elements) mixes the explained "
+                                    "inputs; give the other dims")
+    return rules.logsumexp(z, dim, keepdim)
+
+
+def _pool_args(func, args, kwargs, names: tuple[str, ...]) -> dict:
+    values = dict(zip(names, args), **kwargs)
+    x = values["input"]
+    spatial = 1 if _name(func).endswith("1d") else 2
+    if x.dim() != 2 + spatial:
+        raise _refusal(_name(func), f"pooling an input without its batch dimension ({x.dim()} dims) has no rule")
+    if values.get("return_indices"):
+        raise _refusal(_name(func), "the indices of a max pooling (return_indices=True) have no rule")
+    values["spatial"] = spatial
+    return values
+
+
+def _per_dim(value, spatial: int) -> list[int]:
+    return list(value) if isinstance(value, (tuple, list)) else [value] * spatial
+
+
+def _max_pool(func, args, kwargs):
+    """max_pool1d / max_pool2d as the max rule over each window's positions (padding and dilation included)."""
+    v = _pool_args(func, args, kwargs, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                                        "return_indices"))
+    x, n = v["input"], v["spatial"]
+    kernel = _per_dim(v["kernel_size"], n)
+    stride = _per_dim(v.get("stride") or kernel, n)
+    padding, dilation = _per_dim(v.get("padding", 0), n), _per_dim(v.get("dilation", 1), n)
+    members = []
+    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        out = (-(-span // s) if v.get("ceil_mode") else span // s) + 1
+        if v.get("ceil_mode") and (out - 1) * s >= size + p:
+            out -= 1
+        members.append([[o * s - p + j * d for j in range(k) if 0 <= o * s - p + j * d < size] for o in range(out)])
+    return rules.window_max(x, members)
+
+
+def _adaptive_max_pool(func, args, kwargs):
+    """adaptive_max_pool1d / 2d: output o along a dim of size L reads positions floor(o L / O) to ceil((o+1) L / O)."""
+    v = _pool_args(func, args, kwargs, ("input", "output_size", "return_indices"))
+    x, n = v["input"], v["spatial"]
+    sizes = [L if O is None else O for L, O in zip(x.shape[2:], _per_dim(v["output_size"], n))]
+    return rules.window_max(x, [[list(range(o * L // O, -(-(o + 1) * L // O))) for o in range(O)]
+                                for L, O in zip(x.shape[2:], sizes)])
+
+
+def _normalize(func, args, kwargs):
+    values = dict(zip(("input", "p", "dim", "eps", "out"), args), **kwargs)
+    x, p, dim = values["input"], float(values.get("p", 2.0)), values.get("dim", 1)
+    if values.get("out") is not None or not math.isfinite(p) or p <= 0:
+        raise _refusal("normalize", "only a finite p > 0 and no out= have a rule")
+    if not isinstance(dim, int) or dim % x.dim() == 0:
+        raise _refusal("normalize", "normalising over the batch dimension (or several dims) has no rule")
+    return rules.normalize(x, p, dim, values.get("eps", 1e-12))
+
+
+_MHA = inspect.signature(F.multi_head_attention_forward)
+
+
+def _multi_head_attention(func, args, kwargs):
+    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and the transformer layers call) through
+    its unfused math: the projections (linear), scaled scores q k^T (Shapley), the masks (constants), softmax (its
+    decomposition), the weighted sum of the values (Shapley) and the output projection (linear). Its inputs are
+    (L, N, E) by its signature: the batch is dim 1."""
+    a = _MHA.bind(*args, **kwargs).arguments
+    unsupported = [name for name in ("bias_k", "bias_v", "static_k", "static_v") if a.get(name) is not None]
+    if unsupported or a.get("add_zero_attn") or (a.get("training", True) and a.get("dropout_p", 0.0) > 0) \
+            or (a.get("is_causal") and a.get("attn_mask") is None):
+        raise _refusal("multi_head_attention_forward", "attention with " + (", ".join(unsupported) or
+                       "add_zero_attn, dropout in training mode or is_causal without a mask") + " has no rule")
+    q, k, v = (a[name] for name in ("query", "key", "value"))
+    if q.dim() != 3:
+        raise _refusal("multi_head_attention_forward", "attention on an input without its batch dimension has no rule")
+    bias = a.get("in_proj_bias")
+    bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+    weights = (a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"]) if a.get("use_separate_proj_weight") \
+        else a["in_proj_weight"].chunk(3)
+    heads = a["num_heads"]
+    (L, N, E), S = q.shape, k.shape[0]
+    d = E // heads
+    split = lambda t, w, b, n: F.linear(t.transpose(0, 1), w, b).view(N, n, heads, d).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q, weights[0], bq, L), split(k, weights[1], bk, S), split(v, weights[2], bv, S)  # (N, h, ., d)
+    scores = _product(q, k.transpose(-2, -1)) / math.sqrt(d)  # (N, h, L, S)
+    mask = a.get("attn_mask")
+    if mask is not None:
+        mask = mask.view(N, heads, L, S) if mask.dim() == 3 else mask
+        scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    padding = a.get("key_padding_mask")
+    if padding is not None:
+        padding = padding.view(N, 1, 1, S)
+        scores = scores.masked_fill(padding, float("-inf")) if padding.dtype == torch.bool else scores + padding
+    attention = rules.softmax(scores, -1)
+    out = _product(attention, v).transpose(1, 2).reshape(N, L, E)
+    out = F.linear(out, a["out_proj_weight"], a.get("out_proj_bias")).transpose(0, 1)
+    if not a.get("need_weights", True):
+        return out, None
+    return out, attention.mean(dim=1) if a.get("average_attn_weights", True) else attention
+
+
+def _product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y: the Shapley rule when both are explained, else linear."""
+    return rules.bilinear(torch.matmul, x, y) if explained(x) and explained(y) else x @ y
+
+
 def _reduction(func, args, kwargs, batch_dim: int = 0):
     """sum / mean: linear, but not over the batch (dim 0, or ``batch_dim`` of a time-major tensor), which would
     mix inputs and references."""
@@ -221,25 +336,18 @@ def _linear_here(func, args, kwargs) -> bool:
     return sum(explained(a) for a in tree_flatten((args, kwargs))[0]) < 2
 
 
-# Rules that run on time-major operands (batch on a later dim, as a batch_first=False model's outputs have it)
-# with the batch moved to dim 0, where the rules find the [inputs; references] halves.
-TIME_MAJOR = ELEMENTWISE | DIVISION | {"mul", "multiply", "imul", "softmax", "log_softmax", "max", "amax", "min",
-                                       "amin", "layer_norm"}
-_REDUCING = {"max", "amax", "min", "amin"}  # their dim argument goes away (unless keepdim)
-
-
 def _batch_first(func, args, kwargs, rule: "Rule", k: int):
     """Apply ``rule`` to operands whose batch is dim k > 0: the batch moved to dim 0, a ``dim`` argument
     renumbered to match, the result moved back."""
     name = _name(func)
-    if name not in TIME_MAJOR:
+    if not rule.time_major:
         raise _refusal(name, f"on a time-major tensor (the batch on dim {k}) this op has no rule; move the batch "
                              "first (e.g. .transpose(0, 1)) before it")
     nd = next(a.dim() for a in tree_flatten((args, kwargs))[0] if explained(a))
     # the explained operands and the constants laid out like them (a time-major mask) move; others broadcast
     move = lambda a: a.movedim(k, 0) if isinstance(a, torch.Tensor) and a.dim() == nd else a  # noqa: E731
     args, kwargs = [move(a) for a in args], {key: move(v) for key, v in kwargs.items()}
-    dim = _dim_arg(args, kwargs, 1) if name not in ELEMENTWISE and name not in DIVISION else None
+    dim = _dim_arg(args, kwargs, rule.dim_arg) if rule.dim_arg is not None else None
     if name == "layer_norm":
         shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else ())
         if k >= nd - len(tuple(shape)):
@@ -256,9 +364,9 @@ def _batch_first(func, args, kwargs, rule: "Rule", k: int):
         if "dim" in kwargs:
             kwargs["dim"] = moved
         else:
-            args[1] = moved
-        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-        if name in _REDUCING and not keepdim and d < k:
+            args[rule.dim_arg] = moved
+        keepdim = kwargs.get("keepdim", args[rule.dim_arg + 1] if len(args) > rule.dim_arg + 1 else False)
+        if rule.reduces and not keepdim and d < k:
             out_k = k - 1
     result = rule.apply(func, tuple(args), kwargs)
     if isinstance(result, tuple):  # max / min with a dim: (values, indices)
@@ -268,10 +376,23 @@ def _batch_first(func, args, kwargs, rule: "Rule", k: int):
 
 @dataclass(frozen=True)
 class Rule:
-    """How the transform treats one op on explained tensors: ``apply(func, args, kwargs)``."""
+    """How the transform treats one op on explained tensors, and the facts :class:`RuleMode` needs about it.
+
+    kind: what :func:`describe_rules` lists it under ("linear", "rescale", "shapley", ...);
+    apply: ``apply(func, args, kwargs)``, the op's result with the rule's gradient, the batch on dim 0;
+    time_major: on operands whose batch is a later dim (a ``batch_first=False`` model's outputs) it runs with
+    the batch moved to dim 0 (else such operands are refused); dim_arg: the position of its ``dim`` argument
+    (renumbered when the batch moves), None if it has none; reduces: its ``dim`` goes away (unless keepdim);
+    own_layout: it finds the batch itself (an op whose signature fixes the layout, such as multi-head
+    attention's (L, N, E)), so the mode hands it the call as it is.
+    """
 
     kind: str
     apply: Callable
+    time_major: bool = False
+    dim_arg: int | None = None
+    reduces: bool = False
+    own_layout: bool = False
 
 
 def _run(func, args, kwargs):
@@ -282,22 +403,32 @@ def _linear_product(func, args, kwargs):
     return func(*args, **kwargs) if _linear_here(func, args, kwargs) else _bilinear(func, args, kwargs)
 
 
+def _max_rule(sign: float = 1.0) -> Rule:
+    return Rule("max", lambda f, a, k: _max(f, a, k, sign), time_major=True, dim_arg=1, reduces=True)
+
+
+RESCALE = Rule("rescale", _elementwise, time_major=True)  # any one-input elementwise op: a caller's too
 RULES: dict[str, Rule] = {
     **{name: Rule("linear", _run) for name in LINEAR},
-    **{name: Rule("rescale", _elementwise) for name in ELEMENTWISE},
-    **{name: Rule("shapley", _linear_product) for name in BILINEAR},
-    **{name: Rule("shapley", _division) for name in DIVISION},
+    **{name: RESCALE for name in ELEMENTWISE},
+    **{name: Rule("shapley", _linear_product, time_major=name in ("mul", "multiply", "imul")) for name in BILINEAR},
+    **{name: Rule("shapley", _division, time_major=True) for name in DIVISION},
     "sum": Rule("linear", _reduction),
     "mean": Rule("linear", _reduction),
     "masked_fill": Rule("linear", _run),
     "masked_fill_": Rule("linear", _run),
     "where": Rule("linear", _run),
-    "softmax": Rule("softmax", _softmax),
-    "log_softmax": Rule("log-softmax", lambda f, a, k: _softmax(f, a, k, log=True)),
-    "max": Rule("max", _max), "amax": Rule("max", _max), "maximum": Rule("max", _max),
-    "min": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)), "amin": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)),
-    "minimum": Rule("max", lambda f, a, k: _max(f, a, k, -1.0)),
-    "layer_norm": Rule("layer-norm", _layer_norm),
+    "softmax": Rule("softmax", _softmax, time_major=True, dim_arg=1),
+    "log_softmax": Rule("log-softmax", lambda f, a, k: _softmax(f, a, k, log=True), time_major=True, dim_arg=1),
+    "logsumexp": Rule("logsumexp", _logsumexp, time_major=True, dim_arg=1, reduces=True),
+    "max": _max_rule(), "amax": _max_rule(), "maximum": Rule("max", _max, time_major=True),
+    "min": _max_rule(-1.0), "amin": _max_rule(-1.0),
+    "minimum": Rule("max", lambda f, a, k: _max(f, a, k, -1.0), time_major=True),
+    "max_pool1d": Rule("max", _max_pool), "max_pool2d": Rule("max", _max_pool),
+    "adaptive_max_pool1d": Rule("max", _adaptive_max_pool), "adaptive_max_pool2d": Rule("max", _adaptive_max_pool),
+    "normalize": Rule("normalize", _normalize),
+    "layer_norm": Rule("layer-norm", _layer_norm, time_major=True),
+    "multi_head_attention_forward": Rule("attention", _multi_head_attention, own_layout=True),
 }
 
 
@@ -374,7 +505,7 @@ class RuleMode(TorchFunctionMode):
         if rule.apply is _reduction:
             return _reduction(func, args, kwargs, self.batch_dim(flat))
         nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
-        k = self.batch_dim(flat) if nonlinear else 0  # linear ops run in any layout
+        k = self.batch_dim(flat) if nonlinear and not rule.own_layout else 0  # linear ops run in any layout
         return _batch_first(func, args, kwargs, rule, k) if k else rule.apply(func, args, kwargs)
 
 
@@ -431,6 +562,13 @@ class _Plain(nn.Module):
     def forward(self, *args, **kwargs):
         return self.inner[0].forward(*args, **kwargs)
 
+    def __getattr__(self, name: str):
+        """The wrapped module's attributes (a transformer layer reads its norms' ``eps``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner[0], name)
+
 
 # Module types shap or Captum hook with rules of their own.
 LIBRARY_RULED = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.Softplus,
@@ -476,7 +614,8 @@ class ExplainableModel(nn.Module):
     the forward pass sees (masks, lengths); extra: further forward arguments, passed through
     as constants. The model's output (a tensor, or the entry ``output`` of a tuple or dict
     output) is returned as (batch, K): a (batch,) output becomes (batch, 1).
-    ``rules_table`` replaces :data:`RULES` (to switch a rule off in a test).
+    ``rules_table`` is the table it runs under (:data:`RULES` by default; :func:`make_explainable` adds a
+    caller's rules to it).
     """
 
     def __init__(self, model: nn.Module, steps: int, output: int | str | None = None,
@@ -549,17 +688,24 @@ def select_output(out, key: int | str | None) -> torch.Tensor:
 
 
 def make_explainable(model: nn.Module, steps: int, output: int | str | None = None,
-                     rules_table: dict[str, Rule] | None = None) -> ExplainableModel:
+                     extra_rules: dict[str, Rule] | None = None) -> ExplainableModel:
     """The explainable copy of ``model`` for sequences of up to ``steps`` steps (the original is not changed).
 
     See :class:`ExplainableModel`. Ops without a rule are refused, in one line naming the
     op and the line of the user's code, the first time the copy runs forward while differentiated.
+    ``extra_rules`` (op name -> :class:`Rule`, e.g. ``{"atan": RESCALE}``) join :data:`RULES`, replacing a rule
+    of the same name.
     """
+    bad_rule = next((k for k, v in (extra_rules or {}).items() if not isinstance(k, str) or not isinstance(v, Rule)),
+                    None)
+    if extra_rules is not None and (not isinstance(extra_rules, dict) or bad_rule is not None):
+        raise UsageError("extra_rules maps op names to torch_imdb.explain.Rule entries, e.g. {'atan': RESCALE}; "
+                         f"got {bad_rule!r}" if bad_rule is not None else f"got a {type(extra_rules).__name__}")
     bad = next((m for m in model.modules() if isinstance(m, (nn.LSTMCell, nn.GRUCell, nn.RNNCell))), None)
     if bad is not None:
         raise UsageError(f"the model holds an {type(bad).__name__}, which the explainable twin does not cover; "
                          "it explains nn.LSTM, nn.GRU and nn.RNN")
-    return ExplainableModel(model, steps, output, rules_table).eval()
+    return ExplainableModel(model, steps, output, {**RULES, **(extra_rules or {})}).eval()
 
 
 def describe_rules() -> dict[str, list[str]]:
@@ -570,5 +716,5 @@ def describe_rules() -> dict[str, list[str]]:
     return by_kind
 
 
-__all__ = ["ExplainableModel", "RULES", "Rule", "RuleMode", "UnruledOpError", "describe_rules", "explained",
+__all__ = ["ExplainableModel", "RESCALE", "RULES", "Rule", "RuleMode", "UnruledOpError", "describe_rules", "explained",
            "make_explainable", "select_output"]
