@@ -170,3 +170,65 @@ def test_a_model_in_parts_is_checked_against_its_parts_run_by_torch(output):
     got = FastDeepShap.from_parts(parts.rnn, parts.head, parts.embedding, output,
                                   dtype=torch.float64).attribute(ids, torch.randint(0, 30, (4, 7)))
     np.testing.assert_allclose(got.outputs, expected[:, 0].numpy(), rtol=0, atol=1e-12)
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        out, _ = self.lstm(out[..., :3])  # SECOND CALL
+        return self.fc(out[:, -1]).squeeze(-1)
+
+
+class InitialState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.fc, self.side = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 1), nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        h0 = self.side.expand(1, len(x), 8).contiguous()
+        out, _ = self.lstm(x, h0)  # INITIAL STATE
+        return self.fc(out[:, -1]).squeeze(-1)
+
+
+class FrontEnd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.front, self.lstm, self.fc = nn.Linear(3, 3), nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(torch.tanh(self.front(x)))  # A FRONT END
+        return self.fc(out[:, -1]).squeeze(-1)
+
+
+@pytest.mark.parametrize("model_class,why,marker", [
+    (CalledTwice, "more than once", "SECOND CALL"), (InitialState, "initial state", "INITIAL STATE"),
+    (FrontEnd, "transforms it first", "A FRONT END")])
+def test_the_fast_engines_refusals_name_the_users_line_and_the_reason(model_class, why, marker):
+    torch.manual_seed(5)
+    model = model_class().double().eval()
+    with pytest.raises(UsageError) as err:
+        FastDeepShap(model, dtype=torch.float64).attribute(padded_floats(2, 3), padded_floats(3, 4))
+    message = str(err.value)
+    assert why in message and f"at {THIS}:" in message and marker in message and "\n" not in message, message
+    assert "ShapDeepExplainer / CaptumDeepLiftShap" in message
+
+
+class ConvFront(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.conv = nn.Embedding(50, 4), nn.Conv1d(4, 6, 3, padding=1)
+        self.lstm, self.fc = nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, ids):
+        out, _ = self.lstm(torch.relu(self.conv(self.emb(ids).transpose(1, 2))).transpose(1, 2))
+        return self.fc(out[:, -1]).squeeze(-1)
+
+
+def test_a_front_end_that_changes_the_embeddings_width_is_refused_for_what_it_is():
+    """It said "the embedding's width differs", which gives the wrong reason."""
+    with pytest.raises(UsageError, match=r"LSTM takes 6 features, its nn.Embedding gives 4 \(a front end"):
+        FastDeepShap(ConvFront().double().eval(), dtype=torch.float64)

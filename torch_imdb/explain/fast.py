@@ -45,22 +45,20 @@ from torch.nn import functional as F
 from torch_imdb.errors import CompletenessError, UsageError
 from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
                                          completeness_tolerance, explainable_model, guard)
-from torch_imdb.explain.head import TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead, RNNResults, RuledHead
+from torch_imdb.explain.head import (LIBRARIES_HINT, TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead,
+                                     RNNResults, RuledHead)
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.own import OwnOutputs, RNNParts
 from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
-TRANSFORM_HINT = ("explain it with shap or Captum through the transform (ShapDeepExplainer / CaptumDeepLiftShap, "
-                  "or make_explainable), which covers any model built around nn.LSTM / nn.GRU")
-
 
 def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
     found = [m for m in model.modules() if isinstance(m, kinds)]
     if len(found) > 1:
         raise UsageError(f"the fast engine explains models with one {what} module, this one has {len(found)}; "
-                         + TRANSFORM_HINT)
+                         + LIBRARIES_HINT)
     return found[0] if found else None
 
 
@@ -92,14 +90,17 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None, comp
         raise UsageError(f"the fast engine takes an nn.Module or RNNParts, not a {type(model).__name__}")
     if not isinstance(rnn, RECURRENT_MODULES) or getattr(rnn, "proj_size", 0):
         raise UsageError(f"the fast engine needs an nn.LSTM / nn.GRU / nn.RNN without proj_size, got {rnn!r}; "
-                         + TRANSFORM_HINT)
+                         + LIBRARIES_HINT)
     if embedding is not None and embedding.embedding_dim != rnn.input_size:
-        raise UsageError("the embedding's width differs from the recurrent layer's input size")
+        raise UsageError(f"the fast engine needs the recurrent layer to read the embedding of the ids unchanged; this "
+                         f"model's {type(rnn).__name__} takes {rnn.input_size} features, its nn.Embedding gives "
+                         f"{embedding.embedding_dim} (a front end, or features joined to the embedding, in between); "
+                         + LIBRARIES_HINT)
     D = 2 if rnn.bidirectional else 1
     if isinstance(model, RNNParts):
         if model.head.in_features != D * rnn.hidden_size:
             raise UsageError(f"the fast engine needs an nn.Linear head on the final hidden state ({D * rnn.hidden_size} "
-                             f"features), got {model.head!r}; " + TRANSFORM_HINT)
+                             f"features), got {model.head!r}; " + LIBRARIES_HINT)
         if output is not None:
             raise UsageError("output= selects a tuple or dict output of a whole model; RNNParts has one output")
         return rnn, embedding, LinearHead(model.head, model.output, D, dtype)

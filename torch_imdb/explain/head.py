@@ -240,7 +240,8 @@ class PooledHead:
 
 
 # Where the feed's refusals send the user: the engines that explain any model the transform rules.
-LIBRARIES_HINT = "explain the model with --engines shap,captum (ShapDeepExplainer / CaptumDeepLiftShap)"
+LIBRARIES_HINT = ("explain it with shap or Captum through the transform (--engines shap,captum; ShapDeepExplainer / "
+                  "CaptumDeepLiftShap), which covers any model built around nn.LSTM / nn.GRU / nn.RNN")
 
 
 class _Probe(Exception):
@@ -257,6 +258,14 @@ def _marker(rows: int, T: int, width: int, like: torch.Tensor) -> torch.Tensor:
     per feature."""
     codes = torch.arange(1, rows * T + 1, dtype=like.dtype, device=like.device).view(rows, T, 1)
     return codes.expand(rows, T, width)
+
+
+def refusal(why: str) -> UsageError:
+    """The fast engine's one-line refusal of a model: why, where in the user's code (the recurrent layer's call),
+    and the engines that explain it."""
+    from torch_imdb.explain.transform import user_location
+
+    return UsageError(f"{why}, at {user_location()}; {LIBRARIES_HINT}")
 
 
 class _Feed(nn.Module):
@@ -292,24 +301,21 @@ class _Feed(nn.Module):
             valid = (torch.arange(L)[None, :] < lengths[:, None]).to(seen.device)[..., None]
             if padded.shape[0] != m.shape[0] or padded.shape[2] != m.shape[2] or L > m.shape[1] or \
                     not torch.equal(torch.where(valid, seen, 0), torch.where(valid, m[:, :L, :1], 0)):
-                raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its "
-                                 "embedding) unchanged, packed in its own order; this model changes it first: "
-                                 + LIBRARIES_HINT)
+                raise refusal("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
+                              "unchanged, packed in its own order; this model changes it first")
             return lengths
         seen = input if self.batch_first else input.transpose(0, 1)
         if seen.shape != m.shape or seen.data_ptr() != m.data_ptr() or seen.stride() != m.stride():
-            raise UsageError("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
-                             f"unchanged; this model transforms it first: {LIBRARIES_HINT}")
+            raise refusal("the fast engine needs the recurrent layer to read the model's input (or its embedding) "
+                          "unchanged; this model transforms it first")
         return None
 
     def forward(self, input, hx=None):
         self.calls += 1
         if self.calls > 1:
-            raise UsageError("the model calls its recurrent layer more than once; the fast engine explains one pass: "
-                             + LIBRARIES_HINT)
+            raise refusal("the model calls its recurrent layer more than once; the fast engine explains one pass")
         if hx is not None:
-            raise UsageError("the model gives its recurrent layer an initial state; the fast engine starts from zero: "
-                             + LIBRARIES_HINT)
+            raise refusal("the model gives its recurrent layer an initial state; the fast engine starts from zero")
         lengths = self._read(input)
         if self.probe:
             raise _Probe(lengths)
@@ -318,8 +324,7 @@ class _Feed(nn.Module):
             out = pack_padded_sequence(res.outputs[:, : int(lengths.max())], lengths, batch_first=True,
                                        enforce_sorted=input.sorted_indices is None)
             if input.sorted_indices is not None and not torch.equal(out.sorted_indices, input.sorted_indices):
-                raise UsageError("the model packs its sequences in an order the fast engine does not follow: "
-                                 + LIBRARIES_HINT)
+                raise refusal("the model packs its sequences in an order the fast engine does not follow")
         else:
             out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
         return (out, (res.h_n, res.c_n)) if res.c_n is not None else (out, res.h_n)
