@@ -17,7 +17,7 @@ from conftest import HEAD_MATRIX as MATRIX, E, H, T, head_case, head_case_id as 
 from torch_imdb.errors import CompletenessError, UsageError
 from torch_imdb.explain import CaptumDeepLiftShap, ShapDeepExplainer, UnruledOpError
 from torch_imdb.explain import rules
-from torch_imdb.explain.transform import Rule, RuleMode, explained
+from torch_imdb.explain.transform import Rule, RuleMode, explained, mark_batch
 
 @pytest.mark.parametrize("case", MATRIX, ids=case_id)
 def test_matrix_float64_exact_and_libraries_equal(case):
@@ -251,15 +251,17 @@ class TimeMajor(nn.Module):
         return torch.sigmoid(self.fc(self.norm(torch.cat([context, mean, top], dim=-1))))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_a_time_major_model_gets_its_rules_with_the_batch_on_dim_1(cell):
+@pytest.mark.parametrize("cell,T", [("lstm", 7), ("gru", 7), ("lstm", 10), ("gru", 30)])
+def test_a_time_major_model_gets_its_rules_with_the_batch_on_dim_1(cell, T):
+    """T = 10 is the libraries' batch (2 x 5 references), T = 30 the fast engine's (2 x 3 inputs x 5): where a
+    tensor holds the batch is carried from the recurrent module, not read from sizes that cannot tell."""
     from torch_imdb.explain import FastDeepShap
 
     torch.manual_seed(11)
     first, later = TimeMajor(cell, True).double().eval(), TimeMajor(cell, False).double().eval()
     later.load_state_dict(first.state_dict())
     g = torch.Generator().manual_seed(2)
-    x, bg = torch.randint(1, 20, (3, 7), generator=g), torch.randint(0, 20, (5, 7), generator=g)
+    x, bg = torch.randint(1, 20, (3, T), generator=g), torch.randint(0, 20, (5, T), generator=g)
     x[1, :2] = 0
     ref = ShapDeepExplainer(first, torch.float64).attribute(x, bg)
     s = ShapDeepExplainer(later, torch.float64).attribute(x, bg)
@@ -268,6 +270,41 @@ def test_a_time_major_model_gets_its_rules_with_the_batch_on_dim_1(cell):
     assert np.abs(ref.values).max() > 1e-3 and np.abs(ref.residual).max() < 1e-10
     for other in (s, c, f):
         assert np.abs(other.values - ref.values).max() < 1e-10
+
+
+class TimeMajorView(nn.Module):
+    """A time-major output viewed as (T * batch, H) for a linear layer, then viewed back, as people write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.transpose(0, 1))
+        T, N, H = out.shape
+        return torch.tanh(self.fc(out.view(T * N, H)).view(T, N)).mean(0)
+
+
+def test_a_view_of_a_time_major_output_works_in_every_engine():
+    """The unrolled copy's time-major output was not contiguous: `.view` raised a raw RuntimeError in every engine."""
+    from torch_imdb.explain import FastDeepShap
+
+    torch.manual_seed(3)
+    model = TimeMajorView().double().eval()
+    x, bg = torch.randn(2, 5, 2, dtype=torch.float64), torch.randn(4, 5, 2, dtype=torch.float64)
+    got = [engine(model, torch.float64).attribute(x, bg) for engine in (ShapDeepExplainer, CaptumDeepLiftShap,
+                                                                       FastDeepShap)]
+    assert all(np.abs(g.residual).max() < 1e-10 for g in got) and np.abs(got[0].values).max() > 1e-4
+    assert max(np.abs(g.values - got[0].values).max() for g in got) < 1e-10
+
+
+def test_a_batch_merged_by_a_view_whose_sizes_cannot_tell_is_refused():
+    """Viewed as (T * batch, H) and back with T equal to the batch's size, nothing tells which dim is the batch:
+    refused in one line, not paired along the wrong dim."""
+    x, bg = torch.randn(2, 6, 2, dtype=torch.float64), torch.randn(3, 6, 2, dtype=torch.float64)
+    with pytest.raises(UnruledOpError, match="where this tensor holds the batch was lost") as err:
+        ShapDeepExplainer(TimeMajorView().double().eval(), torch.float64).attribute(x, bg)
+    assert "test_explain_transform.py:" in str(err.value)
 
 
 class TimeMajorBatchSum(nn.Module):
@@ -388,7 +425,7 @@ def rule_values(fn, plain, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     for f in (fn, plain):
         z_ = z.clone().requires_grad_()
         with RuleMode(batch=z.shape[0]):
-            y = f(z_)
+            y = f(mark_batch(z_, 0))
         y.sum().backward()
         out.append(z_.grad[:z.shape[0] // 2] * (z[:z.shape[0] // 2] - z[z.shape[0] // 2:]))
     return out[0], out[1]

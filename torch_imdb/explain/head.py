@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import pair_rescale, rescale
+from torch_imdb.explain.transform import mark_batch, user_location
 
 OUTPUTS = ("sigmoid", "logits", "identity")
 
@@ -263,8 +264,6 @@ def _marker(rows: int, T: int, width: int, like: torch.Tensor) -> torch.Tensor:
 def refusal(why: str) -> UsageError:
     """The fast engine's one-line refusal of a model: why, where in the user's code (the recurrent layer's call),
     and the engines that explain it."""
-    from torch_imdb.explain.transform import user_location
-
     return UsageError(f"{why}, at {user_location()}; {LIBRARIES_HINT}")
 
 
@@ -325,9 +324,10 @@ class _Feed(nn.Module):
                                        enforce_sorted=input.sorted_indices is None)
             if input.sorted_indices is not None and not torch.equal(out.sorted_indices, input.sorted_indices):
                 raise refusal("the model packs its sequences in an order the fast engine does not follow")
-        else:
-            out = res.outputs if self.batch_first else res.outputs.transpose(0, 1)
-        return (out, (res.h_n, res.c_n)) if res.c_n is not None else (out, res.h_n)
+        else:  # where the batch is, told to the rule mode: time-major, the batch is dim 1 (contiguous, as nn.LSTM's)
+            out = mark_batch(res.outputs, 0) if self.batch_first else mark_batch(res.outputs.transpose(0, 1).contiguous(), 1)
+        state = (mark_batch(res.h_n, 1), mark_batch(res.c_n, 1)) if res.c_n is not None else mark_batch(res.h_n, 1)
+        return out, state
 
 
 def _pairs_of(x: torch.Tensor, r: torch.Tensor, dim: int) -> torch.Tensor:

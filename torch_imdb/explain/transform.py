@@ -454,7 +454,13 @@ class RuleMode(TorchFunctionMode):
     """Applies :data:`RULES` to every torch call on explained tensors while the copy runs forward.
 
     ``rules`` maps op names to :class:`Rule`; pass a changed copy of :data:`RULES` to switch
-    one off (for tests of the completeness guard).
+    one off (for tests of the completeness guard). ``batch``: the explained batch's row count.
+
+    Where each explained tensor holds the batch is carried, not guessed: the explained input
+    holds it on dim 0, a recurrent module's outputs where its layout puts it (:func:`mark_batch`),
+    and every call's result where the call moves it (a transpose, a permute, a reduction of
+    another dim, ...). Only a tensor whose layout was lost (a ``view`` that merged the batch with
+    another dim and split it again) is read by its sizes.
     """
 
     def __init__(self, rules_table: dict[str, Rule] | None = None, watch: torch.Tensor | None = None,
@@ -464,19 +470,41 @@ class RuleMode(TorchFunctionMode):
         self.watch = watch
         self.watched_read = False  # whether any op read ``watch`` (the ids: masks, lengths)
         self.batch = batch  # rows of the explained batch: how a time-major tensor's batch dim is found
+        # (data_ptr, shape, strides) of an explained tensor -> (the tensor, the dim that holds its batch). Keyed by
+        # where the data lies, so that an alias finds it too (the new tensor object a library's module hook returns
+        # for a module's output); the tensors are held for the one forward pass, so no memory is reused meanwhile.
+        self.layout: dict[tuple, tuple[torch.Tensor, int]] = {}
+
+    def remember(self, t: torch.Tensor, dim: int) -> None:
+        """``t`` holds the batch on ``dim``."""
+        self.layout[(t.data_ptr(), tuple(t.shape), t.stride())] = (t, dim)
+
+    def __enter__(self):
+        _MODES.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _MODES.remove(self)
+        return super().__exit__(*exc)
+
+    def dim_of(self, t: torch.Tensor, strict: bool = False) -> int:
+        """Where ``t`` holds the batch: as carried, else read from its sizes (dim 0 when it has the batch's size,
+        else the one later dim that has it). ``strict``: a one-line refusal where the sizes do not tell (no dim of
+        the batch's size: merged with another dim; or several, dim 0 among them)."""
+        known = self.layout.get((t.data_ptr(), tuple(t.shape), t.stride()))
+        if known is not None:
+            return known[1]
+        if self.batch is None or t.dim() == 0:
+            return 0
+        sized = [d for d in range(t.dim()) if t.shape[d] == self.batch]
+        if strict and len(sized) != 1:
+            raise _refusal("an op", "where this tensor holds the batch was lost (a view or reshape merged it with "
+                                    "another dim) and its sizes do not tell; keep the batch a dim of its own")
+        return sized[0] if sized else 0
 
     def batch_dim(self, flat: list) -> int:
-        """Where the explained operands hold the batch: 0, or for time-major operands (dim 0 not the batch's
-        size, one later dim of that size) that dim. Operands that disagree are refused."""
-        if self.batch is None:
-            return 0
-        dims = set()
-        for t in flat:
-            if explained(t) and t.dim() > 0 and t.shape[0] != self.batch:
-                sized = [d for d in range(1, t.dim()) if t.shape[d] == self.batch]
-                dims.add(sized[0] if len(sized) == 1 else 0)
-            elif explained(t):
-                dims.add(0)
+        """Where the explained operands hold the batch (see :meth:`dim_of`); operands that disagree are refused."""
+        dims = {self.dim_of(t, strict=True) for t in flat if explained(t) and t.dim() > 0}
         if len(dims) > 1:
             raise _refusal("an op", "its explained operands hold the batch on different dims; move the batch first")
         return dims.pop() if dims else 0
@@ -503,10 +531,120 @@ class RuleMode(TorchFunctionMode):
                 not getattr(func, "__module__", "") == "torch.nn.functional":
             raise _refusal(name, "an in-place nonlinear op on an explained tensor has no rule; use the out-of-place op")
         if rule.apply is _reduction:
-            return _reduction(func, args, kwargs, self.batch_dim(flat))
-        nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
-        k = self.batch_dim(flat) if nonlinear and not rule.own_layout else 0  # linear ops run in any layout
-        return _batch_first(func, args, kwargs, rule, k) if k else rule.apply(func, args, kwargs)
+            result = _reduction(func, args, kwargs, self.batch_dim(flat))
+        else:
+            nonlinear = rule.kind != "linear" and not (rule.kind == "shapley" and _linear_here(func, args, kwargs))
+            k = self.batch_dim(flat) if nonlinear and not rule.own_layout else 0  # linear ops run in any layout
+            result = _batch_first(func, args, kwargs, rule, k) if k else rule.apply(func, args, kwargs)
+        if not rule.own_layout:
+            self._carry(name, args, kwargs, flat, result)
+        return result
+
+    def _carry(self, name: str, args, kwargs, flat: list, result) -> None:
+        """Record where the result holds the batch, from where its first explained operand holds it."""
+        operand = next(t for t in flat if explained(t))
+        if operand.dim() == 0:
+            return
+        k = self.dim_of(operand)
+        for t in (result if isinstance(result, (tuple, list)) else [result]):
+            if explained(t) and t.dim() > 0:
+                d = _moved_batch_dim(name, args, kwargs, operand, k, t, self.batch)
+                if d is not None:
+                    self.remember(t, d)
+
+
+_MODES: list[RuleMode] = []  # the rule modes running, innermost last
+
+
+def mark_batch(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Tell the running rule mode that ``t`` holds the batch on ``dim`` (a recurrent module's outputs: its layout
+    says where); returns ``t``. Outside a rule mode it does nothing."""
+    if _MODES and explained(t):
+        _MODES[-1].remember(t, dim)
+    return t
+
+
+def _moved_batch_dim(name: str, args, kwargs, operand: torch.Tensor, k: int, result: torch.Tensor,
+                     batch: int | None) -> int | None:
+    """Where a call's result holds the batch, given that its explained ``operand`` holds it on dim ``k``; None when
+    the call loses it (a view merging it with another dim)."""
+    nd = operand.dim()
+    if name in ("transpose", "swapaxes", "swapdims"):
+        a, b = (_dim_arg(args, kwargs, 1, kwargs.get("dim0")), _dim_arg(args, kwargs, 2, kwargs.get("dim1")))
+        a, b = int(a) % nd, int(b) % nd
+        return b if k == a else a if k == b else k
+    if name == "t":
+        return 1 - k if nd == 2 else k
+    if name == "permute":
+        order = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:])
+        return [int(d) % nd for d in order].index(k)
+    if name == "movedim":
+        source, target = (_dim_arg(args, kwargs, 1, kwargs.get("source")), args[2] if len(args) > 2 else
+                          kwargs.get("destination"))
+        source = [source] if isinstance(source, int) else list(source)
+        target = [target] if isinstance(target, int) else list(target)
+        order: list[int | None] = [None] * nd
+        for s_, t_ in zip(source, target):
+            order[t_ % nd] = s_ % nd
+        rest = iter(d for d in range(nd) if d not in {s_ % nd for s_ in source})
+        return [d if d is not None else next(rest) for d in order].index(k)
+    if name == "unsqueeze":
+        d = int(_dim_arg(args, kwargs, 1)) % (nd + 1)
+        return k + 1 if d <= k else k
+    if name == "getitem" and len(args) > 1:
+        return _indexed_batch_dim(args[1], nd, k)
+    if name == "stack":
+        d = int(_dim_arg(args, kwargs, 1, 0)) % (nd + 1)
+        return k + 1 if d <= k else k
+    if name in ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"):
+        before = math.prod(operand.shape[:k])  # the elements before the batch's dim, in memory order
+        kept = [d for d in range(result.dim()) if math.prod(result.shape[:d]) == before
+                and result.shape[d] == operand.shape[k]]
+        return kept[0] if len(kept) == 1 else None  # merged with another dim: lost
+    if result.dim() == nd and result.shape[k] == operand.shape[k]:
+        return k  # elementwise, a rule's result, a linear map of the last dim, a mask filled in, a slice
+    removed = _removed_dims(name, args, kwargs, nd, result.dim())
+    if removed is not None and k not in removed:
+        return k - sum(d < k for d in removed)
+    sized = [d for d in range(result.dim()) if result.shape[d] == batch]
+    return sized[0] if len(sized) == 1 else None
+
+
+def _indexed_batch_dim(index, nd: int, k: int) -> int | None:
+    """Where ``t[index]`` holds the batch when t holds it on dim k: slices keep a dim, integers drop one, None adds
+    one, an Ellipsis stands for the dims no item names; None when the batch is indexed by an integer or a tensor."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        named = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[at:at + 1] = [slice(None)] * (nd - named)
+    in_dim = out_dim = 0
+    for item in items:
+        if item is None:
+            out_dim += 1
+            continue
+        if in_dim == k:
+            return out_dim if isinstance(item, slice) else None
+        if isinstance(item, slice):
+            out_dim += 1
+        elif not isinstance(item, int):
+            return None  # an index tensor: advanced indexing moves dims
+        in_dim += 1
+    return out_dim + (k - in_dim)
+
+
+def _removed_dims(name: str, args, kwargs, nd: int, out_nd: int) -> list[int] | None:
+    """The operand's dims a call removes (a reduction without keepdim, a select), or None if unknown."""
+    if out_nd >= nd:
+        return None
+    if name == "select":
+        return [int(_dim_arg(args, kwargs, 1)) % nd]
+    dim = _dim_arg(args, kwargs, 1)
+    if isinstance(dim, int):
+        return [dim % nd]
+    if isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim):
+        return sorted(d % nd for d in dim)
+    return None
 
 
 # ---------------------------------------------------------------- the explainable copy
@@ -649,6 +787,7 @@ class ExplainableModel(nn.Module):
         mode = RuleMode(self.rules_table, watch=ids, batch=x.shape[0])
         try:
             with mode:
+                mark_batch(x, 0)  # the explained input holds the batch on dim 0, whatever its other sizes
                 out = self.model(ids if ids is not None else x, *extra)
         finally:
             ctx.vectors = ctx.ids = None

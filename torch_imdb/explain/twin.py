@@ -25,12 +25,20 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
+from torch_imdb.explain.transform import mark_batch
 
 
 def _refuse(rnn: nn.Module) -> None:
     if getattr(rnn, "proj_size", 0):
         raise UsageError(f"{type(rnn).__name__} with proj_size={rnn.proj_size} is not supported by the explainable "
                          "twin; use an LSTM without a projection")
+
+
+def _marked_state(state):
+    """The final states (layers * directions, batch, H), or an LSTM's pair of them: the batch on dim 1."""
+    if isinstance(state, tuple):
+        return tuple(mark_batch(t, 1) if isinstance(t, torch.Tensor) and t.dim() == 3 else t for t in state)
+    return mark_batch(state, 1) if isinstance(state, torch.Tensor) and state.dim() == 3 else state
 
 
 class ExplainableRNN(nn.Module):
@@ -66,10 +74,12 @@ class ExplainableRNN(nn.Module):
         if isinstance(input, PackedSequence):
             padded, lengths = pad_packed_sequence(input, batch_first=True)
             output, state = self._run(padded, hx, lengths)
-            return pack_padded_sequence(output, lengths, batch_first=True, enforce_sorted=False), state
+            return pack_padded_sequence(output, lengths, batch_first=True, enforce_sorted=False), _marked_state(state)
         x = input if self.batch_first or input.dim() == 2 else input.transpose(0, 1)
         output, state = self._run(x, hx, None)
-        return (output if self.batch_first or input.dim() == 2 else output.transpose(0, 1)), state
+        if self.batch_first or input.dim() == 2:
+            return mark_batch(output, 0), _marked_state(state)
+        return mark_batch(output.transpose(0, 1).contiguous(), 1), _marked_state(state)  # contiguous as nn.LSTM's
 
     def _run(self, x: torch.Tensor, hx, lengths: torch.Tensor | None):
         """The recurrence over batch-first x (batch, T, F) or unbatched (T, F); with ``lengths``
