@@ -597,6 +597,9 @@ def _moved_batch_dim(name: str, args, kwargs, operand: torch.Tensor, k: int, res
         d = int(_dim_arg(args, kwargs, 1, 0)) % (nd + 1)
         return k + 1 if d <= k else k
     if name in ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"):
+        if k == 0 and batch and operand.shape[0] % batch == 0 and result.dim() and result.shape[0] % batch == 0:
+            return 0  # the batch stays the outermost factor of dim 0 ((batch * sentences, words, ...) and back),
+            # where the halves of dim 0 still pair each input with its reference
         before = math.prod(operand.shape[:k])  # the elements before the batch's dim, in memory order
         kept = [d for d in range(result.dim()) if math.prod(result.shape[:d]) == before
                 and result.shape[d] == operand.shape[k]]
