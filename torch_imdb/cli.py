@@ -8,7 +8,7 @@ from typing import Callable
 from torch_imdb.config import MAX_REVIEWS, RANGES, Range
 
 # The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare.
-ENGINES = ("shap", "captum", "fast", "fast-compiled")
+ENGINES = ("shap", "captum", "fast", "fast-compiled", "fused")
 
 
 MAX_COUNT = 1_000_000  # a bound for counts with no natural one (chunk sizes, repeats, workers)

@@ -14,7 +14,8 @@ token ids (N, T) and (B, T), or float sequences (N, T, F) and (B, T, F).
 
 # Loaded on first use (PEP 562), so that `python -m torch_imdb.explain --help` does not wait for torch.
 _EXPORTS = {
-    "Attribution": "backends", "CaptumDeepLiftShap": "backends", "ShapDeepExplainer": "backends",
+    "Attribution": "backends", "CaptumDeepLiftShap": "backends", "FusedDeepShap": "backends",
+    "ShapDeepExplainer": "backends",
     "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
     "ExplainableModel": "transform", "RESCALE": "transform", "Rule": "transform", "UnruledOpError": "transform",
     "describe_rules": "transform", "make_explainable": "transform", "ExplainableRNN": "twin",

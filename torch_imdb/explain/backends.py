@@ -104,11 +104,11 @@ class PositiveProbability(nn.Module):
 
 
 def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype, output: int | str | None = None,
-                      extra_rules=None) -> ExplainableModel:
+                      extra_rules=None, fused: bool = False) -> ExplainableModel:
     """The explainable copy in ``dtype``; a :class:`SentimentRNN` is explained as P(positive)."""
     if isinstance(model, SentimentRNN):
         model = PositiveProbability(model)
-    return make_explainable(model, steps, output, extra_rules).to(dtype).eval()
+    return make_explainable(model, steps, output, extra_rules, fused).to(dtype).eval()
 
 
 def completeness_tolerance(dtype: torch.dtype) -> float:
@@ -160,18 +160,20 @@ class _LibraryExplainer:
 
     ``output`` selects the explained entry of a tuple or dict output; ``check_completeness``
     False turns the guard's error into residuals returned with the values; ``extra_rules`` (op name ->
-    :class:`~.transform.Rule`) join the transform's rules.
+    :class:`~.transform.Rule`) join the transform's rules; ``fused`` runs the recurrent modules as the fast
+    engine's fused rule (the same values).
     """
 
     method = ""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
-                 check_completeness: bool = True, extra_rules=None) -> None:
+                 check_completeness: bool = True, extra_rules=None, fused: bool = False) -> None:
         self.model = model
         self.dtype = dtype
         self.output = output
         self.check = check_completeness
         self.extra_rules = extra_rules
+        self.fused = fused
 
     def _prepare(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int,
                  additional_forward_args: tuple = ()):
@@ -180,7 +182,7 @@ class _LibraryExplainer:
                              "additional_forward_args=(...)")
         if inputs.dim() < 2:
             raise UsageError(f"inputs must be (n, T) token ids or (n, T, F) sequences, got {tuple(inputs.shape)}")
-        twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.extra_rules)
+        twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.extra_rules, self.fused)
         device = next(twin.parameters()).device
         extra = check_extra(additional_forward_args, len(inputs), device)
         if inputs.is_floating_point():
@@ -320,6 +322,45 @@ class CaptumDeepLiftShap(_LibraryExplainer):
                 values.append(attr.sum(dim=2) if ids is not None else attr)
                 deltas.append(delta.detach().double().cpu().view(-1, len(bg)).abs().max(dim=1).values)
         return torch.cat(values).numpy(), {"max_abs_delta": torch.cat(deltas).numpy()}
+
+
+class FusedDeepShap(_LibraryExplainer):
+    """DeepLIFT-SHAP through the transform, without a library: every (input, reference) pair of a chunk in one
+    batch of the explainable copy, whose recurrent modules run as the fast engine's fused rule
+    (:class:`~.fast.FusedRecurrence`: each distinct row traced once, the multipliers of all pairs in one fused
+    backward). Any model the transform takes (a front end, two recurrent modules, a head reading the embedding,
+    ...); the same values as shap and Captum. ``chunk_pairs`` bounds the pairs per batch.
+    """
+
+    method = "fused"
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
+                 **options) -> None:
+        super().__init__(model, dtype, **{"fused": True, **options})
+        self.chunk_pairs = chunk_pairs
+
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
+        B, values = len(bg), []
+        per = max(1, self.chunk_pairs // B)
+        for k in range(0, len(x), per):
+            inputs = x[k:k + per]
+            n = len(inputs)
+            # pair p = b * n + i: input i with reference b, backgrounds first, as the fused rule's grid reads them
+            x_half = inputs.repeat(B, *([1] * (inputs.dim() - 1)))
+            r_half = bg.repeat_interleave(n, dim=0)
+            consts = tuple(torch.cat([a.repeat(B, *([1] * (a.dim() - 1)))] * 2) if isinstance(a, torch.Tensor) else a
+                           for a in self._rows(ids, extra, slice(k, k + n)))  # each pair sees its input's constants
+            batch = torch.cat([x_half, r_half]).detach().requires_grad_(True)
+            for module in twin.modules():  # the layout, told rather than searched for by the fused rule
+                if hasattr(module, "grid_shape"):
+                    module.grid_shape = (B, n)
+            with torch.enable_grad():
+                y = twin(batch, *consts)[:, target]
+                (grad,) = torch.autograd.grad(y.sum(), batch)
+            share = grad[: B * n] * (x_half - r_half)
+            share = share.sum(dim=-1) if ids is not None else share  # a token's share: its embedding's, summed
+            values.append(share.view(B, n, *share.shape[1:]).mean(dim=0).detach().double().cpu())
+        return torch.cat(values).numpy(), {}
 
 
 class PlainFromEmbeddings(nn.Module):

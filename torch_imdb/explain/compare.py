@@ -19,7 +19,8 @@ from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.cli import ENGINES
 from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import CaptumDeepLiftShap, ShapDeepExplainer, Attribution, plain_rnn_failures
+from torch_imdb.explain.backends import (Attribution, CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer,
+                                         plain_rnn_failures)
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
@@ -27,13 +28,16 @@ from torch_imdb.io import atomic_path, atomic_write_json
 
 
 def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **fast_options):
-    """The explainer called ``name`` (one of ENGINES) for ``model``; fast-compiled is the fast engine with torch.compile."""
+    """The explainer called ``name`` (one of ENGINES) for ``model``; fast-compiled is the fast engine with torch.compile,
+    fused the transform with the fast engine's fused recurrence (any model the transform takes)."""
     if name == "shap":
         return ShapDeepExplainer(model, dtype)
     if name == "captum":
         return CaptumDeepLiftShap(model, dtype)
     if name in ("fast", "fast-compiled"):
         return FastDeepShap(model, dtype, **{**fast_options, "compile": name == "fast-compiled"})
+    if name == "fused":
+        return FusedDeepShap(model, dtype)
     raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 

@@ -163,13 +163,14 @@ class RecurrentStack:
     """A recurrent module's layers and directions, as the engine runs them: the forward trace of rows and the
     multiplier backward of (input, reference) pairs.
 
-    rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (its cell's spec does the cell's part); its weights
-    are copied in ``dtype``. ``block_steps`` time steps run per call of the spec's block, which
+    rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, or a module with its parameters and ``spec`` (the
+    explainable twin); its cell's spec does the cell's part; its weights are copied in ``dtype``. ``block_steps`` time steps run per call of the spec's block, which
     ``compile`` turns into one graph.
     """
 
-    def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8) -> None:
-        self.spec, self.dtype = spec_of(rnn), dtype
+    def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8,
+                 spec=None) -> None:
+        self.spec, self.dtype = spec or spec_of(rnn), dtype
         self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
         self.device = rnn.weight_hh_l0.device
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
@@ -225,6 +226,18 @@ class RecurrentStack:
         backgrounds first, (T, B, n, .): a window's input multipliers are one matrix product
         into a contiguous block.
         """
+        shares, g_in = self._backward(rv, bg, hm, tokens)
+        if tokens:
+            return shares.permute(2, 1, 0)
+        return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+
+    @torch.no_grad()
+    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
+        """The multipliers (T, B, n, In) of the first layer's input for every pair (see :meth:`pairs`)."""
+        return self._backward(rv, bg, hm, tokens=False)[1]
+
+    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool):
+        """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids)."""
         n, T = rv.x.shape[:2]
         B, H = hm.f_r.shape[0], self.H
         shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
@@ -246,9 +259,7 @@ class RecurrentStack:
                 if first:
                     shares = shares + share
             g_above = functools.partial(_window_of, g_in)
-        if tokens:
-            return shares.permute(2, 1, 0)
-        return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+        return shares, g_in
 
     def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
         """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
@@ -276,6 +287,78 @@ class RecurrentStack:
                 else:
                     g_in[window] += product(kept, w_ih_t)
         return shares
+
+
+def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | None:
+    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references] as a grid of n distinct
+    input rows and B distinct reference rows: (inputs (n, ...), references (B, ...), i (P,), b (P,)), pair p being
+    (inputs[i[p]], references[b[p]]); None unless the P pairs are the whole grid, each once (P = n * B), which is
+    how the libraries and the engines lay out their batches.
+
+    shape: (B, n) when the caller laid the pairs out backgrounds first (p = b * n + i): then the grid is only
+    checked (every input row the same over b, every reference row over i), not searched for.
+    """
+    P = x.shape[0] // 2
+    if P == 0 or x.shape[0] != 2 * P:
+        return None
+    with torch.no_grad():  # constants of the rule (and the rule mode lets calls without grad through)
+        if shape is not None and shape[0] * shape[1] == P:
+            B, n = shape
+            xs, rs = x[:P].reshape(B, n, -1), x[P:].reshape(B, n, -1)
+            if torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs)):
+                i, b = torch.arange(P, device=x.device) % n, torch.arange(P, device=x.device) // n
+                return x[:n], x[P::n], i, b
+        inputs, i = torch.unique(x[:P].flatten(1), dim=0, return_inverse=True)
+        refs, b = torch.unique(x[P:].flatten(1), dim=0, return_inverse=True)
+        if len(inputs) * len(refs) != P or len(torch.unique(i * len(refs) + b)) != P:
+            return None
+        return inputs.view(-1, *x.shape[1:]), refs.view(-1, *x.shape[1:]), i, b
+
+
+class FusedRecurrence(torch.autograd.Function):
+    """A recurrent module's call on an explained batch, as the transform's rule: the forward pass traces each
+    distinct input and reference row once (:meth:`RecurrentStack.trace`), and the backward pass is the engine's
+    fused multiplier backward for every pair (:meth:`RecurrentStack.input_multipliers`), fed by the multipliers of
+    the outputs at every step and of the final states. Both halves of the batch get their own half's multipliers,
+    as the transform's rules give them. x: (2P, T, In) batch first; returns (outputs (2P, T, D*H), h_n, c_n
+    (layers*D, 2P, H); c_n is zeros for a cell without a cell state)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stack: RecurrentStack, grid: tuple):
+        inputs, refs, i, b = grid
+        with torch._C.DisableTorchFunction():  # plain tensors' work: no rule mode to ask at every op
+            rv, bg = stack.trace(inputs.detach()), stack.trace(refs.detach())
+        rx, rr = rv.results, bg.results
+        out = torch.cat([rx.outputs[i], rr.outputs[b]])
+        h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
+        c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
+        ctx.stack, ctx.traces, ctx.grid, ctx.cell_state = stack, (rv, bg), (i, b), rx.c_n is not None
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
+        (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
+        n, B = rv.x.shape[0], bg.x.shape[0]
+
+        def multipliers(rows: slice) -> torch.Tensor:
+            """The input multipliers (P, T, In) of one half, from that half's output multipliers."""
+            outputs = g_out.new_zeros(g_out.shape[1], B, n, g_out.shape[2])
+            outputs[:, b, i] = g_out[rows].transpose(0, 1)
+            h_n = g_h.new_zeros(g_h.shape[0], B, n, g_h.shape[2])
+            h_n[:, b, i] = g_h[:, rows]
+            c_n = None
+            if ctx.cell_state:
+                c_n = g_c.new_zeros(g_c.shape[0], B, n, g_c.shape[2])
+                c_n[:, b, i] = g_c[:, rows]
+            hm = HeadMultipliers(outputs, h_n, c_n, g_out.new_zeros(n), g_out.new_zeros(B, n))
+            return ctx.stack.input_multipliers(rv, bg, hm)[:, b, i].transpose(0, 1)
+
+        first, second = slice(0, P), slice(P, 2 * P)
+        m_x = multipliers(first)
+        same = torch.equal(g_out[first], g_out[second]) and torch.equal(g_h[:, first], g_h[:, second]) and \
+            torch.equal(g_c[:, first], g_c[:, second])
+        m_r = m_x if same else multipliers(second)
+        return torch.cat([m_x, m_r]), None, None
 
 
 class FastDeepShap:

@@ -491,16 +491,22 @@ class RuleMode(TorchFunctionMode):
         """Where ``t`` holds the batch: as carried, else read from its sizes (dim 0 when it has the batch's size,
         else the one later dim that has it). ``strict``: a one-line refusal where the sizes do not tell (no dim of
         the batch's size: merged with another dim; or several, dim 0 among them)."""
+        known = self.known_dim(t)
+        if known is None and strict:
+            raise _refusal("an op", "where this tensor holds the batch was lost (a view or reshape merged it with "
+                                    "another dim) and its sizes do not tell; keep the batch a dim of its own")
+        return 0 if known is None else known
+
+    def known_dim(self, t: torch.Tensor) -> int | None:
+        """Where ``t`` holds the batch as carried, or as its sizes tell (the one dim of the batch's size); None
+        when neither tells."""
         known = self.layout.get((t.data_ptr(), tuple(t.shape), t.stride()))
         if known is not None:
             return known[1]
         if self.batch is None or t.dim() == 0:
             return 0
         sized = [d for d in range(t.dim()) if t.shape[d] == self.batch]
-        if strict and len(sized) != 1:
-            raise _refusal("an op", "where this tensor holds the batch was lost (a view or reshape merged it with "
-                                    "another dim) and its sizes do not tell; keep the batch a dim of its own")
-        return sized[0] if sized else 0
+        return sized[0] if len(sized) == 1 else None
 
     def batch_dim(self, flat: list) -> int:
         """Where the explained operands hold the batch (see :meth:`dim_of`); operands that disagree are refused."""
@@ -542,10 +548,16 @@ class RuleMode(TorchFunctionMode):
 
     def _carry(self, name: str, args, kwargs, flat: list, result) -> None:
         """Record where the result holds the batch, from where its first explained operand holds it."""
-        operand = next(t for t in flat if explained(t))
-        if operand.dim() == 0:
+        if name == "_pad_packed_sequence":  # a packed sequence padded again: its batch_first says where
+            padded = result[0] if isinstance(result, (tuple, list)) else result
+            batch_first = args[2] if len(args) > 2 else kwargs.get("batch_first", False)
+            if explained(padded):
+                self.remember(padded, 0 if batch_first else 1)
             return
-        k = self.dim_of(operand)
+        operand = next(t for t in flat if explained(t))
+        k = self.known_dim(operand) if operand.dim() else None
+        if k is None:
+            return  # a layout lost stays lost: nothing is guessed for the result either
         for t in (result if isinstance(result, (tuple, list)) else [result]):
             if explained(t) and t.dim() > 0:
                 d = _moved_batch_dim(name, args, kwargs, operand, k, t, self.batch)
@@ -830,13 +842,14 @@ def select_output(out, key: int | str | None) -> torch.Tensor:
 
 
 def make_explainable(model: nn.Module, steps: int, output: int | str | None = None,
-                     extra_rules: dict[str, Rule] | None = None) -> ExplainableModel:
+                     extra_rules: dict[str, Rule] | None = None, fused: bool = False) -> ExplainableModel:
     """The explainable copy of ``model`` for sequences of up to ``steps`` steps (the original is not changed).
 
     See :class:`ExplainableModel`. Ops without a rule are refused, in one line naming the
     op and the line of the user's code, the first time the copy runs forward while differentiated.
     ``extra_rules`` (op name -> :class:`Rule`, e.g. ``{"atan": RESCALE}``) join :data:`RULES`, replacing a rule
-    of the same name.
+    of the same name. ``fused``: every recurrent module's call on an explained batch of (input, reference) pairs
+    runs as the fast engine's fused rule (:class:`~.fast.FusedRecurrence`) instead of unrolled, the same values.
     """
     bad_rule = next((k for k, v in (extra_rules or {}).items() if not isinstance(k, str) or not isinstance(v, Rule)),
                     None)
@@ -847,7 +860,13 @@ def make_explainable(model: nn.Module, steps: int, output: int | str | None = No
     if bad is not None:
         raise UsageError(f"the model holds an {type(bad).__name__}, which the explainable twin does not cover; "
                          "it explains nn.LSTM, nn.GRU and nn.RNN")
-    return ExplainableModel(model, steps, output, {**RULES, **(extra_rules or {})}).eval()
+    from torch_imdb.explain.twin import ExplainableRNN
+
+    copy = ExplainableModel(model, steps, output, {**RULES, **(extra_rules or {})}).eval()
+    for module in copy.modules():
+        if isinstance(module, ExplainableRNN):
+            module.fused = fused
+    return copy
 
 
 def describe_rules() -> dict[str, list[str]]:

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
-from torch_imdb.explain.transform import mark_batch
+from torch_imdb.explain.transform import explained, mark_batch
 
 
 def _refuse(rnn: nn.Module) -> None:
@@ -62,6 +62,9 @@ class ExplainableRNN(nn.Module):
         self.num_layers, self.bidirectional = rnn.num_layers, rnn.bidirectional
         self.batch_first, self.bias, self.dropout = rnn.batch_first, rnn.bias, rnn.dropout
         self.steps = steps
+        self.fused = False  # make_explainable(..., fused=True): the engine's fused rule where the batch allows it
+        self.grid_shape: tuple[int, int] | None = None  # (B, n) when the caller laid out its pairs so
+        self._stack = None
         for name, p in rnn.named_parameters():
             self.register_parameter(name, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         self.train(rnn.training)
@@ -76,10 +79,28 @@ class ExplainableRNN(nn.Module):
             output, state = self._run(padded, hx, lengths)
             return pack_padded_sequence(output, lengths, batch_first=True, enforce_sorted=False), _marked_state(state)
         x = input if self.batch_first or input.dim() == 2 else input.transpose(0, 1)
-        output, state = self._run(x, hx, None)
+        output, state = self._fused(x) if self.fused and hx is None else (None, None)
+        if output is None:
+            output, state = self._run(x, hx, None)
         if self.batch_first or input.dim() == 2:
             return mark_batch(output, 0), _marked_state(state)
         return mark_batch(output.transpose(0, 1).contiguous(), 1), _marked_state(state)  # contiguous as nn.LSTM's
+
+    def _fused(self, x: torch.Tensor):
+        """(output, state) by the engine's fused rule (:class:`~.fast.FusedRecurrence`), or (None, None) where it
+        does not apply: an input that is not explained, unbatched, or whose pairs are not a whole grid."""
+        from torch_imdb.explain.fast import FusedRecurrence, RecurrentStack, pair_grid
+
+        if x.dim() != 3 or not explained(x):
+            return None, None
+        grid = pair_grid(x, self.grid_shape)
+        if grid is None:
+            return None, None
+        w = self.weight_hh_l0
+        if self._stack is None or self._stack.dtype != w.dtype or self._stack.device != w.device:
+            self._stack = RecurrentStack(self, w.dtype, spec=self.spec)
+        output, h_n, c_n = FusedRecurrence.apply(x, self._stack, grid)
+        return output, ((h_n, c_n) if self.spec.cell_state else h_n)
 
     def _run(self, x: torch.Tensor, hx, lengths: torch.Tensor | None):
         """The recurrence over batch-first x (batch, T, F) or unbatched (T, F); with ``lengths``

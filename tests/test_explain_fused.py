@@ -1,0 +1,89 @@
+"""The recurrent module as a rule of the transform: the fast engine's trace and fused multiplier backward run as
+the module's rule (make_explainable(..., fused=True)), and FusedDeepShap explains any model the transform takes
+with it. Both give the values of the unrolled copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from zoo import ZOO, Case, Last, zoo_inputs
+
+from torch_imdb.explain import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
+from torch_imdb.explain.backends import explainable_model
+from torch_imdb.explain.fast import pair_grid
+
+
+def grid_batch(n: int = 3, B: int = 4, seed: int = 0) -> torch.Tensor:
+    """[inputs; references] laid out backgrounds first: pair p = b * n + i."""
+    g = torch.Generator().manual_seed(seed)
+    x, r = torch.randn(n, 5, 2, generator=g), torch.randn(B, 5, 2, generator=g)
+    return torch.cat([x.repeat(B, 1, 1), r.repeat_interleave(n, dim=0)])
+
+
+@pytest.mark.parametrize("hint", [None, (4, 3)])
+def test_the_pairs_of_a_batch_are_found_as_a_grid(hint):
+    batch = grid_batch()
+    inputs, refs, i, b = pair_grid(batch, hint)
+    assert len(inputs) == 3 and len(refs) == 4
+    torch.testing.assert_close(inputs[i], batch[:12], rtol=0, atol=0)
+    torch.testing.assert_close(refs[b], batch[12:], rtol=0, atol=0)
+
+
+def test_a_batch_whose_pairs_are_not_a_whole_grid_has_none():
+    batch = grid_batch()
+    assert pair_grid(torch.cat([batch[:11], batch[:1], batch[12:]])) is None  # one pair twice, one missing
+    assert pair_grid(batch[:-1]) is None  # odd rows
+    wrong_hint = pair_grid(batch, (3, 4))  # a hint that does not hold: searched for instead
+    assert wrong_hint is not None and len(wrong_hint[0]) == 3
+
+
+@pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
+def test_the_fused_rule_gives_the_unrolled_values_in_shap_and_captum(case):
+    model, x, bg, extra = zoo_inputs(case)
+    for engine in (ShapDeepExplainer, CaptumDeepLiftShap):
+        plain, fused = (engine(model, torch.float64, output=case.output, fused=f).attribute(
+            x, bg, target=case.target, additional_forward_args=extra) for f in (False, True))
+        assert np.abs(fused.values - plain.values).max() < 1e-10 and np.abs(fused.residual).max() < 1e-10
+
+
+# The unrolled rules: a PackedSequence, an initial state, and the hierarchical network, whose word-level rows are
+# chunks of the pairs (no grid of rows) and whose chunk-level rows, computed row by row, differ in their last bits.
+UNROLLED = {"packed-attention-mlp", "initial-state", "hierarchical-attention"}
+
+
+@pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
+def test_fused_deepshap_equals_shap_on_every_zoo_model(case, monkeypatch):
+    import torch_imdb.explain.fast as fast
+
+    calls = []
+    real = fast.FusedRecurrence.apply
+    monkeypatch.setattr(fast.FusedRecurrence, "apply", lambda *a: calls.append(1) or real(*a))
+    model, x, bg, extra = zoo_inputs(case)
+    s = ShapDeepExplainer(model, torch.float64, output=case.output).attribute(x, bg, target=case.target,
+                                                                            additional_forward_args=extra)
+    f = FusedDeepShap(model, torch.float64, output=case.output, chunk_pairs=4).attribute(
+        x, bg, target=case.target, additional_forward_args=extra)  # chunks of one input: the grid is 3 x 1
+    assert np.abs(f.values - s.values).max() < 1e-10 and np.abs(f.residual).max() < 1e-10
+    assert bool(calls) == (case.name not in UNROLLED), len(calls)  # the fused rule ran wherever it applies
+    model32, x32, bg32, extra32 = zoo_inputs(case, torch.float32)
+    f32 = FusedDeepShap(model32, torch.float32, output=case.output).attribute(x32, bg32, target=case.target,
+                                                                            additional_forward_args=extra32)
+    assert f32.extra["completeness_ratio"] <= 1
+
+
+def test_each_half_gets_the_multipliers_of_its_own_gradient():
+    """With different top gradients on the two halves (shap's own backward differentiates the inputs' outputs
+    only), the fused rule's gradients are the unrolled copy's, row by row."""
+    model, x, bg, _ = zoo_inputs(Case("stacked", lambda: Last(cell=torch.nn.GRU, bidirectional=True, layers=2)))
+    grads = []
+    for fused in (False, True):
+        twin = explainable_model(model, x.shape[1], torch.float64, fused=fused)
+        ids = torch.cat([x.repeat(3, 1), bg.repeat_interleave(2, dim=0)])
+        vectors = twin.embed(ids).detach().requires_grad_(True)
+        top = torch.linspace(-1, 2, len(ids), dtype=torch.float64)
+        with torch.enable_grad():
+            y = twin(vectors, ids)[:, 0]
+            grads.append(torch.autograd.grad((y * top).sum(), vectors)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+    assert grads[0].abs().max() > 1e-4
