@@ -1,0 +1,154 @@
+"""The drop-ins: shap's and Captum's documented usage with only the import changed, exact values, and the engine
+chosen for the model (the fast engine where it takes it, the fused transform otherwise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shap
+import torch
+from torch import nn
+from zoo import ZOO, zoo_inputs
+
+from torch_imdb.errors import CompletenessError, UsageError
+from torch_imdb.explain import DeepExplainer, DeepLiftShap, FastDeepShap, FusedDeepShap, ShapDeepExplainer
+
+
+class SeriesClassifier(nn.Module):
+    """Float sequences (N, T, 3) -> a GRU -> 3 classes (N, 3): shap's multi-output case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.fc = nn.GRU(3, 5, batch_first=True), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+class MLP(nn.Module):
+    """No recurrence: linear layers and ReLU, which shap's and Captum's own rules explain exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(18, 7), nn.ReLU(), nn.Linear(7, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def data(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shaps_documented_usage_with_only_the_import_changed():
+    """shap's DeepExplainer example (background, explainer, shap_values), written as its docs write it; exact."""
+    torch.manual_seed(0)
+    model = SeriesClassifier().double().eval()
+    x_train, x_test = data(40, 1), data(3, 2)
+    # -- as in shap's docs, with `from torch_imdb.explain import DeepExplainer` for `from shap import DeepExplainer`
+    background = x_train[:20]
+    e = DeepExplainer(model, background)
+    shap_values = e.shap_values(x_test)
+    # --
+    assert shap_values.shape == (3, 6, 3, 3) and e.expected_value.shape == (3,)
+    with torch.no_grad():
+        f_x = model(x_test).numpy()
+    np.testing.assert_allclose(shap_values.sum(axis=(1, 2)) + e.expected_value, f_x, atol=1e-10, rtol=0)
+    for k in range(3):
+        by_shap = ShapDeepExplainer(model, torch.float64).attribute(x_test, background, target=k).values
+        np.testing.assert_allclose(shap_values[..., k], by_shap, atol=1e-10, rtol=0)
+
+
+def test_it_gives_shaps_own_values_where_shaps_rules_are_exact():
+    """On a model without recurrence (linear and ReLU), the drop-in equals shap.DeepExplainer itself."""
+    torch.manual_seed(1)
+    model = MLP().double().eval()
+    background, x = data(10, 3), data(4, 4)
+    ours = DeepExplainer(model, [background]).shap_values([x])
+    theirs = shap.DeepExplainer(model, background).shap_values(x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
+
+
+def test_ranked_outputs_as_shap_returns_them():
+    torch.manual_seed(0)
+    model = SeriesClassifier().double().eval()
+    e = DeepExplainer(model, data(10, 1))
+    x = data(4, 5)
+    values, ranks = e.shap_values(x, ranked_outputs=2)
+    all_values = e.shap_values(x)
+    with torch.no_grad():
+        expected_ranks = torch.argsort(-model(x), dim=1)[:, :2].numpy()
+    np.testing.assert_array_equal(ranks, expected_ranks)
+    for n in range(4):
+        for r in range(2):
+            np.testing.assert_allclose(values[n, ..., r], all_values[n, ..., ranks[n, r]], atol=1e-12, rtol=0)
+    low, low_ranks = e.shap_values(x, ranked_outputs=1, output_rank_order="min")
+    np.testing.assert_array_equal(low_ranks[:, 0], torch.argmin(model(x), dim=1).numpy())
+    with pytest.raises(UsageError, match="output_rank_order must be max, min or max_abs"):
+        e.shap_values(x, ranked_outputs=1, output_rank_order="median")
+
+
+@pytest.mark.parametrize("name,engine", [("last", FastDeepShap), ("masked-mean", FastDeepShap),
+                                         ("cnn-lstm", FusedDeepShap), ("lstm-into-bigru", FusedDeepShap),
+                                         ("residual-embedding", FusedDeepShap)])
+def test_the_call_gives_an_explanation_with_base_values_and_the_engine_fits_the_model(name, engine):
+    case = next(c for c in ZOO if c.name == name)
+    model, x, bg, _ = zoo_inputs(case)
+    e = DeepExplainer(model, bg)
+    assert type(e.engine) is engine
+    explanation = e(x)
+    assert isinstance(explanation, shap.Explanation) and explanation.values.shape == x.shape
+    with torch.no_grad():
+        f_x = model(x).numpy()
+    np.testing.assert_allclose(explanation.values.sum(1) + explanation.base_values, f_x, atol=1e-10, rtol=0)
+
+
+def test_check_additivity_false_returns_values_the_guard_would_refuse(monkeypatch):
+    torch.manual_seed(0)
+    model = SeriesClassifier().double().eval()
+    e = DeepExplainer(model, data(10, 1))
+    assert type(e.engine) is FastDeepShap
+    real = FastDeepShap._chunk
+
+    def scaled(self, *args):  # values that do not add up, as an op without an exact rule would give
+        values, outputs, expected = real(self, *args)
+        return values * 1.5, outputs, expected
+
+    monkeypatch.setattr(FastDeepShap, "_chunk", scaled)
+    with pytest.raises(CompletenessError):
+        e.shap_values(data(2, 6))
+    values = e.shap_values(data(2, 6), check_additivity=False)
+    with torch.no_grad():
+        f_x = model(data(2, 6)).numpy()
+    assert np.isfinite(values).all() and np.abs(values.sum(axis=(1, 2)) + e.expected_value - f_x).max() > 1e-3
+
+
+def test_captums_documented_usage_with_only_the_import_changed():
+    """Captum's DeepLiftShap call (tuple inputs, target, the convergence delta) on a model without recurrence: the
+    drop-in's attributions are Captum's own."""
+    from captum.attr import DeepLiftShap as CaptumDLS
+
+    torch.manual_seed(2)
+    model = MLP().double().eval()
+    inputs, baselines = data(3, 7), data(6, 8)
+    # -- as in Captum's docs, with `from torch_imdb.explain import DeepLiftShap`
+    dl = DeepLiftShap(model)
+    attributions, delta = dl.attribute((inputs,), (baselines,), target=1, return_convergence_delta=True)
+    # --
+    theirs = CaptumDLS(model).attribute((inputs,), (baselines,), target=1)
+    assert isinstance(attributions, tuple) and attributions[0].shape == inputs.shape
+    torch.testing.assert_close(attributions[0], theirs[0], atol=1e-10, rtol=0)
+    assert delta.shape == (3,) and delta.abs().max() < 1e-10
+
+
+def test_captum_drop_in_on_a_recurrent_model_and_its_one_line_refusals():
+    case = next(c for c in ZOO if c.name == "lstm-into-bigru")
+    model, x, bg, _ = zoo_inputs(case)
+    values = DeepLiftShap(model).attribute(x, bg)
+    expected = ShapDeepExplainer(model, torch.float64).attribute(x, bg).values
+    np.testing.assert_allclose(values.numpy(), expected, atol=1e-10, rtol=0)
+    torch.manual_seed(0)
+    with pytest.raises(UsageError, match="the model has 3 outputs: pass target="):
+        DeepLiftShap(SeriesClassifier().double().eval()).attribute(data(2, 1), data(3, 2))
+    with pytest.raises(UsageError, match="takes models with one input; got 2"):
+        DeepLiftShap(model).attribute((x, x), bg)

@@ -1,0 +1,160 @@
+"""Drop-ins for shap and Captum users: their explainers' surfaces, this project's exact engines behind them.
+
+``DeepExplainer(model, data)`` has ``shap.DeepExplainer``'s surface (``shap_values``,
+``expected_value``, ``explainer(X)``) and ``DeepLiftShap(model)`` Captum's
+(``attribute(inputs, baselines, target, additional_forward_args,
+return_convergence_delta)``): change the import, keep the code. Behind both is the
+fast engine where it takes the model, else the transform with the fast engine's
+fused recurrence (:class:`~.backends.FusedDeepShap`); every value is checked to
+add up to f(x) - E f, computed by the model itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_imdb.errors import UsageError
+from torch_imdb.explain.backends import FusedDeepShap
+from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.explain.own import OwnOutputs
+
+
+def choose_engine(model: nn.Module, background: torch.Tensor, dtype: torch.dtype, output=None,
+                  check_completeness: bool = True):
+    """The fast engine when it takes ``model`` (tried on two background rows), else :class:`FusedDeepShap`, which
+    takes any model the transform takes; the same values either way."""
+    try:
+        fast = FastDeepShap(model, dtype, output=output, check_completeness=check_completeness)
+        fast.attribute(background[:1], background[:2])
+        return fast
+    except UsageError:  # a shape it does not take, or a head it would not follow: the general engine takes it
+        return FusedDeepShap(model, dtype, output=output, check_completeness=check_completeness)
+
+
+def _one_input(X, what: str) -> torch.Tensor:
+    """The tensor of a single-input model, given as itself or as a one-element list or tuple."""
+    if isinstance(X, (list, tuple)):
+        if len(X) != 1:
+            raise UsageError(f"{what}: this explainer takes models with one input; got {len(X)} (pass the one tensor)")
+        X = X[0]
+    if not isinstance(X, torch.Tensor):
+        raise UsageError(f"{what} must be a torch tensor, got {type(X).__name__}")
+    return X
+
+
+def _dtype_of(x: torch.Tensor, model: nn.Module) -> torch.dtype:
+    """The explained dtype: float inputs', else (token ids) the model's weights', float32 by default."""
+    if x.is_floating_point():
+        return x.dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+class DeepExplainer:
+    """``shap.DeepExplainer(model, data)`` for PyTorch models built around ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
+    (and any model the transform takes), exact: the values add up to f(x) - E f.
+
+    Args:
+        model: the module; it takes token ids (N, T) or float sequences (N, T, F) and returns (N,) or (N, K).
+        data: the background (B, T) or (B, T, F), or a one-element list of it (as shap takes it).
+
+    Attributes:
+        expected_value: (K,) the mean output over the background, as shap gives it.
+    """
+
+    def __init__(self, model: nn.Module, data) -> None:
+        self.data = _one_input(data, "data")
+        self.dtype = _dtype_of(self.data, model)
+        self.own = OwnOutputs(model, self.dtype)
+        self.expected_value = self.own(self.data).double().mean(dim=0).cpu().numpy()
+        self.engine = choose_engine(model, self.data, self.dtype)
+
+    def shap_values(self, X, ranked_outputs: int | None = None, output_rank_order: str = "max",
+                    check_additivity: bool = True):
+        """The SHAP values of X (N, T) ids or (N, T, F) floats, as shap returns them.
+
+        Returns:
+            (N, T, K) for ids (one value per token) or (N, T, F, K) for floats, K the model's outputs;
+            with ``ranked_outputs`` R: (values (N, ..., R), ranks (N, R)), the R outputs of each input ranked by
+            ``output_rank_order`` ("max", "min", "max_abs").
+
+        Raises:
+            CompletenessError: values that do not add up (unless ``check_additivity=False``).
+        """
+        X = _one_input(X, "X")
+        self.engine.check = check_additivity
+        K = len(self.expected_value)
+        if ranked_outputs is None:
+            return np.stack([self._values(X, k) for k in range(K)], axis=-1)
+        outputs = self.own(X).double()
+        order = {"max": -outputs, "min": outputs, "max_abs": -outputs.abs()}.get(output_rank_order)
+        if order is None:
+            raise UsageError(f"output_rank_order must be max, min or max_abs, got {output_rank_order!r}")
+        ranks = torch.argsort(order, dim=1, stable=True)[:, :ranked_outputs]
+        per_input = tuple(X.shape[1:]) if X.is_floating_point() else tuple(X.shape[1:2])
+        values = np.zeros((len(X), *per_input, ranks.shape[1]))
+        for k in ranks.unique().tolist():  # each output once, for the inputs that rank it
+            by_k = self._values(X, k)
+            for n, r in zip(*np.nonzero((ranks == k).numpy())):
+                values[n, ..., r] = by_k[n]
+        return values, ranks.numpy()
+
+    def _values(self, X: torch.Tensor, target: int) -> np.ndarray:
+        return self.engine.attribute(X, self.data, target).values
+
+    def __call__(self, X):
+        """A ``shap.Explanation`` of X: values (N, T) or (N, T, F) for a one-output model (a last axis K
+        otherwise), base_values each input's E f (its own where masks come from its ids), data X."""
+        import shap
+
+        X = _one_input(X, "X")
+        results = [self.engine.attribute(X, self.data, k) for k in range(len(self.expected_value))]
+        values = np.stack([r.values for r in results], axis=-1)
+        base = np.stack([np.broadcast_to(r.expected_value, (len(X),)) for r in results], axis=-1)
+        if values.shape[-1] == 1:
+            values, base = values[..., 0], base[..., 0]
+        return shap.Explanation(values=values, base_values=base, data=X.detach().cpu().numpy())
+
+
+class DeepLiftShap:
+    """``captum.attr.DeepLiftShap(model)`` for PyTorch models built around ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
+    (and any model the transform takes), exact.
+
+    ``attribute(inputs, baselines, target=None, additional_forward_args=None, return_convergence_delta=False)``:
+    inputs (N, T) ids or (N, T, F) floats, or a one-element tuple of them (returned as a tuple, as Captum does);
+    baselines (B, ...) likewise. Returns the attributions (N, T) per token or (N, T, F), and with
+    ``return_convergence_delta`` each input's completeness error (N,).
+    """
+
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True) -> None:
+        if not multiply_by_inputs:
+            raise UsageError("multiply_by_inputs=False (multipliers without the input differences) is not offered")
+        self.model = model
+        self._engine = None
+
+    def attribute(self, inputs, baselines, target: int | None = None, additional_forward_args=None,
+                  return_convergence_delta: bool = False):
+        """Attributions of inputs (N, T) token ids or (N, T, F) floats (or a one-element tuple of them) against
+        baselines (B, T[, F]) at output ``target`` (None: the model's only output), with
+        ``additional_forward_args`` one row per input as Captum passes them.
+
+        Returns:
+            (N, T) per token or (N, T, F) (a one-element tuple when inputs were one), and with
+            ``return_convergence_delta`` each input's completeness error (N,).
+        """
+        tupled = isinstance(inputs, tuple)
+        x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
+        if self._engine is None or self._engine[0] is not bg:
+            dtype = _dtype_of(x, self.model)
+            outputs = OwnOutputs(self.model, dtype)(bg[:1]).shape[1]
+            self._engine = (bg, choose_engine(self.model, bg, dtype), outputs, dtype)
+        _, engine, outputs, dtype = self._engine
+        if target is None and outputs != 1:
+            raise UsageError(f"the model has {outputs} outputs: pass target=")
+        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
+            () if additional_forward_args is None else (additional_forward_args,))
+        res = engine.attribute(x, bg, 0 if target is None else target, extra)
+        values = torch.from_numpy(res.values).to(dtype)
+        values = (values,) if tupled else values
+        return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values
