@@ -87,3 +87,23 @@ def test_each_half_gets_the_multipliers_of_its_own_gradient():
             grads.append(torch.autograd.grad((y * top).sum(), vectors)[0])
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
     assert grads[0].abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("pool,cell,bidirectional", [("last", "lstm", False), ("last", "gru", True),
+                                                     ("mean", "lstm", True), ("attention", "gru", False),
+                                                     ("attention", "lstm", True), ("max", "lstm", False)])
+def test_the_closed_form_heads_equal_the_general_path(pool, cell, bidirectional):
+    """A SentimentRNN's heads in closed form (LinearHead, PooledHead) and its max pooling's ruled head give the
+    values of the general path, the transform with the fused recurrence."""
+    from torch_imdb.explain import FastDeepShap
+    from torch_imdb.model import ModelConfig, SentimentRNN
+
+    torch.manual_seed(9)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, cell=cell, bidirectional=bidirectional,
+                                     pool=pool, attention_dim=4)).double().eval()
+    g = torch.Generator().manual_seed(3)
+    ids, bg = torch.randint(1, 30, (3, 9), generator=g), torch.randint(0, 30, (4, 9), generator=g)
+    ids[1, :4] = 0  # padding in front, as the model's data has it
+    fast = FastDeepShap(model, torch.float64).attribute(ids, bg)
+    general = FusedDeepShap(model, torch.float64).attribute(ids, bg)
+    assert np.abs(fast.values - general.values).max() < 1e-10 and np.abs(general.values).max() > 1e-4

@@ -84,3 +84,17 @@ def test_masks_from_the_input_are_refused_by_every_engine_naming_the_line(case, 
         explain(engine, case, torch.float64, model, x, bg, extra)
     message = str(err.value)
     assert "no exact rule for" in message and "zoo.py:" in message and "FROM THE" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("case", [c for c in ZOO if c.name in FAST_TAKES], ids=lambda c: c.name)
+def test_the_fast_engines_shortcuts_equal_the_general_path(case):
+    """Where the fast engine takes a model (its closed-form and ruled heads over its own recurrence), its values are
+    those of the general path: the transform with the recurrent modules as the fused rule (FusedDeepShap)."""
+    from torch_imdb.explain import FusedDeepShap
+
+    model, x, bg, extra = zoo_inputs(case)
+    fast = explain(FastDeepShap, case, torch.float64, model, x, bg, extra)
+    general = explain(FusedDeepShap, case, torch.float64, model, x, bg, extra)
+    assert np.abs(fast.values - general.values).max() < 1e-10
+    np.testing.assert_allclose(np.broadcast_to(fast.expected_value, len(x)),
+                               np.broadcast_to(general.expected_value, len(x)), atol=1e-10, rtol=0)
