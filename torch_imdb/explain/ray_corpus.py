@@ -124,9 +124,14 @@ class BatchExplainer:
                 "skipped": np.array([json.dumps(rows[~has_text].tolist())]), "node": np.array([self.node])}
 
 
+def ray_reads(files: list[Path]) -> bool:
+    """Whether Ray Data's own reader reads the input: parquet files with ids (else ours does, and warns)."""
+    return files[0].suffix.lower() == ".parquet" and all("id" in columns_of(f) for f in files)
+
+
 def read_dataset(ray, spec: str, files: list[Path], blocks: int, encoding: str, log=print):
     """The input as a Ray Dataset of id, text[, label]: Ray Data's reader for parquet with ids, else ours."""
-    if files[0].suffix.lower() != ".parquet" or not all("id" in columns_of(f) for f in files):
+    if not ray_reads(files):
         got = read_usable_texts(spec, log, encoding)
         table = pa.table({"id": got.ids, "text": got.texts, "label": got.labels})
         step = max(1, math.ceil(len(got.ids) / blocks))
@@ -198,7 +203,11 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
         raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
     ray = require_ray(address)
     check_address(address)
-    files = input_files(spec)
+    notes: list[str] = []
+    files = input_files(spec, notes)
+    if ray_reads(files):  # (our reader, used otherwise, gives these warnings itself)
+        for note in notes:
+            log(f"warning: {spec}: {note}")
     out = Path(out_dir)
     bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
     settings = {"runner": "ray", "input": [str(f.resolve()) for f in files], "encoding": encoding,

@@ -66,7 +66,8 @@ LABEL_RANGE = (0, 127)  # labels are stored as int8; -1 means unknown
 
 
 def input_files(spec: str | Path, notes: list[str] | None = None) -> list[Path]:
-    """The files ``--input`` names: a file, every readable file in a folder, or a glob's matches, sorted.
+    """The files ``--input`` names: a file, every readable file in a folder (hidden ones aside, as a glob's ``*``
+    leaves them), or a glob's matches, sorted.
 
     All must share one format; a one-line error names what is wrong. Each real file
     is read once: one reached again through a link is left out with a line in
