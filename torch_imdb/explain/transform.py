@@ -310,8 +310,8 @@ def _multi_head_attention(func, args, kwargs):
 
 
 def _product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x @ y: the Shapley rule when both are explained, else linear."""
-    return rules.bilinear(torch.matmul, x, y) if explained(x) and explained(y) else x @ y
+    """x @ y by the matmul's own rule: the Shapley rule when both are explained, else linear."""
+    return _linear_product(torch.matmul, (x, y), {})
 
 
 def _reduction(func, args, kwargs, batch_dim: int = 0):
