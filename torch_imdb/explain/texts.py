@@ -40,6 +40,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -429,13 +430,25 @@ class InputRows:
     fingerprint: str = ""
 
 
+class _Row(NamedTuple):
+    """A row with text: its file, its number there, how messages name it, its position in the input, its text
+    (repaired) and its record."""
+
+    file: Path
+    k: int
+    tag: str
+    position: int
+    text: str
+    record: dict
+
+
 def read_texts(spec: str | Path, encoding: str = "utf-8") -> InputRows:
     """Every row of the input with usable text (see the module docstring for ids, labels and decoding)."""
     encoding = check_encoding(encoding)
     out = InputRows(np.zeros(0, np.int64), [], np.zeros(0, np.int64))
     files = input_files(spec, out.warnings)
     out.fingerprint = input_fingerprint(files, encoding)
-    rows = []  # (file, row in file, position in the input, record) of every row with text
+    rows: list[_Row] = []  # every row with text
     for f in files:
         if f.suffix.lower() != ".parquet":
             check_bytes(f, encoding)
@@ -465,16 +478,16 @@ def read_texts(spec: str | Path, encoding: str = "utf-8") -> InputRows:
                     out.warnings.append(f"{tag}: its text runs over {text.count(chr(10)) + 1} lines, {swallowed} of "
                                         "which read as rows of their own (a quote closed rows later?); check the "
                                         "file's quoting if they are separate reviews")
-            rows.append((f, k, tag, position, text, rec))
-    with_id = [row for row in rows if row[5].get("id") not in (None, "")]
+            rows.append(_Row(f, k, tag, position, text, rec))
+    with_id = [row for row in rows if row.record.get("id") not in (None, "")]
     if with_id and len(with_id) < len(rows):
-        lacking = next(row for row in rows if row[5].get("id") in (None, ""))
-        raise UsageError(f"--input {spec}: {with_id[0][2]} has an `id` but {lacking[2]} has none; give every row an "
-                         "integer `id`, or none (reviews are then numbered in the order they are read)")
-    ids = [review_id(rec["id"], f"--input {f} row {k}") if with_id else position
-           for f, k, _, position, _, rec in rows]
-    out.texts = [text for *_, text, _ in rows]
-    out.labels = np.array([review_label(rec.get("label"), f"--input {f} row {k}") for f, k, *_, rec in rows],
+        lacking = next(row for row in rows if row.record.get("id") in (None, ""))
+        raise UsageError(f"--input {spec}: {with_id[0].tag} has an `id` but {lacking.tag} has none; give every row "
+                         "an integer `id`, or none (reviews are then numbered in the order they are read)")
+    ids = [review_id(row.record["id"], f"--input {row.file} row {row.k}") if with_id else row.position
+           for row in rows]
+    out.texts = [row.text for row in rows]
+    out.labels = np.array([review_label(row.record.get("label"), f"--input {row.file} row {row.k}") for row in rows],
                           dtype=np.int64)
     out.ids = np.array(ids, dtype=np.int64)
     unique, counts = np.unique(out.ids, return_counts=True)
