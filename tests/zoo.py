@@ -332,7 +332,8 @@ class Case:
 
 ZOO = [
     Case("last", Last), Case("final-state-bigru", lambda: FinalState(cell=nn.GRU, bidirectional=True)),
-    Case("stacked-bilstm", lambda: FinalState(bidirectional=True, layers=2)), Case("rnn-tanh", lambda: Last(cell=nn.RNN)),
+    Case("stacked-bilstm", lambda: FinalState(bidirectional=True, layers=2)),
+    Case("rnn-tanh", lambda: Last(cell=nn.RNN)),
     Case("mean", Mean), Case("max", Max), Case("masked-mean", MaskedMean),
     Case("attention", lambda: Attention(bidirectional=True)), Case("packed-attention-mlp", Packed),
     Case("functional-mlp", FunctionalMLP), Case("layer-norm", Normed), Case("residual-embedding", ResidualEmbedding),

@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from torch_imdb.config import MAX_REVIEWS, RANGES, Range
+from torch_imdb.errors import shown
 
 # The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare.
 ENGINES = ("shap", "captum", "fast", "fast-compiled", "fused")
@@ -33,17 +34,12 @@ def bounded(allowed: Range) -> Callable[[str], int | float]:
             value = None
         if value is None or allowed.error(value):
             kind = "an integer" if allowed.kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {kind} in {allowed}, got {_shown(text)}")
+            raise argparse.ArgumentTypeError(f"expected {kind} in {allowed}, got '{shown(text)}'")
         return value
 
     parse.__name__ = f"{allowed.kind.__name__} in {allowed}"
     parse.range = allowed
     return parse
-
-
-def _shown(text: str) -> str:
-    """An option's value as a message quotes it: at most 40 characters (a pasted file stays out of the line)."""
-    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def count(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
@@ -61,7 +57,7 @@ def int_list(text: str) -> list[int]:
     except argparse.ArgumentTypeError:
         values = []
     if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [1, {MAX_COUNT}], got {_shown(text)}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [1, {MAX_COUNT}], got '{shown(text)}'")
     return values
 
 

@@ -6,6 +6,13 @@ import sys
 from typing import Callable
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """Text from a user (an option's value, a file's column name) as a one-line message quotes it: at most
+    ``limit`` characters, control characters escaped."""
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class UsageError(Exception):
     """Bad input from the user (paths, options, text): printed as one line, never a traceback."""
 

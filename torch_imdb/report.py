@@ -270,7 +270,8 @@ def section(build, results: Path, *names: str):
         present = [n for n in names if (results / n).exists()] or list(names)
         how = "; ".join(f"`{MODEL_OUTPUTS[n]}`" for n in present if n in MODEL_OUTPUTS) or "the command that wrote it"
         raise UsageError(f"{' or '.join(str(results / n) for n in present)} lacks what the report reads "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); regenerate it with {how}") from None
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); regenerate it with {how}"
+                         ) from None
 
 
 def build_report(results: str | Path, out: str | Path) -> Path:
@@ -285,7 +286,8 @@ def build_report(results: str | Path, out: str | Path) -> Path:
     body = ["<h1>torch-imdb: an LSTM on IMDB, explained exactly</h1>",
             f"<p>Every section below comes from the weights with fingerprint <code>{fingerprint}</code> "
             "(checked across the files it reads).</p>",
-            "<h2>Training</h2>", section(training_section, results, "train_metrics.json", "train_metrics_early_stop.json"),
+            "<h2>Training</h2>",
+            section(training_section, results, "train_metrics.json", "train_metrics_early_stop.json"),
             "<h2>Explanations: shap.DeepExplainer vs Captum DeepLiftShap on the twin</h2>", explain_html,
             "<h2>What explanations cost</h2>",
             section(benchmark_section, results, "explainer_speed.json", "all_test_timing.json"),

@@ -164,8 +164,8 @@ class RecurrentStack:
     multiplier backward of (input, reference) pairs.
 
     rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, or a module with its parameters and ``spec`` (the
-    explainable twin); its cell's spec does the cell's part; its weights are copied in ``dtype``. ``block_steps`` time steps run per call of the spec's block, which
-    ``compile`` turns into one graph.
+    explainable twin); its cell's spec does the cell's part; its weights are copied in ``dtype``.
+    ``block_steps`` time steps run per call of the spec's block, which ``compile`` turns into one graph.
     """
 
     def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8,

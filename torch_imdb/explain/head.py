@@ -325,7 +325,8 @@ class _Feed(nn.Module):
             if input.sorted_indices is not None and not torch.equal(out.sorted_indices, input.sorted_indices):
                 raise refusal("the model packs its sequences in an order the fast engine does not follow")
         else:  # where the batch is, told to the rule mode: time-major, the batch is dim 1 (contiguous, as nn.LSTM's)
-            out = mark_batch(res.outputs, 0) if self.batch_first else mark_batch(res.outputs.transpose(0, 1).contiguous(), 1)
+            out = mark_batch(res.outputs, 0) if self.batch_first else \
+                mark_batch(res.outputs.transpose(0, 1).contiguous(), 1)
         state = (mark_batch(res.h_n, 1), mark_batch(res.c_n, 1)) if res.c_n is not None else mark_batch(res.h_n, 1)
         return out, state
 

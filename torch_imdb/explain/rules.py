@@ -15,8 +15,9 @@ multiplier m with ``Δy = m · Δx``, the same for both halves of a pair:
 
 Division, softmax, log-softmax, logsumexp, max over a dimension, max pooling,
 p-norm normalisation, LayerNorm and multi-head attention are decompositions into
-these rules and linear maps, so every one is exact (complete) by construction. The rules are autograd functions, not module
-hooks, so shap and Captum (which pass an unknown op's gradient through) apply them.
+these rules and linear maps, so every one is exact (complete) by construction. The
+rules are autograd functions, not module hooks, so shap and Captum (which pass an
+unknown op's gradient through) apply them.
 """
 
 from __future__ import annotations

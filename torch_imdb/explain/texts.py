@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from torch_imdb.checkpoint import Checkpoint
-from torch_imdb.errors import UsageError
+from torch_imdb.errors import UsageError, shown
 from torch_imdb.io import atomic_path
 
 FORMATS = (".txt", ".csv", ".parquet", ".jsonl", ".json")
@@ -193,8 +193,9 @@ def input_fingerprint(files: list[Path], encoding: str = "utf-8") -> str:
     return h.hexdigest()[:32]
 
 
+# Longest first: UTF-32 LE's mark starts as UTF-16 LE's.
 BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8"),
-        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]  # longest first: UTF-32 LE starts as UTF-16 LE
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
 
 
 def check_bytes(path: Path, encoding: str) -> None:
@@ -224,12 +225,6 @@ def check_bytes(path: Path, encoding: str) -> None:
             order = "le" if odd > even else "be"
             raise UsageError(f"--input {path}: every other byte is NUL, so it is UTF-16 text ({order.upper()}, "
                              f"without a byte-order mark), not {encoding}; give --encoding utf-16-{order}")
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """Text from a user's file as a message quotes it: control characters escaped, at most ``limit`` characters."""
-    text = text if len(text) <= limit else text[:limit - 3] + "..."
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def open_text(path: Path, encoding: str = "utf-8"):
