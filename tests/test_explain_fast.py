@@ -168,13 +168,17 @@ def test_matrix_fast_equals_shap(case):
 def test_unsupported_models_name_the_transform():
     from torch_imdb.errors import UsageError
 
-    with pytest.raises(UsageError, match="built around an nn.LSTM"):
-        FastDeepShap(torch.nn.Sequential(torch.nn.Linear(2, 1)))
+    from torch_imdb.errors import ShapeRefusal
+    from torch_imdb.explain.fast import model_parts
+
+    with pytest.raises(ShapeRefusal, match="built around an nn.LSTM"):  # the shortcuts; the engine takes its
+        model_parts(torch.nn.Sequential(torch.nn.Linear(2, 1)), torch.float32)  # general path then
+    assert FastDeepShap(torch.nn.Sequential(torch.nn.Linear(2, 1))).general is not None
     with pytest.raises(UsageError, match="proj_size.*through the transform"):
         FastDeepShap.from_parts(torch.nn.LSTM(4, 3, proj_size=2), torch.nn.Linear(2, 1))
     two = torch.nn.Sequential(torch.nn.LSTM(4, 3), torch.nn.GRU(3, 3))
-    with pytest.raises(UsageError, match="one nn.LSTM / nn.GRU / nn.RNN module, this one has 2"):
-        FastDeepShap(two)
+    with pytest.raises(ShapeRefusal, match="one nn.LSTM / nn.GRU / nn.RNN module, this one has 2"):
+        model_parts(two, torch.float32)
     rnn = torch.nn.GRU(4, 3, batch_first=True, bidirectional=True)
     with pytest.raises(UsageError, match="6 features"):
         FastDeepShap.from_parts(rnn, torch.nn.Linear(3, 1))

@@ -49,10 +49,18 @@ def test_fast_engine_float32_within_the_guard(case):
 
 
 @pytest.mark.parametrize("head", sorted(REFUSED))
-def test_what_the_fast_engine_cannot_run_is_refused_in_one_line(head):
+def test_what_the_shortcuts_cannot_run_takes_the_general_path(head):
+    """The shortcuts refuse in one line naming the user's line; the engine then explains the model by its general
+    path, with shap's values."""
+    from torch_imdb.errors import ShapeRefusal
+
     model, x, bg, extra, output = head_case((head, "lstm", True))
-    with pytest.raises(UsageError, match=REFUSED[head] + ".*--engines shap,captum"):
-        FastDeepShap(model, torch.float64, output=output).attribute(x, bg, additional_forward_args=extra)
+    engine = FastDeepShap(model, torch.float64, output=output)
+    with pytest.raises(ShapeRefusal, match=REFUSED[head] + ".*--engines shap,captum"):
+        next(engine._iter_own(x, bg, 0, extra))
+    got = engine.attribute(x, bg, additional_forward_args=extra)
+    ref = ShapDeepExplainer(model, torch.float64, output=output).attribute(x, bg, additional_forward_args=extra)
+    assert engine.general is not None and np.abs(got.values - ref.values).max() < 1e-10
 
 
 class Transformed(nn.Module):
@@ -67,9 +75,15 @@ class Transformed(nn.Module):
         return self.fc(out[:, -1])
 
 
-def test_a_transformed_input_to_the_recurrent_layer_is_refused():
-    with pytest.raises(UsageError, match="unchanged"):
-        FastDeepShap(Transformed()).attribute(torch.randint(0, 12, (2, 5)), torch.randint(0, 12, (3, 5)))
+def test_a_transformed_input_to_the_recurrent_layer_is_refused_by_the_shortcuts():
+    from torch_imdb.errors import ShapeRefusal
+
+    engine = FastDeepShap(Transformed())
+    x, bg = torch.randint(0, 12, (2, 5)), torch.randint(0, 12, (3, 5))
+    with pytest.raises(ShapeRefusal, match="unchanged"):
+        next(engine._iter_own(x, bg))
+    engine.attribute(x, bg)  # the general path
+    assert engine.general is not None
 
 
 class TimeFirst(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from torch_imdb.errors import CompletenessError, UsageError
-from torch_imdb.explain import FastDeepShap
+from torch_imdb.explain import FastDeepShap, ShapDeepExplainer
 from torch_imdb.explain.own import OwnOutputs, RNNParts
 from torch_imdb.model import ModelConfig, SentimentRNN
 
@@ -120,12 +120,18 @@ def test_without_the_guard_the_outputs_and_residuals_are_the_models_own(name):
     assert np.abs(real).max() > 1e-3  # these engines do not explain these models: the residual says so
 
 
-def test_a_head_reading_the_embedding_is_refused_with_the_real_reason():
-    """It quoted an f(x) - E f computed on the placeholder and blamed an op with no rule."""
+def test_a_head_reading_the_embedding_is_caught_and_explained_by_the_general_path():
+    """It quoted an f(x) - E f computed on the placeholder and blamed an op with no rule. The shortcuts' f(x) is
+    now caught against the model's own, with the real reason, and the engine explains the model by its general
+    path."""
     model, x, bg = case("residual")
+    engine = FastDeepShap(model, dtype=torch.float64)
     with pytest.raises(CompletenessError, match=r"f\(x\) of input 0 as the engine computes it is .* but the "
                                                 r"model's own output is .*ShapDeepExplainer or CaptumDeepLiftShap"):
-        FastDeepShap(model, dtype=torch.float64).attribute(x, bg)
+        next(engine._iter_own(x, bg))
+    got = engine.attribute(x, bg)
+    assert engine.general is not None and np.abs(got.residual).max() < 1e-10
+    assert np.abs(got.values - ShapDeepExplainer(model, torch.float64).attribute(x, bg).values).max() < 1e-10
 
 
 def sentiment(pool: str) -> SentimentRNN:
@@ -139,7 +145,7 @@ def test_a_head_that_computes_something_else_is_caught_by_the_guard(pool, monkey
     the model itself can see it."""
     engine = FastDeepShap(sentiment(pool), dtype=torch.float64)
     ids, bg = torch.randint(1, 30, (3, 7)), torch.randint(0, 30, (4, 7))
-    engine.attribute(ids, bg)  # exact as it is
+    engine.attribute(ids, bg)  # exact as it is: the shortcuts take this model, so a mismatch later is an error
     real = engine.head.multipliers
     monkeypatch.setattr(engine.head, "multipliers", lambda *a, **k: dataclasses.replace(
         real(*a, **k), f_x=real(*a, **k).f_x + 0.01))
@@ -207,14 +213,20 @@ class FrontEnd(nn.Module):
 @pytest.mark.parametrize("model_class,why,marker", [
     (CalledTwice, "more than once", "SECOND CALL"), (InitialState, "initial state", "INITIAL STATE"),
     (FrontEnd, "transforms it first", "A FRONT END")])
-def test_the_fast_engines_refusals_name_the_users_line_and_the_reason(model_class, why, marker):
+def test_the_shortcuts_refusals_name_the_users_line_and_the_general_path_explains(model_class, why, marker):
+    from torch_imdb.errors import ShapeRefusal
+
     torch.manual_seed(5)
     model = model_class().double().eval()
-    with pytest.raises(UsageError) as err:
-        FastDeepShap(model, dtype=torch.float64).attribute(padded_floats(2, 3), padded_floats(3, 4))
+    x, bg = padded_floats(2, 3), padded_floats(3, 4)
+    engine = FastDeepShap(model, dtype=torch.float64)
+    with pytest.raises(ShapeRefusal) as err:
+        next(engine._iter_own(x, bg))
     message = str(err.value)
     assert why in message and f"at {THIS}:" in message and marker in message and "\n" not in message, message
     assert "ShapDeepExplainer / CaptumDeepLiftShap" in message
+    got = engine.attribute(x, bg)
+    assert np.abs(got.values - ShapDeepExplainer(model, torch.float64).attribute(x, bg).values).max() < 1e-10
 
 
 class ConvFront(nn.Module):
@@ -229,6 +241,10 @@ class ConvFront(nn.Module):
 
 
 def test_a_front_end_that_changes_the_embeddings_width_is_refused_for_what_it_is():
-    """It said "the embedding's width differs", which gives the wrong reason."""
+    """The shortcuts said "the embedding's width differs", which gives the wrong reason; the engine then takes its
+    general path."""
+    from torch_imdb.explain.fast import model_parts
+
     with pytest.raises(UsageError, match=r"LSTM takes 6 features, its nn.Embedding gives 4 \(a front end"):
-        FastDeepShap(ConvFront().double().eval(), dtype=torch.float64)
+        model_parts(ConvFront().double().eval(), torch.float64)
+    assert FastDeepShap(ConvFront().double().eval(), dtype=torch.float64).general is not None

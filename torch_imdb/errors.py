@@ -21,6 +21,15 @@ class CompletenessError(UsageError):
     """Attributions that do not add up to f(x) - E f(background) within the stated tolerance: never a result."""
 
 
+class ShapeRefusal(UsageError):
+    """The fast engine's own recurrence and heads do not take this model's shape (two recurrent modules, a front
+    end, an initial state, a head it would not follow): its general path, the transform, does."""
+
+
+class OutputMismatch(ShapeRefusal, CompletenessError):
+    """The fast engine's own path computed another f(x) or E f than the model: a shape it does not follow."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command's ``main`` and turn :class:`UsageError` into ``error: ...`` and exit code 2."""
     try:

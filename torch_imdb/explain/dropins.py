@@ -4,9 +4,9 @@
 ``expected_value``, ``explainer(X)``) and ``DeepLiftShap(model)`` Captum's
 (``attribute(inputs, baselines, target, additional_forward_args,
 return_convergence_delta)``): change the import, keep the code. Behind both is the
-fast engine where it takes the model, else the transform with the fast engine's
-fused recurrence (:class:`~.backends.FusedDeepShap`); every value is checked to
-add up to f(x) - E f, computed by the model itself.
+fast engine (its own recurrence and heads where they take the model, else its
+general path, the transform with the fused recurrence); every value is checked
+to add up to f(x) - E f, computed by the model itself.
 """
 
 from __future__ import annotations
@@ -16,21 +16,8 @@ import torch
 from torch import nn
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import FusedDeepShap
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.explain.own import OwnOutputs
-
-
-def choose_engine(model: nn.Module, background: torch.Tensor, dtype: torch.dtype, output=None,
-                  check_completeness: bool = True):
-    """The fast engine when it takes ``model`` (tried on two background rows), else :class:`FusedDeepShap`, which
-    takes any model the transform takes; the same values either way."""
-    try:
-        fast = FastDeepShap(model, dtype, output=output, check_completeness=check_completeness)
-        fast.attribute(background[:1], background[:2])
-        return fast
-    except UsageError:  # a shape it does not take, or a head it would not follow: the general engine takes it
-        return FusedDeepShap(model, dtype, output=output, check_completeness=check_completeness)
 
 
 def _one_input(X, what: str) -> torch.Tensor:
@@ -68,7 +55,7 @@ class DeepExplainer:
         self.dtype = _dtype_of(self.data, model)
         self.own = OwnOutputs(model, self.dtype)
         self.expected_value = self.own(self.data).double().mean(dim=0).cpu().numpy()
-        self.engine = choose_engine(model, self.data, self.dtype)
+        self.engine = FastDeepShap(model, self.dtype)
 
     def shap_values(self, X, ranked_outputs: int | None = None, output_rank_order: str = "max",
                     check_additivity: bool = True):
@@ -148,7 +135,7 @@ class DeepLiftShap:
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
             outputs = OwnOutputs(self.model, dtype)(bg[:1]).shape[1]
-            self._engine = (bg, choose_engine(self.model, bg, dtype), outputs, dtype)
+            self._engine = (bg, FastDeepShap(self.model, dtype), outputs, dtype)
         _, engine, outputs, dtype = self._engine
         if target is None and outputs != 1:
             raise UsageError(f"the model has {outputs} outputs: pass target=")

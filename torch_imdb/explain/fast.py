@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torch_imdb.errors import CompletenessError, UsageError
+from torch_imdb.errors import OutputMismatch, ShapeRefusal, UsageError
 from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
                                          completeness_tolerance, explainable_model, guard)
 from torch_imdb.explain.head import (LIBRARIES_HINT, TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead,
@@ -57,7 +57,7 @@ from torch_imdb.model import SentimentRNN
 def _only(model: nn.Module, kinds: tuple, what: str) -> nn.Module | None:
     found = [m for m in model.modules() if isinstance(m, kinds)]
     if len(found) > 1:
-        raise UsageError(f"the fast engine explains models with one {what} module, this one has {len(found)}; "
+        raise ShapeRefusal(f"the fast engine explains models with one {what} module, this one has {len(found)}; "
                          + LIBRARIES_HINT)
     return found[0] if found else None
 
@@ -84,7 +84,7 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None, comp
         rnn = _only(model, RECURRENT_MODULES, "nn.LSTM / nn.GRU / nn.RNN")
         embedding = _only(model, (nn.Embedding,), "nn.Embedding")
         if rnn is None:
-            raise UsageError(f"the fast engine explains models built around an nn.LSTM / nn.GRU / nn.RNN; "
+            raise ShapeRefusal(f"the fast engine explains models built around an nn.LSTM / nn.GRU / nn.RNN; "
                              f"{type(model).__name__} has none")
     else:
         raise UsageError(f"the fast engine takes an nn.Module or RNNParts, not a {type(model).__name__}")
@@ -92,7 +92,7 @@ def model_parts(model, dtype: torch.dtype, output: int | str | None = None, comp
         raise UsageError(f"the fast engine needs an nn.LSTM / nn.GRU / nn.RNN without proj_size, got {rnn!r}; "
                          + LIBRARIES_HINT)
     if embedding is not None and embedding.embedding_dim != rnn.input_size:
-        raise UsageError(f"the fast engine needs the recurrent layer to read the embedding of the ids unchanged; this "
+        raise ShapeRefusal(f"the fast engine needs the recurrent layer to read the embedding of the ids unchanged; this "
                          f"model's {type(rnn).__name__} takes {rnn.input_size} features, its nn.Embedding gives "
                          f"{embedding.embedding_dim} (a front end, or features joined to the embedding, in between); "
                          + LIBRARIES_HINT)
@@ -378,6 +378,11 @@ class FastDeepShap:
     Every chunk passes the completeness guard (:func:`~.backends.check_completeness`);
     ``check_completeness=False`` returns the values with their residuals instead. ``extra_rules`` (op name ->
     :class:`~.transform.Rule`) join the transform's rules for the model's head.
+
+    A model whose shape its own recurrence and heads do not take (two recurrent modules, a front
+    end, an initial state, a head reading the embedding, ...: a :class:`~torch_imdb.errors.ShapeRefusal`)
+    runs its general path, the transform with the recurrence as its fused rule
+    (:class:`~.backends.FusedDeepShap`), with the same values; ``general`` is then that engine.
     """
 
     method = "fast"
@@ -386,23 +391,37 @@ class FastDeepShap:
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
                  check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False,
                  extra_rules: dict | None = None) -> None:
-        rnn, embedding, self.head = model_parts(model, dtype, output, compile, extra_rules)
-        self.extra_rules = extra_rules
-        self.rnn, self.dtype = rnn, dtype
-        self.model, self.output = model, output
+        self.extra_rules, self.dtype, self.model, self.output = extra_rules, dtype, model, output
         self.own = OwnOutputs(model, dtype, output)  # what the guard checks against: the model as it is
+        self.chunk_pairs, self.progress, self.check, self.pair_steps = chunk_pairs, progress, check_completeness, 0
+        self.general, self.proven = None, False  # proven: the shortcuts explained a chunk of this model
+        try:
+            rnn, embedding, self.head = model_parts(model, dtype, output, compile, extra_rules)
+        except ShapeRefusal:
+            if isinstance(model, RNNParts):
+                raise
+            self._take_the_general_path()
+            self.compiled, self.trim_padding = False, False
+            return
+        self.rnn = rnn
         self.stack = RecurrentStack(rnn, dtype, compile, block_steps)
         self.device = self.stack.device
         self.embedding = None if embedding is None else embedding.weight.detach().to(dtype)
-        self.chunk_pairs = chunk_pairs
-        self.progress = progress
         self.compiled = compile
-        self.check = check_completeness
         self._bg_key: torch.Tensor | None = None
         self._bg: dict[int, Trace] = {}
         self._expected: dict[int, float] = {}  # the model's own E f over the background, by target
-        self.pair_steps = 0  # (pair, layer, direction, step) cells the multiplier backward ran, all calls together
+        # pair_steps: (pair, layer, direction, step) cells the multiplier backward ran, all calls together
         self.trim_padding = trim_padding
+
+    def _take_the_general_path(self) -> None:
+        """From now on explain with :class:`~.backends.FusedDeepShap` (the same values, for any model the transform
+        takes): the shortcuts refused the model's shape."""
+        from torch_imdb.explain.backends import FusedDeepShap
+
+        self.general = FusedDeepShap(self.model, self.dtype, chunk_pairs=self.chunk_pairs, output=self.output,
+                                     check_completeness=self.check, extra_rules=self.extra_rules)
+        self.head, self._n_outputs, self._tokens = None, None, None
 
     @classmethod
     def from_parts(cls, rnn: nn.Module, head: nn.Linear, embedding: nn.Embedding | None = None,
@@ -412,12 +431,13 @@ class FastDeepShap:
 
     @property
     def n_outputs(self) -> int | None:
-        """The model's outputs; for a ruled head known after its first call (None before)."""
-        return self.head.n_outputs
+        """The model's outputs; for a ruled head or the general path known after its first call (None before)."""
+        return self._n_outputs if self.general is not None else self.head.n_outputs
 
     @property
     def tokens(self) -> bool:
-        return self.embedding is not None
+        """Whether the model reads token ids (for the general path: the last inputs were ids)."""
+        return self._tokens if self.general is not None else self.embedding is not None
 
     def check_inputs(self, inputs: torch.Tensor, baselines: torch.Tensor) -> None:
         if self.tokens:
@@ -455,7 +475,46 @@ class FastDeepShap:
                        additional_forward_args: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                               np.ndarray]]:
         """Yield (rows, values (n, T[, F]) float64, outputs (n,), base values (n,)) for chunks of the inputs, rows
-        (n,) being the chunk's input numbers.
+        (n,) being the chunk's input numbers (see :meth:`_iter_own`). A shape the shortcuts refuse on the first
+        chunk (a recurrent layer called twice, an initial state, a head they would not follow) switches to the
+        general path."""
+        if self.general is None:
+            chunks = self._iter_own(inputs, baselines, target, additional_forward_args)
+            try:
+                first = next(chunks)
+            except StopIteration:
+                return
+            except ShapeRefusal:
+                if self.proven:  # the shortcuts took this model before: a refusal now is an error, not a shape
+                    raise
+                self._take_the_general_path()
+            else:
+                self.proven = True
+                yield first
+                yield from chunks
+                return
+        yield from self._iter_general(inputs, baselines, target, additional_forward_args)
+
+    def _iter_general(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int, extra: tuple):
+        """:meth:`iter_attribute` on the general path: :class:`~.backends.FusedDeepShap` chunk by chunk."""
+        self._tokens = not inputs.is_floating_point()
+        first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
+        self._n_outputs = self.own(baselines[:1].to(next(self.own.parameters()).device), *first).shape[1]
+        self.general.check = self.check
+        per_chunk = self.per_chunk(len(baselines))
+        bar = Progress(len(inputs), "DeepSHAP (general path)", "inputs", enabled=self.progress)
+        for start in range(0, len(inputs), per_chunk):
+            rows = np.arange(start, min(len(inputs), start + per_chunk))
+            part = tuple(a[start:start + per_chunk] if isinstance(a, torch.Tensor) else a for a in extra)
+            res = self.general.attribute(inputs[start:start + per_chunk], baselines, target, part)
+            bar.update(len(rows))
+            yield rows, res.values, res.outputs, np.broadcast_to(res.expected_value, len(rows)).copy()
+        bar.close()
+
+    def _iter_own(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                         np.ndarray]]:
+        """:meth:`iter_attribute` by the engine's own recurrence and head.
 
         Chunks are consecutive inputs, except for a model that packs its sequences: its inputs
         go in order of length, so that a chunk's inputs share their lengths and run together
@@ -540,7 +599,7 @@ class FastDeepShap:
             self._transform_refusal(inputs[k:k + 1], baselines[:1],
                                     [a[k:k + 1] if isinstance(a, torch.Tensor) else a for a in extra])
             whose = "output" if name == "f(x)" else "mean output over the background"
-            raise CompletenessError(
+            raise OutputMismatch(
                 f"{self.method}: {name} of input {rows[k]} as the engine computes it is {engine[k]:.6g}, but the "
                 f"model's own {whose} is {own[k]:.6g}: the model computes something from its input that this "
                 "engine does not follow; explain it with ShapDeepExplainer or CaptumDeepLiftShap")
@@ -570,6 +629,8 @@ class FastDeepShap:
     def product_plan(self, inputs: int, references: int, steps: int) -> list[tuple[int, int, int]]:
         """The recurrent stack's matrix products (M, K, N) for explaining ``inputs`` inputs of ``steps`` steps
         against ``references`` background rows, chunk by chunk (:meth:`RecurrentStack.product_plan`)."""
+        if self.general is not None:
+            raise UsageError("this model runs the fast engine's general path, which has no product plan of its own")
         per_chunk = self.per_chunk(references)
         return [shape for start in range(0, inputs, per_chunk)
                 for shape in self.stack.product_plan(self.chunk_rows(min(per_chunk, inputs - start), per_chunk)
@@ -642,7 +703,7 @@ class FastDeepShap:
 
     def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
         """E f over the background, for a head that reads no constants of the inputs (one base value for all)."""
-        if self.head.reads_inputs:
+        if self.general is not None or self.head.reads_inputs:
             raise UsageError("this model's base value can depend on each input (masks from its ids): "
                              "read Attribution.expected_value, one per input")
         return self._own_mean(baselines, target)
@@ -661,7 +722,7 @@ class FastDeepShap:
         for rows, v, f_x, base in self.iter_attribute(inputs, baselines, target, additional_forward_args):
             values[rows], outputs[rows], expected[rows] = v, f_x, base
         seconds = time.perf_counter() - t0
-        if not self.head.reads_inputs:
+        if self.general is None and not self.head.reads_inputs:
             expected = self.expected_value(baselines, target)
         elif np.ptp(expected) == 0:
             expected = float(expected[0])

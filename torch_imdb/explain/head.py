@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from torch_imdb.errors import UsageError
+from torch_imdb.errors import ShapeRefusal, UsageError
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import pair_rescale, rescale
 from torch_imdb.explain.transform import mark_batch, user_location
@@ -264,7 +264,7 @@ def _marker(rows: int, T: int, width: int, like: torch.Tensor) -> torch.Tensor:
 def refusal(why: str) -> UsageError:
     """The fast engine's one-line refusal of a model: why, where in the user's code (the recurrent layer's call),
     and the engines that explain it."""
-    return UsageError(f"{why}, at {user_location()}; {LIBRARIES_HINT}")
+    return ShapeRefusal(f"{why}, at {user_location()}; {LIBRARIES_HINT}")
 
 
 class _Feed(nn.Module):
@@ -357,7 +357,7 @@ class RuledHead:
         self.copy = explainable_model(model, 1, dtype, output, extra_rules)
         twins = [(name, m) for name, m in self.copy.model.named_modules() if isinstance(m, ExplainableRNN)]
         if len(twins) != 1:
-            raise UsageError(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has "
+            raise ShapeRefusal(f"the fast engine explains models with one nn.LSTM / nn.GRU / nn.RNN module, this one has "
                              f"{len(twins)}: " + LIBRARIES_HINT)
         name, twin = twins[0]
         parent = self.copy.model.get_submodule(name.rpartition(".")[0]) if "." in name else self.copy.model
@@ -425,7 +425,7 @@ class RuledHead:
             finally:
                 self.feed.marker = self.feed.results = None
             if self.feed.calls != 1:
-                raise UsageError("the model's forward pass never calls its recurrent layer; the fast engine explains "
+                raise ShapeRefusal("the model's forward pass never calls its recurrent layer; the fast engine explains "
                                  "models built around one")
             self.n_outputs = y.shape[1]
             if not 0 <= target < y.shape[1]:
