@@ -14,7 +14,7 @@ from conftest import COMMANDS, command_parser
 from hypothesis import given, strategies as st
 
 from torch_imdb.cli import int_list
-from torch_imdb.errors import run_cli
+from torch_imdb.errors import UsageError, run_cli
 
 PROBES = ["-1", "0", "1", "3", "1.5", "10" + "0" * 30, "9" * 5000, "abc", "", "nan", "inf", "-inf", "1e3", "0x10"]
 
@@ -95,3 +95,20 @@ def test_the_commands_answer_bad_options_in_one_line_before_any_work(command, ar
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: argument {argv[0]}") and len(err.splitlines()) == 1, err
+
+
+def test_the_command_lines_engines_are_the_registrys():
+    """cli.ENGINES (torch-free, for --help) names exactly the engines make_engine builds, in the same order."""
+    from torch_imdb.cli import ENGINES
+    from torch_imdb.explain.compare import REGISTRY, make_engine
+    from torch_imdb.model import ModelConfig, SentimentRNN
+
+    assert ENGINES == tuple(REGISTRY)
+    model = SentimentRNN(ModelConfig(vocab_size=10, embed_dim=4, hidden=3)).eval()
+    built = {name: make_engine(name, model) for name in ENGINES}
+    assert {name: type(engine).__name__ for name, engine in built.items()} == {
+        "shap": "ShapDeepExplainer", "captum": "CaptumDeepLiftShap", "fast": "FastDeepShap",
+        "fast-compiled": "FastDeepShap", "fused": "FusedDeepShap"}
+    assert built["fast-compiled"].compiled and not built["fast"].compiled
+    with pytest.raises(UsageError, match="unknown engine 'lime'; choose from shap, captum, fast, fast-compiled, fused"):
+        make_engine("lime", model)

@@ -24,21 +24,23 @@ from torch_imdb.explain.backends import (Attribution, CaptumDeepLiftShap, FusedD
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json
 
-# The one engine registry: the command line, the benchmark and the report name engines from here.
+# The one engine registry: name -> how to build it for (model, dtype, fast engine options). The command line's
+# torch-free names (cli.ENGINES) are tested equal to its keys.
+REGISTRY = {
+    "shap": lambda model, dtype, options: ShapDeepExplainer(model, dtype),
+    "captum": lambda model, dtype, options: CaptumDeepLiftShap(model, dtype),
+    "fast": lambda model, dtype, options: FastDeepShap(model, dtype, **{**options, "compile": False}),
+    "fast-compiled": lambda model, dtype, options: FastDeepShap(model, dtype, **{**options, "compile": True}),
+    "fused": lambda model, dtype, options: FusedDeepShap(model, dtype),
+}
 
 
 def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **fast_options):
-    """The explainer called ``name`` (one of ENGINES) for ``model``; fast-compiled is the fast engine with torch.compile,
-    fused the transform with the fast engine's fused recurrence (any model the transform takes)."""
-    if name == "shap":
-        return ShapDeepExplainer(model, dtype)
-    if name == "captum":
-        return CaptumDeepLiftShap(model, dtype)
-    if name in ("fast", "fast-compiled"):
-        return FastDeepShap(model, dtype, **{**fast_options, "compile": name == "fast-compiled"})
-    if name == "fused":
-        return FusedDeepShap(model, dtype)
-    raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    """The explainer called ``name`` (a key of REGISTRY, as cli.ENGINES lists them) for ``model``: fast-compiled is
+    the fast engine with torch.compile, fused the transform with the fast engine's fused recurrence."""
+    if name not in REGISTRY:
+        raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    return REGISTRY[name](model, dtype, fast_options)
 
 
 @dataclass
