@@ -17,7 +17,6 @@ from torch import nn
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.fast import FastDeepShap
-from torch_imdb.explain.own import OwnOutputs
 
 
 def _one_input(X, what: str) -> torch.Tensor:
@@ -53,9 +52,9 @@ class DeepExplainer:
     def __init__(self, model: nn.Module, data) -> None:
         self.data = _one_input(data, "data")
         self.dtype = _dtype_of(self.data, model)
-        self.own = OwnOutputs(model, self.dtype)
-        self.expected_value = self.own(self.data).double().mean(dim=0).cpu().numpy()
         self.engine = FastDeepShap(model, self.dtype)
+        self.own = self.engine.own  # the model as it is: one copy, the engine's guard's
+        self.expected_value = self.own(self.data).double().mean(dim=0).cpu().numpy()
 
     def shap_values(self, X, ranked_outputs: int | None = None, output_rank_order: str = "max",
                     check_additivity: bool = True):
@@ -134,8 +133,8 @@ class DeepLiftShap:
         x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
-            outputs = OwnOutputs(self.model, dtype)(bg[:1]).shape[1]
-            self._engine = (bg, FastDeepShap(self.model, dtype), outputs, dtype)
+            engine = FastDeepShap(self.model, dtype)
+            self._engine = (bg, engine, engine.own(bg[:1]).shape[1], dtype)
         _, engine, outputs, dtype = self._engine
         if target is None and outputs != 1:
             raise UsageError(f"the model has {outputs} outputs: pass target=")
