@@ -151,3 +151,12 @@ def test_captum_drop_in_on_a_recurrent_model_and_its_one_line_refusals():
         DeepLiftShap(SeriesClassifier().double().eval()).attribute(data(2, 1), data(3, 2))
     with pytest.raises(UsageError, match="takes models with one input; got 2"):
         DeepLiftShap(model).attribute((x, x), bg)
+
+
+def test_captum_drop_in_passes_additional_forward_args():
+    """A model with side features (an extra forward argument): the arguments reach every forward pass."""
+    case = next(c for c in ZOO if c.name == "side-features")
+    model, x, bg, extra = zoo_inputs(case)
+    values = DeepLiftShap(model).attribute(x, bg, additional_forward_args=extra)
+    expected = ShapDeepExplainer(model, torch.float64).attribute(x, bg, additional_forward_args=extra).values
+    np.testing.assert_allclose(values.numpy(), expected, atol=1e-10, rtol=0)

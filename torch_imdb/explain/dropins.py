@@ -131,15 +131,16 @@ class DeepLiftShap:
         """
         tupled = isinstance(inputs, tuple)
         x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
+        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
+            () if additional_forward_args is None else (additional_forward_args,))
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
             engine = FastDeepShap(self.model, dtype)
-            self._engine = (bg, engine, engine.own(bg[:1]).shape[1], dtype)
+            first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]  # the model's forward takes them
+            self._engine = (bg, engine, engine.own(bg[:1], *first).shape[1], dtype)
         _, engine, outputs, dtype = self._engine
         if target is None and outputs != 1:
             raise UsageError(f"the model has {outputs} outputs: pass target=")
-        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
-            () if additional_forward_args is None else (additional_forward_args,))
         res = engine.attribute(x, bg, 0 if target is None else target, extra)
         values = torch.from_numpy(res.values).to(dtype)
         values = (values,) if tupled else values
