@@ -1,6 +1,6 @@
 """Are the exact values a good explanation? Every explainer against deletion, insertion, ERASER and Shapley values.
 
-    python benchmarks/faithfulness.py [--reviews 500] [--reference-reviews 100] [--permutations 10]
+    python benchmarks/faithfulness.py [--reviews 500] [--reference-reviews 100] [--reference shapley|permutation]
 
 On the trained checkpoint, a seeded sample of test reviews and a background of
 training reviews, each method gives per-token values (n, T) toward P(positive):
@@ -21,15 +21,17 @@ training reviews, each method gives per-token values (n, T) toward P(positive):
 Metrics per review (:mod:`torch_imdb.faithfulness`): deletion and insertion AOPC
 (k = 1..20), ERASER comprehensiveness and sufficiency, seconds per review, and on
 a subset, agreement (Spearman, top-5 overlap, mean |difference|) with
-interventional Shapley values from ``shap.PermutationExplainer`` over an
-``Independent`` masker of the (smaller) reference background. Every method in
-that comparison is recomputed with the same reference background. The
-reference pools --reference-seeds runs of --permutations permutations each; its
-two halves (even and odd seeds) give its split-half reliability, corrected with
-Spearman-Brown, and the ceiling that puts on any method's agreement. Each
-review's values are cached under --cache in a folder named by every setting
-that makes them (weights, background rows, permutations, shap version), so a
-changed setting is recomputed, never read back, and an interrupted run resumes.
+interventional Shapley values over the (smaller) reference background: from the
+project's ``shapley`` engine, each review sampled to --reference-reliability
+(``--reference shapley``), or from ``shap.PermutationExplainer`` over an
+``Independent`` masker, --reference-seeds runs of --permutations permutations
+each (``--reference permutation``). Every method in that comparison is
+recomputed with the same reference background. The reference's two halves give
+its split-half reliability, corrected with Spearman-Brown, and the ceiling that
+puts on any method's agreement. Each review's values are cached under --cache in
+a folder named by every setting that makes them (weights, background rows,
+targets or permutations, versions), so a changed setting is recomputed, never
+read back, and an interrupted run resumes.
 Every method is also compared with exact DeepSHAP review by review: the paired
 difference of each metric with its bootstrap interval.
 
@@ -45,25 +47,29 @@ import time
 import warnings
 from pathlib import Path
 
-from torch_imdb.cli import Parser, answer_help, checkpoint_options, count, sampling_options
+from torch_imdb.cli import Parser, answer_help, checkpoint_options, count, reference_options, sampling_options
 from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.errors import UsageError, run_cli
 
 METHODS = ("deepshap_exact", "deepshap_plain_shap", "deepshap_plain_captum", "expected_gradients", "ig_padding",
            "grad_x_input", "occlusion", "lrp", "attention", "attention_norm", "random")
+REFERENCES = ("shapley", "permutation")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python benchmarks/faithfulness.py", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter, parents=[checkpoint_options(), sampling_options()])
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               parents=[checkpoint_options(), sampling_options(), reference_options()])
     p.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=500, help="test reviews (seeded sample)")
     p.add_argument("--reference-reviews", type=count(0, MAX_REVIEWS), default=100,
                    help="reviews with a Shapley reference (0: none)")
-    p.add_argument("--reference-background", type=count(1, MAX_REVIEWS), default=20,
-                   help="background rows of the Shapley comparison")
+    p.add_argument("--reference", choices=REFERENCES, default="shapley",
+                   help="shapley: the shapley engine, each review sampled to --reference-reliability; permutation: "
+                        "shap's PermutationExplainer, --reference-seeds runs of --permutations")
     p.add_argument("--permutations", type=count(1, 10_000), default=10,
-                   help="permutations per review and seed for the reference")
+                   help="permutations per review and seed for the permutation reference")
     p.add_argument("--reference-seeds", type=count(2, 1000), default=6,
-                   help="seeds pooled into the reference (even; its halves measure its convergence)")
+                   help="seeds pooled into the permutation reference (even; its halves measure its convergence)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
     p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
@@ -181,6 +187,80 @@ def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) 
     return attr.detach().double().sum(dim=2).numpy()
 
 
+# Sampling explainers, each at budgets in its own unit: shap's PartitionExplainer over a Text masker (forward rows;
+# a masked word becomes padding in place, its own game), shap's PermutationExplainer over the background
+# (antithetic permutations), shapiq's KernelSHAP with paired coalitions, sizes drawn by the Shapley kernel
+# ("kernel_paired") or uniformly ("leverage": Leverage SHAP's leverage-score sampling), in coalitions of the
+# background game, and the project's shapley engine (forward rows).
+SAMPLED = {"partition": (100, 400), "permutation": (1, 3), "kernel_paired": (400, 1600), "leverage": (400, 1600),
+           "shapley": (8000, 32000)}
+UNITS = {"partition": "forward rows", "permutation": "antithetic permutations", "kernel_paired": "coalitions",
+         "leverage": "coalitions", "shapley": "forward rows"}
+
+
+def background_game(predict, x: np.ndarray, bg: np.ndarray):
+    """The interventional game of review x (T,) over bg (B, T) as shapiq calls it: coalitions (m, T) bool -> v (m,),
+    the mean P(positive) over the background rows with the coalition's tokens taken from x."""
+    def game(coalitions: np.ndarray) -> np.ndarray:
+        z = np.atleast_2d(np.asarray(coalitions, dtype=bool))
+        rows = np.where(z[:, None, :], x[None, None, :], bg[None]).reshape(-1, x.shape[0])
+        return predict(rows).reshape(len(z), len(bg)).mean(axis=1)
+    return game
+
+
+def partition_values(predict, ids: np.ndarray, vocab, budget: int, seed: int) -> np.ndarray:
+    """shap's PartitionExplainer with a Text masker over each review's words (padding is not a player): a masked
+    word becomes padding in place, so it plays the deletion game, not the background's. Values (n, T)."""
+    import shap
+
+    index = {vocab.word(i): i for i in range(min(vocab.size, 3))} | vocab.index()
+    T = ids.shape[1]
+
+    def f(texts) -> np.ndarray:
+        rows = np.zeros((len(texts), T), dtype=np.int64)
+        for r, text in enumerate(texts):
+            words = str(text).split(" ")
+            rows[r, T - len(words):] = [index.get(w, 0) for w in words]
+        return predict(rows)
+
+    masker = shap.maskers.Text(r" ", mask_token=vocab.word(PAD_ID), collapse_mask_token=False)
+    out = np.zeros(ids.shape)
+    for k, row in enumerate(ids):
+        real = np.flatnonzero(row != PAD_ID)
+        text = " ".join(vocab.decode(row[real]))
+        explainer = shap.PartitionExplainer(f, masker, seed=seed + k)
+        out[k, real] = explainer([text], max_evals=budget, silent=True).values[0]
+    return out
+
+
+def sampled_values(name: str, budget: int, model, ids: np.ndarray, bg: np.ndarray, seed: int,
+                   vocab=None) -> np.ndarray:
+    """Values (n, T) of sampling method ``name`` (a key of SAMPLED) at ``budget`` (its UNITS) against bg."""
+    predict = predictor(model)
+    if name == "partition":
+        return partition_values(predict, ids, vocab, budget, seed)
+    if name == "permutation":
+        return shapley_reference(predict, ids, bg, budget, seed)
+    if name in ("kernel_paired", "leverage"):
+        from shapiq.approximator import KernelSHAP
+
+        T = ids.shape[1]
+        weights = np.ones(T + 1) if name == "leverage" else None  # None: shapiq's Shapley-kernel sizes
+        out = np.zeros(ids.shape)
+        for k, x in enumerate(ids):
+            approx = KernelSHAP(n=T, pairing_trick=True, sampling_weights=weights, random_state=seed + k)
+            out[k] = approx.approximate(budget, background_game(predict, x, bg)).get_n_order_values(1)
+        return out
+    if name == "shapley":
+        from torch_imdb.explain.shapley import ShapleySampling
+
+        with warnings.catch_warnings():  # the budget is the stopping rule here
+            warnings.filterwarnings("ignore", "no target")
+            engine = ShapleySampling(model, target_reliability=None, target_se=None, max_evaluations=budget, seed=seed)
+        return engine.attribute(torch.from_numpy(ids), torch.from_numpy(bg)).values
+    raise UsageError(f"unknown sampling method {name!r}; choose from {', '.join(SAMPLED)}")
+
+
 def reference_key(bg: np.ndarray, permutations: int, model_key: str = "") -> str:
     """The settings that make a reference value, as a folder name: a changed setting never reads old values."""
     import hashlib
@@ -229,6 +309,49 @@ def shapley_reference(predict, ids: np.ndarray, bg: np.ndarray, permutations: in
             counter.append(k)
         if path is not None:
             atomic_save_npy(path, out[k])
+    bar.close()
+    return out
+
+
+REFERENCE_SEED_OFFSET = 10_000  # the engine reference's samples are independent of any method's seed
+
+
+def engine_reference(model, ids: np.ndarray, rows: np.ndarray, bg: np.ndarray, reliability: float, budget: int,
+                     seed: int, cache: Path, fingerprint: str, progress: bool = True) -> dict:
+    """The shapley engine's values on ids (n, T), each sampled to split-half ``reliability`` (or ``budget`` forward
+    rows): {values, halves (2, n, T), seconds (n,), evaluations (n,), computed, folder}. Each review is cached under
+    ``cache``/<settings>/ (the weights' ``fingerprint``, the background, the targets, the seed, torch's version), by
+    its ``rows`` entry and ids: a rerun reads it back, a changed setting recomputes it."""
+    import hashlib
+
+    from torch_imdb.explain.shapley import ShapleySampling
+
+    seed = seed + REFERENCE_SEED_OFFSET
+    h = hashlib.sha256(f"{fingerprint}|{reliability}|{budget}|{seed}|{torch.__version__}|{bg.shape}|".encode())
+    h.update(np.ascontiguousarray(bg, dtype=np.int64).tobytes())
+    folder = Path(cache) / f"shapley-rel{reliability}-{h.hexdigest()[:16]}" if cache else None
+    engine = ShapleySampling(model, target_reliability=reliability, max_evaluations=budget, seed=seed)
+    out = {"values": np.zeros(ids.shape), "halves": np.zeros((2, *ids.shape)), "seconds": np.zeros(len(ids)),
+           "evaluations": np.zeros(len(ids)), "computed": 0, "folder": str(folder)}
+    bar = Progress(len(ids), "converged Shapley reference", "reviews", enabled=progress)
+    for k in range(len(ids)):
+        path = folder / f"{review_key(rows[k], ids[k])}.npy" if folder else None
+        if path is not None and path.exists():
+            saved = np.load(path)
+        else:
+            engine.seed = seed + int(rows[k])  # a review's samples depend on the review, not on its place in a run
+            t0 = time.perf_counter()
+            res = engine.attribute(torch.from_numpy(ids[k : k + 1]), torch.from_numpy(bg))
+            seconds = time.perf_counter() - t0
+            saved = np.concatenate([res.values[0], res.extra["halves"][:, 0].ravel(),
+                                    [seconds, float(res.extra["evaluations"][0])]])
+            if path is not None:
+                atomic_save_npy(path, saved)
+            out["computed"] += 1
+        T = ids.shape[1]
+        out["values"][k], out["halves"][:, k] = saved[:T], saved[T : 3 * T].reshape(2, T)
+        out["seconds"][k], out["evaluations"][k] = saved[3 * T], saved[3 * T + 1]
+        bar.update(1)
     bar.close()
     return out
 
@@ -299,22 +422,34 @@ def run(args) -> dict:
         n_ref = args.reference_reviews
         ref_bg = bg[: args.reference_background]  # the first rows of the seeded background: itself a seeded sample
         cache = Path(args.cache) if args.cache else None
-        t0, computed = time.perf_counter(), []
-        seeds = [args.seed + j for j in range(args.reference_seeds)]
-        refs = [shapley_reference(predict, ids[:n_ref], ref_bg, args.permutations, s, cache, True, computed,
-                                  rows[:n_ref], ckpt.fingerprint) for s in seeds]
-        seconds = time.perf_counter() - t0
-        reference = np.mean(refs, axis=0)
-        halves = np.mean(refs[0::2], axis=0), np.mean(refs[1::2], axis=0)
-        results["reference"] = {
-            "reviews": n_ref, "background": len(ref_bg), "permutations_per_seed": args.permutations, "seeds": seeds,
-            "permutations_per_review": args.permutations * len(seeds),
-            "cache_key": reference_key(ref_bg, args.permutations, ckpt.fingerprint),
-            "reviews_computed_this_run": len(computed), "read_from_cache": len(seeds) * n_ref - len(computed),
-            "seconds_per_computed_review_and_seed": seconds / len(computed) if computed else None,
-            "convergence": split_half_reliability(*halves, ids[:n_ref]),
-            "seed_vs_seed": {k: bootstrap_ci(v, args.seed) for k, v in rank_agreement(refs[0], refs[1],
-                                                                                      ids[:n_ref]).items()}}
+        if args.reference == "shapley":
+            ref = engine_reference(ckpt.model, ids[:n_ref], rows[:n_ref], ref_bg, args.reference_reliability,
+                                   args.reference_budget, args.seed, cache, ckpt.fingerprint)
+            reference, halves = ref["values"], ref["halves"]
+            results["reference"] = {
+                "kind": "shapley engine", "reviews": n_ref, "background": len(ref_bg),
+                "seed": args.seed + REFERENCE_SEED_OFFSET, "reliability_target": args.reference_reliability,
+                "forward_rows_per_review": float(ref["evaluations"].mean()),
+                "seconds_per_review": float(ref["seconds"].mean()), "reviews_computed_this_run": ref["computed"],
+                "cache": ref["folder"], "convergence": split_half_reliability(*halves, ids[:n_ref])}
+        else:
+            t0, computed = time.perf_counter(), []
+            seeds = [args.seed + j for j in range(args.reference_seeds)]
+            refs = [shapley_reference(predict, ids[:n_ref], ref_bg, args.permutations, s, cache, True, computed,
+                                      rows[:n_ref], ckpt.fingerprint) for s in seeds]
+            seconds = time.perf_counter() - t0
+            reference = np.mean(refs, axis=0)
+            halves = np.mean(refs[0::2], axis=0), np.mean(refs[1::2], axis=0)
+            results["reference"] = {
+                "kind": "shap permutation", "reviews": n_ref, "background": len(ref_bg),
+                "permutations_per_seed": args.permutations, "seeds": seeds,
+                "permutations_per_review": args.permutations * len(seeds),
+                "cache_key": reference_key(ref_bg, args.permutations, ckpt.fingerprint),
+                "reviews_computed_this_run": len(computed), "read_from_cache": len(seeds) * n_ref - len(computed),
+                "seconds_per_computed_review_and_seed": seconds / len(computed) if computed else None,
+                "convergence": split_half_reliability(*halves, ids[:n_ref]),
+                "seed_vs_seed": {k: bootstrap_ci(v, args.seed) for k, v in rank_agreement(refs[0], refs[1],
+                                                                                          ids[:n_ref]).items()}}
         kept["shapley_reference"] = reference
         for name in methods:
             values = method_values(name, ckpt.model, ids[:n_ref], ref_bg, args.seed)
@@ -421,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(out / "faithfulness.png", res)
     if "reference" in res:
         conv = res["reference"]["convergence"]
-        print(f"reference: {res['reference']['permutations_per_review']} permutations per review; split-half "
+        ref = res["reference"]
+        cost = (f"{ref['permutations_per_review']} permutations" if "permutations_per_review" in ref else
+                f"{ref['forward_rows_per_review']:.0f} forward rows, {ref['seconds_per_review']:.2f} s")
+        print(f"reference: {cost} per review; split-half "
               f"{conv['split_half']:.3f}, reliability {conv['reliability']:.3f}, ceiling {conv['ceiling']:.3f}")
     for name, m in res["methods"].items():
         agree = m.get("agreement_with_shapley", {}).get("spearman", {}).get("mean")

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every command a user runs: the package's modules and the benchmark scripts.
 COMMANDS = ["torch_imdb.train", "torch_imdb.explain", "torch_imdb.words", "torch_imdb.series", "torch_imdb.report",
             "torch_imdb.report_check", "benchmarks/explainer_speed.py", "benchmarks/faithfulness.py",
-            "benchmarks/faithfulness_summary.py", "benchmarks/length_sweep.py", "benchmarks/scale_out.py"]
+            "benchmarks/faithfulness_summary.py", "benchmarks/frontier.py", "benchmarks/length_sweep.py",
+            "benchmarks/scale_out.py"]
 
 
 def command_parser(command: str):

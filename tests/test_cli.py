@@ -108,7 +108,7 @@ def test_the_command_lines_engines_are_the_registrys():
     built = {name: make_engine(name, model) for name in ENGINES}
     assert {name: type(engine).__name__ for name, engine in built.items()} == {
         "shap": "ShapDeepExplainer", "captum": "CaptumDeepLiftShap", "fast": "FastDeepShap",
-        "fast-compiled": "FastDeepShap", "fused": "FusedDeepShap"}
+        "fast-compiled": "FastDeepShap", "fused": "FusedDeepShap", "shapley": "ShapleySampling"}
     assert built["fast-compiled"].compiled and not built["fast"].compiled
-    with pytest.raises(UsageError, match="unknown engine 'lime'; choose from shap, captum, fast, fast-compiled, fused"):
+    with pytest.raises(UsageError, match="unknown engine 'lime'; choose from shap, captum, fast, fast-compiled, fused, shapley"):
         make_engine("lime", model)

@@ -86,6 +86,17 @@ def test_sampled_reviews_with_all_engines(tiny_checkpoint, tmp_path):
     assert len(set(sources)) == 3 and all(s.startswith("test[") for s in sources)
 
 
+def test_the_shapley_engine_through_the_command(tiny_checkpoint, tmp_path):
+    """--engines fast,shapley: the sampled Shapley values of the game DeepSHAP approximates, beside DeepSHAP's, each
+    adding up to the model's f(x) - E f; close to DeepSHAP on the tiny model, not equal."""
+    ck, data = tiny_checkpoint
+    assert run(ck, data, tmp_path, "--background", "6", "--reviews", "3", "--engines", "fast,shapley") == 0
+    summary = json.loads((tmp_path / "explain_summary.json").read_text())
+    assert summary["engines"]["shapley"]["max_abs_completeness_residual"] < 1e-5
+    agreement = summary["agreement"]["fast_vs_shapley"]
+    assert agreement["correlation"] > 0.5 and agreement["max_abs_diff"] > 1e-6, agreement
+
+
 @pytest.mark.parametrize("arch", [dict(arch="gru"), dict(layers=2, bidirectional=True)], ids=["gru", "bilstm2"])
 def test_recurrent_variants_explained_by_shap_and_captum(planted_data, tmp_path, arch):
     from torch_imdb.training import TrainConfig, fit

@@ -52,7 +52,8 @@ def test_a_changed_reference_setting_is_recomputed_never_read_back(tmp_path):
 def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     ck, data = tiny_checkpoint
     assert bench.main(["--checkpoint", str(ck), "--data", str(data), "--reviews", "8", "--background", "5",
-                       "--reference-reviews", "3", "--reference-background", "3", "--permutations", "2",
+                       "--reference-reviews", "3", "--reference-background", "3", "--reference", "permutation",
+                       "--permutations", "2",
                        "--reference-seeds", "2",
                        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "faithfulness.json").read_text())
@@ -120,6 +121,9 @@ def test_benchmark_on_an_attention_model(planted_data, tmp_path):
                        "--permutations", "2", "--reference-seeds", "2", "--cache", str(tmp_path / "cache"),
                        "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "faithfulness.json").read_text())
+    # the default reference: the shapley engine (12 words and 3 background rows: every coalition, exact)
+    assert res["reference"]["kind"] == "shapley engine" and res["reference"]["reviews_computed_this_run"] == 3
+    assert res["reference"]["convergence"]["reliability"] == pytest.approx(1.0)
     assert set(res["not_applicable"]) == {"lrp", "deepshap_plain_shap"}
     assert {"attention", "attention_norm", "deepshap_exact", "deepshap_plain_captum"} <= set(res["methods"])
     trial = res["attention_trial"]

@@ -6,7 +6,8 @@ import pytest
 from conftest import NEGATIVE, POSITIVE
 from torch_imdb.data import Vocab
 from torch_imdb.words import main as words_main
-from torch_imdb.words import log_count_ratios, shrink, spearman, word_importance
+from torch_imdb.faithfulness import spearman
+from torch_imdb.words import log_count_ratios, shrink, word_importance
 
 
 def test_shrinkage_is_closer_to_the_truth_and_pulls_noisy_means_most():

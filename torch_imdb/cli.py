@@ -8,8 +8,10 @@ from typing import Callable
 from torch_imdb.config import MAX_REVIEWS, RANGES, Range
 from torch_imdb.errors import shown
 
-# The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare.
-ENGINES = ("shap", "captum", "fast", "fast-compiled", "fused")
+# The engines `--engines` names; their registry (make_engine) is in torch_imdb.explain.compare. The DeepSHAP engines
+# give the same values; shapley samples the interventional Shapley values of the game DeepSHAP approximates.
+DEEPSHAP_ENGINES = ("shap", "captum", "fast", "fast-compiled", "fused")
+ENGINES = (*DEEPSHAP_ENGINES, "shapley")
 
 
 MAX_COUNT = 1_000_000  # a bound for counts with no natural one (chunk sizes, repeats, workers)
@@ -79,6 +81,19 @@ def sampling_options() -> argparse.ArgumentParser:
     p.add_argument("--background", type=count(1, MAX_REVIEWS), default=100,
                    help="training reviews in the background (reference) set")
     p.add_argument("--seed", type=seed_value, default=0, help="background drawn with SEED, reviews with SEED+1")
+    return p
+
+
+def reference_options() -> argparse.ArgumentParser:
+    """--reference-background, --reference-reliability and --reference-budget: the Shapley reference of the
+    faithfulness and frontier benchmarks (the shapley engine over the first rows of the background)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--reference-background", type=count(1, MAX_REVIEWS), default=20,
+                   help="background rows of the Shapley game (the first of --background)")
+    p.add_argument("--reference-reliability", type=bounded(Range(float, 0, 1, low_open=True, high_open=True)),
+                   default=0.98, help="the shapley reference's split-half reliability target per review")
+    p.add_argument("--reference-budget", type=count(1000, 10 ** 9), default=200_000,
+                   help="the most forward rows per review of the shapley reference")
     return p
 
 

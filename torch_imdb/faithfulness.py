@@ -15,6 +15,7 @@ P(positive) (n,)), so they apply to any explainer's values:
   AOPC over bins of 1, 5, 10, 20 and 50% of the tokens;
 - :func:`rank_agreement`: Spearman correlation, top-k overlap and mean absolute
   error between two explanations of the same review;
+- :func:`spearman`: rank correlation with average ranks for ties;
 - :func:`bootstrap_ci`: a percentile interval of a mean over reviews (of a paired
   difference, when given the per-review differences of two methods);
 - :func:`spearman_brown`, :func:`split_half_reliability`: how far a sampled
@@ -32,7 +33,20 @@ from typing import Callable
 import numpy as np
 
 from torch_imdb.data import PAD_ID
-from torch_imdb.words import spearman
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=r)
+        return (sums / counts)[inverse]
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
 
 Predict = Callable[[np.ndarray], np.ndarray]
 ERASER_BINS = (0.01, 0.05, 0.10, 0.20, 0.50)

@@ -42,6 +42,7 @@ from torch_imdb.cli import HelpFormatter, Parser, checkpoint_options, count, sam
 from torch_imdb.config import MAX_REVIEWS
 from torch_imdb.data import N_RESERVED, Vocab
 from torch_imdb.errors import UsageError, run_cli
+from torch_imdb.faithfulness import spearman
 from torch_imdb.io import atomic_path, atomic_savefig, atomic_write_json
 
 
@@ -130,20 +131,6 @@ def log_count_ratios(texts, labels, vocab: Vocab) -> np.ndarray:
                 counts[int(label), k] += 1
     freq = counts / counts.sum(axis=1, keepdims=True)
     return np.log(freq[1]) - np.log(freq[0])
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-        sums = np.bincount(inverse, weights=r)
-        return (sums / counts)[inverse]
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def agreement_with_reference(stats: list[WordStat], ratios: np.ndarray, frequent: int = 200) -> dict:

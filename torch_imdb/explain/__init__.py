@@ -7,6 +7,7 @@
 - :mod:`.fast`: the project's own engine, same values without hooks; :mod:`.head`: its heads;
 - :mod:`.own`: the user's module as it is, what the fast engine's guard checks against;
 - :mod:`.dropins`: shap's ``DeepExplainer`` and Captum's ``DeepLiftShap`` surfaces on these engines;
+- :mod:`.shapley`: the interventional Shapley values DeepSHAP approximates, sampled to a target, with standard errors;
 - :mod:`.compare`, :mod:`.corpus`: what ``python -m torch_imdb.explain`` runs.
 
 Every engine has ``attribute(inputs, baselines, target=0) -> Attribution`` with
@@ -20,7 +21,7 @@ _EXPORTS = {
     "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
     "ExplainableModel": "transform", "RESCALE": "transform", "Rule": "transform", "UnruledOpError": "transform",
     "describe_rules": "transform", "make_explainable": "transform", "ExplainableRNN": "twin",
-    "DeepExplainer": "dropins", "DeepLiftShap": "dropins",
+    "DeepExplainer": "dropins", "DeepLiftShap": "dropins", "ShapleySampling": "shapley",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,224 @@
+"""Which explainer, at what cost: every method at every budget against converged Shapley values.
+
+    python benchmarks/frontier.py [--checkpoint artifacts] [--reviews 200] [--frontier-reviews 30]
+
+On a trained checkpoint, the faithfulness benchmark's seeded sample of test
+reviews and its reference background (the first --reference-background rows of
+its seeded background of training reviews):
+
+1. **the converged reference**: the ``shapley`` engine on the first --reviews,
+   each sampled until its split-half reliability reaches --reference-reliability
+   (or --reference-budget forward rows), cached per review under --cache in a
+   folder named by every setting that makes it, so a rerun reads it back and an
+   interrupted run resumes. Its two halves give its reliability over the reviews
+   (Spearman-Brown), and the ceiling that puts on any method's agreement;
+2. **every method at every budget** on the first --frontier-reviews: the
+   gradient methods of the faithfulness benchmark, exact DeepSHAP, and the sampling
+   methods (benchmarks/faithfulness.py's SAMPLED: shap's PartitionExplainer and
+   PermutationExplainer, shapiq's paired KernelSHAP with Shapley-kernel or uniform
+   (Leverage SHAP) sizes, the shapley engine), each timed in this run on this
+   machine: seconds per review, Spearman with the reference (95% bootstrap
+   interval) and deletion AOPC;
+3. **the Pareto front**: the points that no other point beats on both speed and agreement.
+
+Writes OUT/frontier.json (every number, settings, seeds, versions, the weights'
+fingerprint) and OUT/frontier.png (seconds per review on a log axis against
+agreement, and against deletion AOPC, the front drawn and named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # faithfulness.py beside this file
+
+from torch_imdb.cli import (Parser, answer_help, checkpoint_options, count, reference_options,  # noqa: E402
+                            sampling_options)
+from torch_imdb.config import MAX_REVIEWS  # noqa: E402
+from torch_imdb.errors import UsageError, run_cli  # noqa: E402
+
+FAST = ("deepshap_exact", "expected_gradients", "ig_padding", "grad_x_input", "occlusion", "attention", "lrp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python benchmarks/frontier.py", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               parents=[checkpoint_options(), sampling_options(), reference_options()])
+    p.add_argument("--reviews", type=count(1, MAX_REVIEWS), default=200, help="reviews with a converged reference")
+    p.add_argument("--frontier-reviews", type=count(1, MAX_REVIEWS), default=30,
+                   help="reviews every method runs on (the first of --reviews)")
+    p.add_argument("--methods", default=None, help="comma-separated NAME or NAME@BUDGET (default: all that apply)")
+    p.add_argument("--cache", default="artifacts/frontier", help="where reference values are cached per review")
+    p.add_argument("--out", default="results/frontier", help="folder for frontier.json/.png")
+    return p
+
+
+if __name__ == "__main__":
+    answer_help(build_parser)  # before the heavy imports below
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from faithfulness import (REFERENCE_SEED_OFFSET, SAMPLED, SAMPLE, UNITS, aopc, deletion_curve,  # noqa: E402
+                          engine_reference, method_values, not_applicable, predictor, sampled_values)
+
+from torch_imdb.faithfulness import bootstrap_ci, rank_agreement, split_half_reliability  # noqa: E402
+from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
+from torch_imdb.progress import Progress  # noqa: E402
+
+def points(model, wanted: str | None) -> list[tuple[str, int | None]]:
+    """(method, budget or None) of every point, those named in ``wanted`` ("NAME" or "NAME@BUDGET", comma-separated)."""
+    every = [(m, None) for m in FAST if not not_applicable(m, model) and (m != "attention" or
+                                                                        model.config.pool == "attention")]
+    every += [(m, b) for m, budgets in SAMPLED.items() for b in budgets]
+    if wanted is None:
+        return every
+    chosen = []
+    for item in (w.strip() for w in wanted.split(",") if w.strip()):
+        name, _, budget = item.partition("@")
+        if name not in FAST and name not in SAMPLED:
+            raise UsageError(f"--methods: unknown {name!r}; choose from {', '.join(FAST + tuple(SAMPLED))}")
+        if name in SAMPLED:
+            if budget and not budget.isdigit():
+                raise UsageError(f"--methods: {item!r}: a budget is a whole number, as in shapley@8000")
+            chosen += [(name, int(budget))] if budget else [(name, b) for b in SAMPLED[name]]
+        else:
+            chosen.append((name, None))
+    return chosen
+
+
+def label(name: str, budget: int | None) -> str:
+    return name if budget is None else f"{name}@{budget}"
+
+
+def pareto(records: dict) -> list[str]:
+    """The labels no other point beats on both seconds per review (lower) and agreement (higher), fastest first."""
+    items = sorted(records.items(), key=lambda kv: (kv[1]["seconds_per_review"], -kv[1]["agreement"]["mean"]))
+    front, best = [], -np.inf
+    for name, r in items:
+        if r["agreement"]["mean"] > best:
+            front.append(name)
+            best = r["agreement"]["mean"]
+    return front
+
+
+def run(args) -> dict:
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import load_imdb
+    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.training import machine_info
+
+    if args.frontier_reviews > args.reviews or args.reference_background > args.background:
+        raise UsageError("--frontier-reviews must be within --reviews and --reference-background within --background")
+    ckpt = load_checkpoint(args.checkpoint)
+    chosen = points(ckpt.model, args.methods)
+    ds = load_imdb(args.data)
+    cache_dir = Path(args.checkpoint) / "cache"
+    bg_rows, bg = sample_background(ckpt, ds, args.background, args.seed, cache_dir)
+    bg = bg[: args.reference_background]
+    drawn = max(min(SAMPLE, len(ds["test"])), args.reviews)  # the faithfulness benchmark's sample, in its order
+    rows, ids, _ = sample_test_reviews(ckpt, ds, drawn, args.seed, cache_dir)
+    rows, ids = rows[: args.reviews], ids[: args.reviews]
+    ref = engine_reference(ckpt.model, ids, rows, bg, args.reference_reliability, args.reference_budget, args.seed,
+                           Path(args.cache), ckpt.fingerprint)
+    n = args.frontier_reviews
+    predict = predictor(ckpt.model)
+    results: dict = {
+        "weights_fingerprint": ckpt.fingerprint, "settings": dict(vars(args)), "machine": machine_info(),
+        "torch_threads": torch.get_num_threads(), "test_rows": [int(r) for r in rows],
+        "background_train_rows": [int(r) for r in bg_rows[: args.reference_background]],
+        "reference": {"reviews": len(ids), "seed": args.seed + REFERENCE_SEED_OFFSET,
+                      "convergence": split_half_reliability(ref["halves"][0], ref["halves"][1], ids),
+                      "seconds_per_review": float(ref["seconds"].mean()),
+                      "forward_rows_per_review": float(ref["evaluations"].mean()),
+                      "computed_this_run": ref["computed"], "cache": ref["folder"]},
+        "units": UNITS, "points": {}}
+    for name, budget in chosen:
+        key = label(name, budget)
+        print(f"{key} on {n} reviews", flush=True)
+
+        def values_of(reviews: np.ndarray) -> np.ndarray:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore")
+                return (method_values(name, ckpt.model, reviews, bg, args.seed) if budget is None else
+                        sampled_values(name, budget, ckpt.model, reviews, bg, args.seed, ckpt.vocab))
+
+        values_of(ids[-1:])  # warm-up, untimed: imports, first calls, caches (a review outside the timed ones)
+        t0 = time.perf_counter()
+        values = values_of(ids[:n])
+        seconds = (time.perf_counter() - t0) / n
+        agree = rank_agreement(values, ref["values"][:n], ids[:n])
+        results["points"][key] = {
+            "method": name, "budget": budget, "unit": UNITS.get(name), "seconds_per_review": seconds,
+            "agreement": bootstrap_ci(agree["spearman"], args.seed),
+            "top5_overlap": bootstrap_ci(agree["top5_overlap"], args.seed),
+            "deletion_aopc": bootstrap_ci(aopc(deletion_curve(predict, ids[:n], values)), args.seed)}
+    results["reference_as_a_point"] = {"agreement_of_its_halves": bootstrap_ci(
+        rank_agreement(ref["halves"][0][:n], ref["halves"][1][:n], ids[:n])["spearman"], args.seed)}
+    results["pareto_front"] = pareto(results["points"])
+    return results
+
+
+def plot(path: Path, res: dict) -> None:
+    """Two panels, seconds per review on a log x axis: agreement with the converged Shapley values (the reference's
+    ceiling dashed), and deletion AOPC; the Pareto front of the first panel drawn and named in both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts, front = res["points"], res["pareto_front"]
+    methods = sorted({p["method"] for p in pts.values()})
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
+    for ax, key, title in ((axes[0], "agreement", "Spearman with converged Shapley values"),
+                           (axes[1], "deletion_aopc", "deletion AOPC (higher: the top tokens matter more)")):
+        for name, p in pts.items():
+            m = p[key]
+            ax.errorbar(p["seconds_per_review"], m["mean"], yerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]],
+                        fmt="o", color=colours[p["method"]], ms=7 if name in front else 5, capsize=2,
+                        mec="k" if name in front else "none")
+            ax.annotate(name, (p["seconds_per_review"], m["mean"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        line = sorted(front, key=lambda n: pts[n]["seconds_per_review"])
+        ax.plot([pts[n]["seconds_per_review"] for n in line], [pts[n][key]["mean"] for n in line], "k--", lw=0.8,
+                label="Pareto front (agreement vs seconds): " + ", ".join(line))
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per review (log scale; this machine, one run)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    conv = res["reference"]["convergence"]
+    axes[0].axhline(conv["ceiling"], color="grey", ls=":", lw=1)
+    axes[0].text(0.01, 0.02, f"dotted: ceiling {conv['ceiling']:.3f} set by the reference's reliability "
+                             f"{conv['reliability']:.3f}", transform=axes[0].transAxes, fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
+    n = res["settings"]["frontier_reviews"]
+    fig.suptitle(f"{n} test reviews, reference on {res['reference']['reviews']} "
+                 f"({res['reference']['seconds_per_review']:.1f} s/review); weights {res['weights_fingerprint']}; "
+                 "means with 95% bootstrap intervals", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(path, fig, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    res = run(args)
+    out = Path(args.out)
+    atomic_write_json(out / "frontier.json", res)
+    plot(out / "frontier.png", res)
+    conv = res["reference"]["convergence"]
+    print(f"reference on {res['reference']['reviews']} reviews: reliability {conv['reliability']:.3f} (ceiling "
+          f"{conv['ceiling']:.3f}), {res['reference']['seconds_per_review']:.2f} s/review")
+    for name, p in res["points"].items():
+        print(f"{name:>22}: Spearman {p['agreement']['mean']:.3f}, deletion AOPC {p['deletion_aopc']['mean']:.4f}, "
+              f"{p['seconds_per_review']:.4f} s/review" + ("  (Pareto front)" if name in res["pareto_front"] else ""))
+    print(f"wrote {out / 'frontier.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

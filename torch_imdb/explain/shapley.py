@@ -1,0 +1,255 @@
+"""Interventional Shapley values by sampling, with a standard error per token: the ``shapley`` engine.
+
+The game is the one DeepSHAP approximates and the faithfulness benchmark's
+reference plays: a coalition S of positions keeps the input's tokens there and
+takes a background row's elsewhere,
+
+    v(S) = E_b f(x_S, b_{not S}),
+
+with f the user's own module (run untouched, as :class:`~.own.OwnOutputs`) at the
+explained output. The players are the positions where the input differs from some
+background row; the others are null players, worth exactly 0. Since the Shapley
+value is linear in the game, phi(v) is the mean over the background rows of
+phi(v_b), v_b(S) = f(x_S, b_{not S}).
+
+The estimator, chosen by measurement (docs/design.md):
+
+- **antithetic permutations, one background row each.** A permutation and its
+  reverse, run against one row b, give every player's marginal contribution to
+  v_b twice for 2(d - 1) forward rows; the rows b take their turns, so that each
+  has as many permutations as the others (a stratified sample over the background);
+- **a control variate per row.** DeepLIFT's values against b alone (the fast
+  engine's per-pair values, :meth:`~.fast.FastDeepShap.pair_values`) estimate the
+  marginal contributions to v_b; the sample is a permutation's contribution minus
+  them, and their mean over the rows (DeepSHAP's values) is added back. Any proxy
+  keeps the estimate unbiased; a close one removes the variance between rows;
+- **enumeration when it is cheaper.** When every coalition with every row costs no
+  more than the budget (2^d B rows, d <= 16), the values are computed exactly from all of them.
+
+Each player's standard error comes from the pooled within-row variance of the
+samples. The samples alternate between two halves, whose estimates give a
+split-half reliability (Spearman-Brown corrected). Sampling stops at a target
+standard error or reliability, or at a budget of forward rows. Values always add
+up to f(x) - E f(background), and the guard checks that against the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_imdb.errors import ShapeRefusal, UsageError
+from torch_imdb.explain.backends import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.explain.own import OwnOutputs
+from torch_imdb.faithfulness import spearman, spearman_brown
+
+ENUMERATE_PLAYERS = 16  # the most players whose 2^d coalitions are enumerated
+
+
+def exact_shapley(v: np.ndarray, d: int) -> np.ndarray:
+    """The Shapley values (d,) of a game given on every coalition: v (2^d,), coalition m holding player i where
+    bit i of m is set."""
+    masks = np.arange(1 << d)
+    size = np.array([bin(m).count("1") for m in masks])
+    weight = np.array([math.factorial(s) * math.factorial(d - s - 1) / math.factorial(d) if s < d else 0.0
+                       for s in range(d + 1)])
+    phi = np.zeros(d)
+    for i in range(d):
+        without = masks[(masks >> i) & 1 == 0]
+        phi[i] = (weight[size[without]] * (v[without | (1 << i)] - v[without])).sum()
+    return phi
+
+
+def permutations(d: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """m random orders (m, d) of d players."""
+    return rng.random((m, d)).argsort(axis=1)
+
+
+def marginal_gains(chain: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """Each player's marginal contribution (m, d) along chains (m, d + 1) of the orders (m, d)."""
+    gains = np.empty(orders.shape)
+    np.put_along_axis(gains, orders, np.diff(chain, axis=1), axis=1)
+    return gains
+
+
+class ShapleySampling:
+    """Interventional Shapley values of a model's output over a background, sampled to a target.
+
+    Args:
+        model: the user's ``nn.Module`` (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+            P(positive)); it is run as it is, in ``dtype``.
+        dtype: the dtype the model runs in.
+        output: the entry of a tuple or dict output.
+        target_se: stop when every player's standard error is at most this (None: no such target).
+        target_reliability: stop when the split-half reliability reaches this (None: no such target).
+        max_evaluations: the most forward rows per input: the budget. Where every coalition with every background
+            row fits it (and d <= 16 players), the values are computed from all of them, exactly.
+        proxy: "deepshap" (the fast engine's per-pair values as the proxy game) or None.
+        seed: seeds the coalitions; input k uses seed + k.
+        batch_rows: rows per forward pass (memory).
+
+    ``attribute`` returns an :class:`~.backends.Attribution` whose ``extra`` holds
+    ``standard_error`` (N, *shape), ``halves`` (2, N, *shape) (the estimates of the two halves of the samples),
+    ``reliability`` (N,), ``evaluations`` (N,) forward rows and ``exact`` (N,) bool: every coalition enumerated.
+    The targets are checked after each round: one antithetic pair of permutations per background row.
+    """
+
+    method = "shapley"
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
+                 target_se: float | None = None, target_reliability: float | None = 0.98,
+                 max_evaluations: int = 200_000, proxy: str | None = "deepshap",
+                 seed: int = 0, batch_rows: int = 8192) -> None:
+        if proxy not in ("deepshap", None):
+            raise UsageError(f"proxy must be 'deepshap' or None, got {proxy!r}")
+        if target_se is None and target_reliability is None:
+            warnings.warn("no target: the shapley engine samples until max_evaluations")
+        self.model, self.dtype, self.output = model, dtype, output
+        self.own = OwnOutputs(model, dtype, output)
+        self.target_se, self.target_reliability = target_se, target_reliability
+        self.max_evaluations, self.proxy = max_evaluations, proxy
+        self.seed, self.batch_rows = seed, batch_rows
+        self._deepshap = None
+
+    def _f(self, rows: torch.Tensor, target: int, extra: tuple) -> np.ndarray:
+        """f (m,) float64 of rows (m, *shape), the user's module at ``target``, in batches of ``batch_rows``."""
+        out = np.empty(len(rows))
+        for s in range(0, len(rows), self.batch_rows):
+            part = rows[s : s + self.batch_rows]
+            more = tuple(a.expand(len(part), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
+            out[s : s + self.batch_rows] = self.own(part, *more)[:, target].double().cpu().numpy()
+        return out
+
+    def _proxies(self, x: torch.Tensor, bg: torch.Tensor, target: int, extra: tuple) -> np.ndarray:
+        """The proxy game's values (B, size) per background row: DeepLIFT's per pair where the fast engine's
+        shortcuts give them, else DeepSHAP's (the mean over the rows) for every row, else zeros (no proxy, or a
+        model the transform refuses)."""
+        size = x.numel()
+        if self.proxy is None:
+            return np.zeros((len(bg), size))
+        from torch_imdb.explain.fast import FastDeepShap
+
+        try:
+            if self._deepshap is None:
+                self._deepshap = FastDeepShap(self.model, self.dtype, output=self.output)
+            try:
+                return self._deepshap.pair_values(x[None], bg, target)[0].reshape(len(bg), size)
+            except ShapeRefusal:
+                values = self._deepshap.attribute(x[None], bg, target, extra).values[0]
+                return np.broadcast_to(values.reshape(1, size), (len(bg), size)).astype(np.float64)
+        except UsageError:  # a model the transform refuses: sampled without a proxy
+            return np.zeros((len(bg), size))
+
+    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+                  additional_forward_args: tuple = ()) -> Attribution:
+        """Shapley values of each input against ``baselines`` at output ``target``.
+
+        Args:
+            inputs: token ids (N, T) or float sequences (N, T, F).
+            baselines: the background, (B, T) or (B, T, F).
+            target: the output column explained.
+            additional_forward_args: further forward arguments, one row per input.
+
+        Returns:
+            An :class:`~.backends.Attribution`: values (N, T) or (N, T, F), f(x) (N,), E f (N,).
+        """
+        if not isinstance(inputs, torch.Tensor) or not isinstance(baselines, torch.Tensor) or inputs.dim() < 2:
+            raise UsageError("inputs and baselines must be tensors: (n, T) token ids or (n, T, F) sequences")
+        if inputs.is_floating_point():
+            check_sequences(inputs, baselines)
+        else:
+            emb = [m for m in self.own.model.modules() if isinstance(m, nn.Embedding)]
+            check_ids(inputs, baselines, emb[0].num_embeddings if emb else int(inputs.max()) + 1)
+        extra = check_extra(additional_forward_args, len(inputs), baselines.device)
+        t0 = time.perf_counter()
+        n = len(inputs)
+        values, se = np.zeros(inputs.shape), np.zeros(inputs.shape)
+        halves = np.zeros((2, *inputs.shape))
+        outputs, expected = np.zeros(n), np.zeros(n)
+        reliability, evaluations, exact = np.full(n, np.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        for k in range(n):
+            more = tuple(a[k : k + 1] if isinstance(a, torch.Tensor) else a for a in extra)
+            r = self._one(inputs[k], baselines, target, more, np.random.default_rng(self.seed + k))
+            values[k], se[k], halves[:, k], outputs[k], expected[k] = r["values"], r["se"], r["halves"], r["f_x"], r["base"]
+            reliability[k], evaluations[k], exact[k] = r["reliability"], r["evaluations"], r["exact"]
+        result = Attribution(self.method, values, outputs, expected, time.perf_counter() - t0,
+                             extra={"standard_error": se, "halves": halves, "reliability": reliability,
+                                    "evaluations": evaluations, "exact": exact, "seed": self.seed})
+        return check_completeness(result, self.dtype)
+
+    def _one(self, x: torch.Tensor, bg: torch.Tensor, target: int, extra: tuple, rng: np.random.Generator) -> dict:
+        """Everything :meth:`attribute` reports for one input x (its shape)."""
+        x = x if not x.is_floating_point() else x.to(self.dtype)
+        bg = bg if not bg.is_floating_point() else bg.to(self.dtype)
+        shape, B = x.shape, len(bg)
+        flat_x, flat_bg = x.reshape(-1), bg.reshape(B, -1)
+        players = np.flatnonzero((flat_bg != flat_x).any(dim=0).cpu().numpy())
+        d, size = len(players), flat_x.numel()
+        ends = self._f(torch.cat([x[None], bg]), target, extra)
+        f_x, f_b = float(ends[0]), ends[1:]
+        evaluations = 1 + B
+        phi, halves, se = np.zeros(size), np.zeros((2, size)), np.zeros(size)
+
+        def report(reliability: float, exact: bool) -> dict:
+            return dict(values=phi.reshape(shape), se=se.reshape(shape), halves=halves.reshape(2, *shape), f_x=f_x,
+                        base=float(f_b.mean()), reliability=reliability, evaluations=evaluations, exact=exact)
+
+        def run(keep: torch.Tensor, rows_of: np.ndarray) -> np.ndarray:
+            """f (m,) of the input's entries where ``keep`` (m, d) and background row ``rows_of`` (m,) elsewhere."""
+            nonlocal evaluations
+            rows = flat_bg[torch.from_numpy(rows_of)].clone()
+            rows[:, players] = torch.where(keep.to(rows.device), flat_x[players], rows[:, players])
+            evaluations += len(rows)
+            return self._f(rows.view(len(rows), *shape), target, extra)
+
+        if d <= 1:  # one player takes it all
+            phi[players] = halves[:, players] = f_x - f_b.mean()
+            return report(np.nan, True)
+        if d <= ENUMERATE_PLAYERS and (B << d) <= self.max_evaluations:  # every coalition: exact
+            masks = np.arange(1 << d)
+            keep = torch.from_numpy((masks[:, None] >> np.arange(d)) & 1 == 1)
+            v = run(keep.repeat_interleave(B, dim=0), np.tile(np.arange(B), 1 << d)).reshape(-1, B).mean(axis=1)
+            phi[players] = halves[:, players] = exact_shapley(v, d)
+            return report(1.0, True)
+        g = self._proxies(x, bg, target, extra)[:, players]  # (B, d): row b's control variate
+        g_mean = g.mean(axis=0)
+        total, squares = np.zeros((2, B, d)), np.zeros((2, B, d))  # per half and row: sums of samples
+        count = np.zeros((2, B))
+        step = np.tril(np.ones((d - 1, d), dtype=bool))  # chain m keeps the first m + 1 players of an order
+        reliability, done, rounds = np.nan, False, 0
+        while not done:
+            # one antithetic pair of permutations per background row, in one batch of forward passes
+            orders = permutations(d, B, rng)
+            both = np.concatenate([orders, orders[:, ::-1]])  # (2B, d)
+            keep = np.zeros((2 * B, d - 1, d), dtype=bool)
+            np.put_along_axis(keep, np.broadcast_to(both[:, None, :], keep.shape), step[None], axis=2)
+            rows_of = np.tile(np.arange(B), 2)
+            f = run(torch.from_numpy(keep.reshape(-1, d)), np.repeat(rows_of, d - 1)).reshape(2 * B, d - 1)
+            chain = np.concatenate([f_b[rows_of, None], f, np.full((2 * B, 1), f_x)], axis=1)  # (2B, d + 1)
+            gains = marginal_gains(chain, both)
+            sample = (gains[:B] + gains[B:]) / 2 - g  # (B, d): row b's antithetic pair, less its control variate
+            half = rounds % 2
+            total[half] += sample
+            squares[half] += sample ** 2
+            count[half] += 1
+            rounds += 1
+            if rounds < 2:
+                continue
+            n = count.sum(axis=0)  # (B,)
+            means = total.sum(axis=0) / n[:, None]  # (B, d)
+            est = [g_mean + means.mean(axis=0)] + [g_mean + (total[h] / count[h][:, None]).mean(axis=0) for h in (0, 1)]
+            pooled = (squares.sum(axis=0) - n[:, None] * means ** 2).sum(axis=0) / max(n.sum() - B, 1)
+            var = np.maximum(pooled, 0.0) * (1.0 / n).sum() / B ** 2
+            if est[1].std() > 0 and est[2].std() > 0:
+                reliability = spearman_brown(spearman(est[1], est[2]))
+            done = ((self.target_se is not None and rounds > 2 and float(np.sqrt(var.max())) <= self.target_se)
+                    or (self.target_reliability is not None and reliability >= self.target_reliability)
+                    or evaluations >= self.max_evaluations)
+        phi[players], halves[0, players], halves[1, players] = est
+        se[players] = np.sqrt(var)
+        return report(reliability, False)
