@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
 		|| $(BIN)/pip install --quiet "torch>=2.4" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install --quiet -e ".[test,ray,benchmarks]"
+	$(BIN)/pip install --quiet -e ".[test,ray,benchmarks,docs]"
 	touch $@
 
 # One torch thread: with the same seed and thread count training is reproducible bit for bit, and this run

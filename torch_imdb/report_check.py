@@ -54,8 +54,8 @@ function __measure() {
   const tokens = [...document.querySelectorAll('[id^="_tp_"]')].filter(e => /_ind_\\d+$/.test(e.id)).map(e => {
     const shown = e.previousElementSibling ? parseFloat(e.previousElementSibling.textContent) : NaN;
     // the colour shap meant, read from the inline style whatever its number format
-    const inline = (e.getAttribute('style') || '').match(/background:\s*rgba\(([^;]*)\)/);
-    const plain = inline ? inline[1].replace(/np\.float[0-9]+\(/g, '') : '';  // numpy reprs around the numbers
+    const inline = (e.getAttribute('style') || '').match(/background:\\s*rgba\\(([^;]*)\\)/);
+    const plain = inline ? inline[1].replace(/np\\.float[0-9]+\\(/g, '') : '';  // numpy reprs around the numbers
     const meant = (plain.match(/-?[0-9.]+(e-?[0-9]+)?/g) || []).map(Number);
     return {id: e.id, value: shown, intended_alpha: meant.length === 4 ? meant[3] : null,
             color: __rgba(getComputedStyle(e).backgroundColor)};
