@@ -69,7 +69,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from torch_imdb.explain.compare import make_engine  # noqa: E402
+from torch_imdb.explain.engines import make_engine  # noqa: E402
 from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
 from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
 from torch_imdb.progress import Progress  # noqa: E402

@@ -124,15 +124,14 @@ def method_values(name: str, model, ids: np.ndarray, bg: np.ndarray, seed: int) 
     from captum.attr import DeepLiftShap, GradientShap, InputXGradient, IntegratedGradients
 
     from torch_imdb.explain.backends import PlainFromEmbeddings
-    from torch_imdb.explain.fast import FastDeepShap
+    from torch_imdb.explain.engines import make_engine
     from torch_imdb.explain.lrp import lrp_lstm
     from torch_imdb.model import token_mask
 
     x_ids, bg_ids = torch.from_numpy(ids), torch.from_numpy(bg)
     tokens = token_mask(x_ids)  # the mask the model itself reads
     if name == "deepshap_exact":  # the fast engine (equal to shap and Captum through the transform)
-        engine = FastDeepShap(model)
-        return engine.attribute(x_ids, bg_ids).values
+        return make_engine("fast", model).attribute(x_ids, bg_ids).values
     if name in ("attention", "attention_norm"):
         weights = model.attention_weights(x_ids).double()
         if name == "attention_norm":  # attention x the norm of the vector it weighs (the RNN output)

@@ -22,8 +22,9 @@ its seeded background of training reviews):
 3. **the Pareto front**: the points that no other point beats on both speed and agreement.
 
 Writes OUT/frontier.json (every number, settings, seeds, versions, the weights'
-fingerprint) and OUT/frontier.png (seconds per review on a log axis against
-agreement, and against deletion AOPC, the front drawn and named).
+fingerprint), OUT/frontier.png (seconds per review on a log axis against
+agreement, and against deletion AOPC, the front drawn and named) and
+OUT/frontier.md (the table the docs show).
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ from faithfulness import (REFERENCE_SEED_OFFSET, SAMPLED, SAMPLE, UNITS, aopc, d
                           engine_reference, method_values, not_applicable, predictor, sampled_values)
 
 from torch_imdb.faithfulness import bootstrap_ci, rank_agreement, split_half_reliability  # noqa: E402
-from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
-from torch_imdb.progress import Progress  # noqa: E402
+from torch_imdb.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 def points(model, wanted: str | None) -> list[tuple[str, int | None]]:
     """(method, budget or None) of every point, those named in ``wanted`` ("NAME" or "NAME@BUDGET", comma-separated)."""
@@ -204,19 +204,35 @@ def plot(path: Path, res: dict) -> None:
     plt.close(fig)
 
 
+def markdown_table(res: dict) -> str:
+    """The points as the docs show them, fastest first: seconds per review, Spearman with the converged values and
+    deletion AOPC (means with 95% intervals), the Pareto front in bold."""
+    def cell(c: dict) -> str:
+        return f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+    lines = ["| method | budget | s/review | Spearman with Shapley | deletion AOPC |", "|---|---|---|---|---|"]
+    for name, p in sorted(res["points"].items(), key=lambda kv: kv[1]["seconds_per_review"]):
+        shown = f"**{p['method']}**" if name in res["pareto_front"] else p["method"]
+        budget = "" if p["budget"] is None else f"{p['budget']:,} {p['unit']}"
+        lines.append(f"| {shown} | {budget} | {p['seconds_per_review']:.4f} | {cell(p['agreement'])} | "
+                     f"{cell(p['deletion_aopc'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     res = run(args)
     out = Path(args.out)
     atomic_write_json(out / "frontier.json", res)
     plot(out / "frontier.png", res)
+    atomic_write_text(out / "frontier.md", markdown_table(res) + "\n")
     conv = res["reference"]["convergence"]
     print(f"reference on {res['reference']['reviews']} reviews: reliability {conv['reliability']:.3f} (ceiling "
           f"{conv['ceiling']:.3f}), {res['reference']['seconds_per_review']:.2f} s/review")
     for name, p in res["points"].items():
         print(f"{name:>22}: Spearman {p['agreement']['mean']:.3f}, deletion AOPC {p['deletion_aopc']['mean']:.4f}, "
               f"{p['seconds_per_review']:.4f} s/review" + ("  (Pareto front)" if name in res["pareto_front"] else ""))
-    print(f"wrote {out / 'frontier.json'} and .png")
+    print(f"wrote {out / 'frontier.json'}, .png and .md (the table the docs show)")
     return 0
 
 

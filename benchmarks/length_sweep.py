@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from torch_imdb.explain import FastDeepShap, ShapDeepExplainer  # noqa: E402
+from torch_imdb.explain.engines import make_engine  # noqa: E402
 from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
 from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
 
@@ -136,7 +136,7 @@ def run(args) -> dict:
     packed = PackedModel(model).eval()
     n_words = (ids != 0).sum(1)
     bg = torch.from_numpy(post_padded(bg_ids, args.maxlen, args.maxlen))
-    engine = FastDeepShap(packed, trim_padding=True)  # the head, too, runs over each review's own words
+    engine = make_engine("fast", packed, trim_padding=True)  # the head, too, runs over each review's own words
     engine.attribute(torch.from_numpy(post_padded(ids[:1], lengths[0], args.maxlen)), bg)  # warm-up
     points = []
     for L in lengths:
@@ -160,7 +160,7 @@ def run(args) -> dict:
              "mean_length": float((x != 0).sum(1).double().mean()), "lengths": (x != 0).sum(1).tolist()}
     check_x = torch.from_numpy(post_padded(ids[n_words >= lengths[0]][:2], lengths[0], args.maxlen))
     check = float(np.abs(engine.attribute(check_x, bg[:10]).values
-                         - ShapDeepExplainer(packed).attribute(check_x, bg[:10]).values).max())
+                         - make_engine("shap", packed).attribute(check_x, bg[:10]).values).max())
     slope = np.polyfit([p["length"] for p in points], [p["seconds_per_review"] for p in points], 1)
     record = {**what, "maxlen": args.maxlen, "trim_padding": True, "background": len(bg), "seed": args.seed, "threads": args.threads,
               "points": points, "mixed_batch": mixed,

@@ -100,7 +100,7 @@ def test_the_commands_answer_bad_options_in_one_line_before_any_work(command, ar
 def test_the_command_lines_engines_are_the_registrys():
     """cli.ENGINES (torch-free, for --help) names exactly the engines make_engine builds, in the same order."""
     from torch_imdb.cli import ENGINES
-    from torch_imdb.explain.compare import REGISTRY, make_engine
+    from torch_imdb.explain.engines import REGISTRY, make_engine
     from torch_imdb.model import ModelConfig, SentimentRNN
 
     assert ENGINES == tuple(REGISTRY)

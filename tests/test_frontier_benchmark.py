@@ -108,6 +108,8 @@ def test_frontier_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert res["pareto_front"] and set(res["pareto_front"]) <= set(res["points"])
     assert 0 < res["reference"]["convergence"]["ceiling"] <= 1
     assert (tmp_path / "out" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "out" / "frontier.md").read_text().splitlines()
+    assert len(table) == 2 + len(res["points"]) and any(line.startswith("| **") for line in table[2:])
     assert "Pareto front" in capsys.readouterr().out
     # the reference is cached by its settings: a second run computes nothing
     assert frontier.main(argv) == 0

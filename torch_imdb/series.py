@@ -109,7 +109,8 @@ def run(n_train: int = 2000, n_explain: int = 200, background: int = 50, epochs:
         log=lambda line: None) -> dict:
     """Make data, train, explain ``n_explain`` test sequences against ``background`` training ones; return the record."""
     from torch_imdb.checkpoint import model_fingerprint
-    from torch_imdb.explain.fast import FastDeepShap
+    from torch_imdb.explain.engines import make_engine
+    from torch_imdb.explain.own import RNNParts
 
     if min(n_train, n_explain, background, epochs) < 1 or background > n_train:
         raise UsageError("--train, --explain, --background and --epochs must be at least 1, and --background <= --train")
@@ -124,7 +125,7 @@ def run(n_train: int = 2000, n_explain: int = 200, background: int = 50, epochs:
     with torch.no_grad():
         test_mse = float(F.mse_loss(model(x_test), y_test))
     bg = x[torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:background]]
-    engine = FastDeepShap.from_parts(model.rnn, model.fc, output="identity")
+    engine = make_engine("fast", RNNParts(model.rnn, model.fc, output="identity"))
     t0 = time.perf_counter()
     exp = engine.explain(x_test, bg, feature_names=FEATURES, output_names=["y"])
     res = engine.attribute(x_test, bg)

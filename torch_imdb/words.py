@@ -205,7 +205,7 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     """
     from torch_imdb.explain.corpus import read_attributions, read_manifest
     from torch_imdb.explain.compare import sample_background, sample_test_reviews
-    from torch_imdb.explain.fast import FastDeepShap
+    from torch_imdb.explain.engines import make_engine
     import torch
 
     folder = Path(attributions) if attributions else None
@@ -229,7 +229,7 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     _, bg = sample_background(ckpt, dataset, background, seed, cache_dir)
     rows, ids, _ = sample_test_reviews(ckpt, dataset, sample, seed, cache_dir)
     t0 = time.perf_counter()
-    engine = FastDeepShap(ckpt.model, compile=sample >= 500, progress=True)
+    engine = make_engine("fast-compiled" if sample >= 500 else "fast", ckpt.model, progress=True)
     values = engine.attribute(torch.from_numpy(ids), torch.from_numpy(bg)).values
     return ids, values, {"source": f"fast engine on a seeded sample of {sample} test reviews", "reviews": int(sample),
                          "background": background, "seed": seed, "seconds": time.perf_counter() - t0,

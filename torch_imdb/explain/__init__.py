@@ -3,6 +3,8 @@
 - :mod:`.transform`: the model transform, a rule for every op of the forward pass (or a refusal);
 - :mod:`.twin`: the explainable twin of nn.LSTM / nn.GRU, unrolled into ops with rules;
 - :mod:`.rules`: the rescale and Shapley rules, and softmax, max and LayerNorm as their decompositions;
+- :mod:`.api`: the explainer protocol, its result (``Attribution``), the input checks and the completeness guard;
+- :mod:`.engines`: the one engine registry and ``make_engine``, which every command and benchmark builds with;
 - :mod:`.backends`: shap.DeepExplainer and Captum DeepLiftShap on the explainable copy;
 - :mod:`.fast`: the project's own engine, same values without hooks; :mod:`.head`: its heads;
 - :mod:`.own`: the user's module as it is, what the fast engine's guard checks against;
@@ -16,9 +18,9 @@ token ids (N, T) and (B, T), or float sequences (N, T, F) and (B, T, F).
 
 # Loaded on first use (PEP 562), so that `python -m torch_imdb.explain --help` does not wait for torch.
 _EXPORTS = {
-    "Attribution": "backends", "CaptumDeepLiftShap": "backends", "FusedDeepShap": "backends",
+    "Attribution": "api", "Explainer": "api", "make_engine": "engines", "CaptumDeepLiftShap": "backends", "FusedDeepShap": "backends",
     "ShapDeepExplainer": "backends",
-    "check_completeness": "backends", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
+    "check_completeness": "api", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
     "ExplainableModel": "transform", "RESCALE": "transform", "Rule": "transform", "UnruledOpError": "transform",
     "describe_rules": "transform", "make_explainable": "transform", "ExplainableRNN": "twin",
     "DeepExplainer": "dropins", "DeepLiftShap": "dropins", "ShapleySampling": "shapley",

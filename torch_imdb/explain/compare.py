@@ -16,35 +16,12 @@ import numpy as np
 import torch
 
 from torch_imdb.checkpoint import Checkpoint
-from torch_imdb.cli import ENGINES
 from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.backends import (Attribution, CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer,
-                                         plain_rnn_failures)
-from torch_imdb.explain.fast import FastDeepShap
-from torch_imdb.explain.shapley import ShapleySampling
+from torch_imdb.explain.api import Attribution
+from torch_imdb.explain.backends import plain_rnn_failures
+from torch_imdb.explain.engines import make_engine
 from torch_imdb.io import atomic_path, atomic_write_json
-
-# The one engine registry: name -> how to build it for (model, dtype, fast engine options). The command line's
-# torch-free names (cli.ENGINES) are tested equal to its keys.
-REGISTRY = {
-    "shap": lambda model, dtype, options: ShapDeepExplainer(model, dtype),
-    "captum": lambda model, dtype, options: CaptumDeepLiftShap(model, dtype),
-    "fast": lambda model, dtype, options: FastDeepShap(model, dtype, **{**options, "compile": False}),
-    "fast-compiled": lambda model, dtype, options: FastDeepShap(model, dtype, **{**options, "compile": True}),
-    "fused": lambda model, dtype, options: FusedDeepShap(model, dtype),
-    "shapley": lambda model, dtype, options: ShapleySampling(model, dtype),
-}
-
-
-def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **fast_options):
-    """The explainer called ``name`` (a key of REGISTRY, as cli.ENGINES lists them) for ``model``: fast-compiled is
-    the fast engine with torch.compile, fused the transform with the fast engine's fused recurrence, shapley the
-    sampled interventional Shapley values (not DeepSHAP: the game DeepSHAP approximates, to a reliability of 0.98)."""
-    if name not in REGISTRY:
-        raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
-    return REGISTRY[name](model, dtype, fast_options)
-
 
 @dataclass
 class Explanation:

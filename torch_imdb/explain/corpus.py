@@ -25,6 +25,7 @@ from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.data import encode_split, sample_indices
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.compare import sample_background
+from torch_imdb.explain.engines import make_engine
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json, read_json
 from torch_imdb.progress import Progress
@@ -60,7 +61,8 @@ def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "
 
 def fast_engine(model, background: int, compile: bool = True) -> FastDeepShap:
     """The fast engine as both corpus runners use it: chunks of about 2048 (review, background) pairs."""
-    return FastDeepShap(model, chunk_pairs=max(background, 2048 // background * background), compile=compile)
+    return make_engine("fast-compiled" if compile else "fast", model,
+                       chunk_pairs=max(background, 2048 // background * background))
 
 
 def shared_base_value(engine: FastDeepShap, bg: torch.Tensor) -> float | None:

@@ -43,8 +43,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from torch_imdb.errors import OutputMismatch, ShapeRefusal, UsageError
-from torch_imdb.explain.backends import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
-                                         completeness_tolerance, explainable_model, guard)
+from torch_imdb.explain.api import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
+                                    completeness_tolerance, guard)
+from torch_imdb.explain.backends import explainable_model
 from torch_imdb.explain.head import (LIBRARIES_HINT, TRACE_ROWS, HeadMultipliers, LinearHead, PooledHead,
                                      RNNResults, RuledHead)
 from torch_imdb.explain.cells import RECURRENT_MODULES, at, layer_weights, spec_of

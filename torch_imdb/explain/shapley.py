@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from torch_imdb.errors import ShapeRefusal, UsageError
-from torch_imdb.explain.backends import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
 from torch_imdb.explain.own import OwnOutputs
 from torch_imdb.faithfulness import spearman, spearman_brown
 
