@@ -4,7 +4,8 @@ import torch
 
 from conftest import MATRIX, UserModel, case_id, matrix_case, random_inputs, scaled
 from torch_imdb.explain.backends import ShapDeepExplainer
-from torch_imdb.explain.fast import FastDeepShap, padded_rows
+from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.explain.stack import padded_rows
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 
@@ -105,7 +106,7 @@ def test_compiled_chunks_are_padded_to_few_sizes():
 def test_product_plan_is_the_products_run(case, compile, monkeypatch):
     """product_plan lists exactly the matrix products the multiplier backward runs (the benchmark's floor counts
     them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
-    from torch_imdb.explain import cells, fast
+    from torch_imdb.explain import cells, stack
 
     model, x, bg, target = matrix_case(case, n=5, b=4)
     model = model.float()
@@ -116,7 +117,7 @@ def test_product_plan_is_the_products_run(case, compile, monkeypatch):
         run.append((a.reshape(-1, a.shape[-1]).shape[0], *w_t.shape[::-1]))
         return a @ w_t.t()
 
-    for module in (cells, fast):
+    for module in (cells, stack):
         monkeypatch.setattr(module, "product", recording)
     torch._dynamo.reset()  # a graph compiled by another test calls the product it was traced with
     engine = fast_for(model, block_steps=2, chunk_pairs=8, compile=compile)

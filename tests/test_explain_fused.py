@@ -11,7 +11,7 @@ from zoo import ZOO, Case, Last, zoo_inputs
 
 from torch_imdb.explain import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
 from torch_imdb.explain.backends import explainable_model
-from torch_imdb.explain.fast import pair_grid
+from torch_imdb.explain.stack import pair_grid
 
 
 def grid_batch(n: int = 3, B: int = 4, seed: int = 0) -> torch.Tensor:
@@ -54,11 +54,11 @@ UNROLLED = {"packed-attention-mlp", "initial-state", "hierarchical-attention"}
 
 @pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
 def test_fused_deepshap_equals_shap_on_every_zoo_model(case, monkeypatch):
-    import torch_imdb.explain.fast as fast
+    import torch_imdb.explain.stack as stack
 
     calls = []
-    real = fast.FusedRecurrence.apply
-    monkeypatch.setattr(fast.FusedRecurrence, "apply", lambda *a: calls.append(1) or real(*a))
+    real = stack.FusedRecurrence.apply
+    monkeypatch.setattr(stack.FusedRecurrence, "apply", lambda *a: calls.append(1) or real(*a))
     model, x, bg, extra = zoo_inputs(case)
     s = ShapDeepExplainer(model, torch.float64, output=case.output).attribute(x, bg, target=case.target,
                                                                             additional_forward_args=extra)

@@ -19,7 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from conftest import CELLS, HEAD_MATRIX, head_case, head_case_id
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import FastDeepShap, ShapDeepExplainer
-from torch_imdb.explain.head import PooledHead, RNNResults, RuledHead, _pairs_of
+from torch_imdb.explain.head import PooledHead, RuledHead, _pairs_of
+from torch_imdb.explain.stack import RNNResults
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 REFUSED = {"rnn-twice": "more than once"}

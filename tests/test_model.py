@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from torch_imdb.model import POOLS, ModelConfig, SentimentRNN
+from torch_imdb.config import POOLS, ModelConfig
+from torch_imdb.model import SentimentRNN
 
 ARCHS = [dict(), dict(cell="gru"), dict(layers=2, bidirectional=True), dict(cell="gru", layers=2, bidirectional=True),
          dict(cell="rnn_tanh"), dict(cell="rnn_relu", layers=2, bidirectional=True)]

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from torch_imdb.config import RANGES
+from torch_imdb.config import CELLS, DROPOUT_MASKS, POOLS, RANGES, ModelConfig
 from torch_imdb.data import Vocab
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.cells import spec_named
 from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
-from torch_imdb.model import CELLS, DROPOUT_MASKS, POOLS, ModelConfig, SentimentRNN
+from torch_imdb.model import SentimentRNN
 
 CONFIG = "config.json"
 LEGACY_WEIGHTS, LEGACY_VOCAB = "model.pt", "vocab.json"  # names used before fingerprinted files

@@ -1,9 +1,10 @@
-"""Every setting of a training run, and the choices the options take: no torch here, so `--help` is instant."""
+"""Every setting of a model and a training run, and the choices the options take: no torch here, so `--help` is
+instant."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 from torch_imdb.errors import UsageError
@@ -54,6 +55,44 @@ RANGES: dict[str, Range] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyperparameter needed to rebuild the network."""
+
+    vocab_size: int = 20000
+    embed_dim: int = 128
+    hidden: int = 128
+    dropout: float = 0.2
+    recurrent_dropout: float = 0.2
+    cell: str = "lstm"  # one of CELLS: "lstm", "gru", "rnn_tanh", "rnn_relu"
+    layers: int = 1
+    bidirectional: bool = False
+    dropout_masks: str = "per-gate"  # Keras 2 implementation=1; "shared": one mask for all gates
+    pool: str = "last"  # what the head reads: the final state, or mean / max / attention over the outputs
+    attention_dim: int = 128  # width of the additive attention's scoring layer (pool="attention")
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.dropout_masks not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks!r}")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def describe(self) -> str:
+        """A short name such as 'LSTM(128)' or '2-layer bidirectional GRU(64)'."""
+        parts = ([f"{self.layers}-layer"] if self.layers > 1 else []) + (["bidirectional"] if self.bidirectional else [])
+        name = " ".join(parts + [f"{self.cell.upper()}({self.hidden})"])
+        return name if self.pool == "last" else f"{name} + {self.pool} pooling"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 15
@@ -80,10 +119,8 @@ class TrainConfig:
     train_limit: int = 0  # use a seeded sample of this many training reviews (0: all)
     test_limit: int = 0  # likewise for the test split
 
-    def model_config(self, vocab_size: int):
-        """The :class:`~torch_imdb.model.ModelConfig` of this run for a vocabulary of ``vocab_size`` ids."""
-        from torch_imdb.model import ModelConfig
-
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The :class:`ModelConfig` of this run for a vocabulary of ``vocab_size`` ids."""
         return ModelConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.dropout,
                            recurrent_dropout=self.recurrent_dropout, cell=self.arch, layers=self.layers,
                            bidirectional=self.bidirectional, dropout_masks=self.dropout_masks,

@@ -17,53 +17,13 @@ plain ``nn.LSTM`` / ``nn.GRU`` of the same shape.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-from torch_imdb.config import CELLS, DROPOUT_MASKS, POOLS
+from torch_imdb.config import ModelConfig  # noqa: F401 - where users have imported it from
 from torch_imdb.data import PAD_ID
 from torch_imdb.explain.cells import spec_named
 from torch_imdb.keras_dropout import keras_dropout_rnn
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Every hyperparameter needed to rebuild the network."""
-
-    vocab_size: int = 20000
-    embed_dim: int = 128
-    hidden: int = 128
-    dropout: float = 0.2
-    recurrent_dropout: float = 0.2
-    cell: str = "lstm"  # one of CELLS: "lstm", "gru", "rnn_tanh", "rnn_relu"
-    layers: int = 1
-    bidirectional: bool = False
-    dropout_masks: str = "per-gate"  # Keras 2 implementation=1; "shared": one mask for all gates
-    pool: str = "last"  # what the head reads: the final state, or mean / max / attention over the outputs
-    attention_dim: int = 128  # width of the additive attention's scoring layer (pool="attention")
-
-    def __post_init__(self) -> None:
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        if self.dropout_masks not in DROPOUT_MASKS:
-            raise ValueError(f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks!r}")
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def describe(self) -> str:
-        """A short name such as 'LSTM(128)' or '2-layer bidirectional GRU(64)'."""
-        parts = ([f"{self.layers}-layer"] if self.layers > 1 else []) + (["bidirectional"] if self.bidirectional else [])
-        name = " ".join(parts + [f"{self.cell.upper()}({self.hidden})"])
-        return name if self.pool == "last" else f"{name} + {self.pool} pooling"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def token_mask(ids: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,7 @@ class CaptumDeepLiftShap(_LibraryExplainer):
 class FusedDeepShap(_LibraryExplainer):
     """DeepLIFT-SHAP through the transform, without a library: every (input, reference) pair of a chunk in one
     batch of the explainable copy, whose recurrent modules run as the fast engine's fused rule
-    (:class:`~.fast.FusedRecurrence`: each distinct row traced once, the multipliers of all pairs in one fused
+    (:class:`~.stack.FusedRecurrence`: each distinct row traced once, the multipliers of all pairs in one fused
     backward). Any model the transform takes (a front end, two recurrent modules, a head reading the embedding,
     ...); the same values as shap and Captum. ``chunk_pairs`` bounds the pairs per batch.
     """

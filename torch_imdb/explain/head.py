@@ -24,9 +24,6 @@ Pairs are laid out backgrounds first: pair p = b * n + i holds input i and refer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,7 +32,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from torch_imdb.errors import ShapeRefusal, UsageError
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import pair_rescale, rescale
-from torch_imdb.explain.transform import mark_batch, user_location
+from torch_imdb.explain.stack import HeadMultipliers, RNNResults
+from torch_imdb.explain.marks import mark_batch, user_location
 
 OUTPUTS = ("sigmoid", "logits", "identity")
 
@@ -45,55 +43,6 @@ OUTPUTS = ("sigmoid", "logits", "identity")
 # (local, Ray) disagreed. From 12 rows on, each row's result is the same whatever the count:
 # the fast engine's forward products run on at least this many rows.
 TRACE_ROWS = 16
-
-
-@dataclass
-class RNNResults:
-    """What a recurrent layer returns for n rows: outputs (n, T, D*H) of its last layer, and the final
-    states h_n and (LSTM) c_n (layers*D, n, H), as ``nn.LSTM`` / ``nn.GRU`` return them (batch first)."""
-
-    outputs: torch.Tensor
-    h_n: torch.Tensor
-    c_n: torch.Tensor | None = None
-
-    def rows(self, sl: slice) -> "RNNResults":
-        """The results of rows ``sl`` (views)."""
-        return RNNResults(self.outputs[sl], self.h_n[:, sl], None if self.c_n is None else self.c_n[:, sl])
-
-    def padded(self, T: int) -> "RNNResults":
-        """The outputs zero-padded to T steps: what a packed layer's outputs unpack to past a sequence's end."""
-        L = self.outputs.shape[1]
-        if L == T:
-            return self
-        pad = self.outputs.new_zeros(self.outputs.shape[0], T - L, self.outputs.shape[2])
-        return RNNResults(torch.cat([self.outputs, pad], dim=1), self.h_n, self.c_n)
-
-
-@dataclass
-class HeadMultipliers:
-    """The head's part of the explanation of n inputs against B references (pairs backgrounds first).
-
-    outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or a function of
-    (steps, features) slices giving them there (a head that makes them window by window, so that
-    no (T, B, n, D*H) tensor is formed), or None when the head reads none; h_n, c_n: (layers*D, B,
-    n, H) multipliers of the final states, or None; f_x: (n,) the explained output of each input;
-    f_r: (B, n) the output of each reference run with input i's constants (masks from its ids, its
-    extra arguments), whose mean over B is input i's base value.
-    """
-
-    outputs: torch.Tensor | Callable[[slice, slice], torch.Tensor] | None
-    h_n: torch.Tensor | None
-    c_n: torch.Tensor | None
-    f_x: torch.Tensor
-    f_r: torch.Tensor
-
-    def output_multipliers(self, steps: slice, features: slice) -> torch.Tensor | None:
-        """The outputs' multipliers (t, B, n, f) at ``steps`` and ``features``, or None when the head reads none."""
-        if self.outputs is None:
-            return None
-        if isinstance(self.outputs, torch.Tensor):
-            return self.outputs[steps, ..., features]
-        return self.outputs(steps, features)
 
 
 class LinearHead:

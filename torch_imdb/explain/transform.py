@@ -35,10 +35,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import traceback
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -49,17 +47,13 @@ from torch.utils._pytree import tree_flatten
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import rules
 from torch_imdb.explain.cells import RECURRENT_MODULES
+from torch_imdb.explain.marks import _MODES, explained, mark_batch, user_location  # noqa: F401 - re-exported
 
 # ---------------------------------------------------------------- the op registry
 
 
 class UnruledOpError(UsageError):
     """An op on an explained tensor that no rule covers: refused before any attribution."""
-
-
-def explained(t: Any) -> bool:
-    """Whether ``t`` carries the explained input's influence (grad on, and it requires grad)."""
-    return isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled()
 
 
 def _name(func) -> str:
@@ -434,17 +428,6 @@ RULES: dict[str, Rule] = {
 
 # ---------------------------------------------------------------- where in the user's code
 
-_OWN = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
-
-
-def user_location() -> str:
-    """'file:line (code)' of the innermost frame outside torch and this package: where the user wrote the op."""
-    for frame in reversed(traceback.extract_stack()[:-1]):
-        if not frame.filename.startswith(_OWN):
-            return f"{Path(frame.filename).name}:{frame.lineno} ({(frame.line or '').strip()})"
-    return "an unknown place"
-
-
 def _refusal(name: str, why: str = "") -> UnruledOpError:
     return UnruledOpError(f"the transform has no exact rule for `{name}` on an explained tensor at {user_location()}"
                           + (f": {why}" if why else "; see the README's list of covered ops"))
@@ -563,17 +546,6 @@ class RuleMode(TorchFunctionMode):
                 d = _moved_batch_dim(name, args, kwargs, operand, k, t, self.batch)
                 if d is not None:
                     self.remember(t, d)
-
-
-_MODES: list[RuleMode] = []  # the rule modes running, innermost last
-
-
-def mark_batch(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Tell the running rule mode that ``t`` holds the batch on ``dim`` (a recurrent module's outputs: its layout
-    says where); returns ``t``. Outside a rule mode it does nothing."""
-    if _MODES and explained(t):
-        _MODES[-1].remember(t, dim)
-    return t
 
 
 def _moved_batch_dim(name: str, args, kwargs, operand: torch.Tensor, k: int, result: torch.Tensor,
@@ -849,7 +821,7 @@ def make_explainable(model: nn.Module, steps: int, output: int | str | None = No
     op and the line of the user's code, the first time the copy runs forward while differentiated.
     ``extra_rules`` (op name -> :class:`Rule`, e.g. ``{"atan": RESCALE}``) join :data:`RULES`, replacing a rule
     of the same name. ``fused``: every recurrent module's call on an explained batch of (input, reference) pairs
-    runs as the fast engine's fused rule (:class:`~.fast.FusedRecurrence`) instead of unrolled, the same values.
+    runs as the fast engine's fused rule (:class:`~.stack.FusedRecurrence`) instead of unrolled, the same values.
     """
     bad_rule = next((k for k, v in (extra_rules or {}).items() if not isinstance(k, str) or not isinstance(v, Rule)),
                     None)

@@ -25,7 +25,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
-from torch_imdb.explain.transform import explained, mark_batch
+from torch_imdb.explain.marks import explained, mark_batch
+from torch_imdb.explain.stack import FusedRecurrence, RecurrentStack, pair_grid
 
 
 def _refuse(rnn: nn.Module) -> None:
@@ -87,10 +88,8 @@ class ExplainableRNN(nn.Module):
         return mark_batch(output.transpose(0, 1).contiguous(), 1), _marked_state(state)  # contiguous as nn.LSTM's
 
     def _fused(self, x: torch.Tensor):
-        """(output, state) by the engine's fused rule (:class:`~.fast.FusedRecurrence`), or (None, None) where it
+        """(output, state) by the engine's fused rule (:class:`~.stack.FusedRecurrence`), or (None, None) where it
         does not apply: an input that is not explained, unbatched, or whose pairs are not a whole grid."""
-        from torch_imdb.explain.fast import FusedRecurrence, RecurrentStack, pair_grid
-
         if x.dim() != 3 or not explained(x):
             return None, None
         grid = pair_grid(x, self.grid_shape)

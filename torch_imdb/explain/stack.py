@@ -1,0 +1,325 @@
+"""A recurrent module's forward trace and its multiplier backward for every (input, reference) pair: the fast
+engine's recurrence, and the transform's fused rule for a recurrent module's call.
+
+:class:`RecurrentStack` holds an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``'s weights per layer and direction; its
+:meth:`~RecurrentStack.trace` runs n rows forward once, keeping what the backward needs, and its
+:meth:`~RecurrentStack.pairs` walks the multipliers of the head (:class:`HeadMultipliers`) down through the layers
+for all pairs at once. :class:`FusedRecurrence` is that pair as an autograd Function, the recurrent module's rule
+under the transform (:func:`pair_grid` finds the pairs in an explained batch). The cells' equations and rules
+live in :mod:`.cells`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from torch_imdb.explain.cells import at, layer_weights, spec_of
+from torch_imdb.explain.onednn import product
+
+
+@dataclass
+class RNNResults:
+    """What a recurrent layer returns for n rows: outputs (n, T, D*H) of its last layer, and the final
+    states h_n and (LSTM) c_n (layers*D, n, H), as ``nn.LSTM`` / ``nn.GRU`` return them (batch first)."""
+
+    outputs: torch.Tensor
+    h_n: torch.Tensor
+    c_n: torch.Tensor | None = None
+
+    def rows(self, sl: slice) -> "RNNResults":
+        """The results of rows ``sl`` (views)."""
+        return RNNResults(self.outputs[sl], self.h_n[:, sl], None if self.c_n is None else self.c_n[:, sl])
+
+    def padded(self, T: int) -> "RNNResults":
+        """The outputs zero-padded to T steps: what a packed layer's outputs unpack to past a sequence's end."""
+        L = self.outputs.shape[1]
+        if L == T:
+            return self
+        pad = self.outputs.new_zeros(self.outputs.shape[0], T - L, self.outputs.shape[2])
+        return RNNResults(torch.cat([self.outputs, pad], dim=1), self.h_n, self.c_n)
+
+
+@dataclass
+class HeadMultipliers:
+    """The head's part of the explanation of n inputs against B references (pairs backgrounds first).
+
+    outputs: (T, B, n, D*H) multipliers of the last layer's outputs, time-major, or a function of
+    (steps, features) slices giving them there (a head that makes them window by window, so that
+    no (T, B, n, D*H) tensor is formed), or None when the head reads none; h_n, c_n: (layers*D, B,
+    n, H) multipliers of the final states, or None; f_x: (n,) the explained output of each input;
+    f_r: (B, n) the output of each reference run with input i's constants (masks from its ids, its
+    extra arguments), whose mean over B is input i's base value.
+    """
+
+    outputs: torch.Tensor | Callable[[slice, slice], torch.Tensor] | None
+    h_n: torch.Tensor | None
+    c_n: torch.Tensor | None
+    f_x: torch.Tensor
+    f_r: torch.Tensor
+
+    def output_multipliers(self, steps: slice, features: slice) -> torch.Tensor | None:
+        """The outputs' multipliers (t, B, n, f) at ``steps`` and ``features``, or None when the head reads none."""
+        if self.outputs is None:
+            return None
+        if isinstance(self.outputs, torch.Tensor):
+            return self.outputs[steps, ..., features]
+        return self.outputs(steps, features)
+
+
+@dataclass
+class Trace:
+    """Forward pass of n rows: per layer, per direction, a cell trace; the first layer's input x (n, T, E or F)."""
+
+    layers: list[list]
+    x: torch.Tensor
+
+    def first_rows(self, k: int) -> "Trace":
+        """The trace of the first k rows (views)."""
+        return Trace([[tr.first_rows(k) for tr in per_dir] for per_dir in self.layers], self.x[:k])
+
+    @functools.cached_property
+    def results(self) -> RNNResults:
+        """What the recurrent module returns: the last layer's outputs and every layer's final states
+        (computed once: the background's trace serves every chunk)."""
+        top = self.layers[-1]
+        outputs = torch.cat([tr.h for tr in top], dim=2) if len(top) > 1 else top[0].h
+        T = self.x.shape[1]
+        runs = [(tr, bool(d)) for per_dir in self.layers for d, tr in enumerate(per_dir)]
+        h_n = torch.stack([tr.h[:, 0 if reverse else T - 1] for tr, reverse in runs])
+        cells = [tr.final_cell(reverse) for tr, reverse in runs]
+        return RNNResults(outputs, h_n, None if cells[0] is None else torch.stack(cells))
+
+
+def _window_of(g: torch.Tensor, steps: slice, features: slice) -> torch.Tensor:
+    """The multipliers of a layer's outputs g (T, B, n, D*H) at some steps and features."""
+    return g[steps, ..., features]
+
+
+def windows(T: int, K: int, reverse: bool) -> list[tuple[int, int]]:
+    """Time windows [lo, hi) of at most K steps, in the order a direction's backward pass visits them."""
+    if reverse:  # processed t = T-1 .. 0, so its multipliers flow from t = 0 upwards
+        return [(lo, min(T, lo + K)) for lo in range(0, T, K)]
+    return [(max(0, hi - K), hi) for hi in range(T, 0, -K)]
+
+
+
+
+def padded_rows(n: int, per_chunk: int) -> int:
+    """The rows a compiled chunk of n inputs runs with: the smallest of per_chunk, per_chunk/2, per_chunk/4, ...
+    (halves rounded up) that holds n.
+
+    torch.compile specialises its kernels on shapes: padding to one of these few sizes bounds
+    the recompiles to about log2(per_chunk), wastes under half of a short chunk, and leaves a
+    call of exactly per_chunk/2**k inputs (10 reviews against 100 backgrounds) unpadded.
+    """
+    size = per_chunk
+    while size > 1 and (size + 1) // 2 >= n:
+        size = (size + 1) // 2
+    return size
+
+
+class RecurrentStack:
+    """A recurrent module's layers and directions, as the engine runs them: the forward trace of rows and the
+    multiplier backward of (input, reference) pairs.
+
+    rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, or a module with its parameters and ``spec`` (the
+    explainable twin); its cell's spec does the cell's part; its weights are copied in ``dtype``.
+    ``block_steps`` time steps run per call of the spec's block, which ``compile`` turns into one graph.
+    """
+
+    def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8,
+                 spec=None) -> None:
+        self.spec, self.dtype = spec or spec_of(rnn), dtype
+        self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
+        self.device = rnn.weight_hh_l0.device
+        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        self.weights = [[tuple(cast(w) for w in layer_weights(rnn, layer, d)) for d in range(self.D)]
+                        for layer in range(self.L)]
+        # W_ih.T and W_hh.T, contiguous: the multipliers' products take the weights this way round
+        self.weights_t = [[tuple(w.t().contiguous() for w in per_dir[:2]) for per_dir in layer] for layer in self.weights]
+        # torch.compile turns a window of block_steps steps into one graph: each step's ~40
+        # elementwise passes fuse into one kernel between two matrix products, and no Python
+        # runs between steps. The first call compiles (seconds; cached on disk after that).
+        if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._block = torch.compile(self.spec.block, dynamic=False) if compile else self.spec.block
+        self.block_steps = block_steps
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        """Every layer and direction over x (n, T, In), the first layer's input."""
+        layers, out = [], x
+        for layer in range(self.L):
+            per_dir = [self.spec.trace(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
+            layers.append(per_dir)
+            out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
+        return Trace(layers, x)
+
+    def product_plan(self, pairs: int, steps: int, tokens: bool) -> list[tuple[int, int, int]]:
+        """The matrix products (M, K, N) that :meth:`pairs` runs for ``pairs`` pairs over ``steps`` steps, one
+        entry per product: per layer and direction, h's multipliers (pairs, G*H) @ (G*H, H) at every step but
+        the direction's last processed one, and unless the layer's input is token ids (``tokens``, first layer),
+        its input's multipliers (K*pairs, G*H) @ (G*H, In), one per window of K steps.
+
+        They are the work no exact engine of this kind avoids: every pair has its own rescale
+        multipliers, so each pair-step takes one row of such a product. The head's products
+        (a pooled head's, a ruled head's) are not counted.
+        """
+        plan = []
+        for layer in range(self.L):
+            for d in range(self.D):
+                w_ih_t, w_hh_t = self.weights_t[layer][d]
+                plan += [(pairs, w_hh_t.shape[1], w_hh_t.shape[0])] * (steps - 1)
+                if not (layer == 0 and tokens):
+                    plan += [((hi - lo) * pairs, w_ih_t.shape[1], w_ih_t.shape[0])
+                             for lo, hi in windows(steps, self.block_steps, bool(d))]
+        return plan
+
+    @torch.no_grad()
+    def pairs(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool) -> torch.Tensor:
+        """Attributions for every pair of n inputs and B backgrounds: (n, B, T) for ids (``tokens``: the first
+        layer's input is an embedding, each token's share taken from the input projections), (n, B, T, F) for floats.
+
+        Multipliers flow from the head (``hm``: those of the outputs at every step and of the
+        final states) down, layer by layer; within a layer each direction runs backwards through
+        its own time order, in windows of ``block_steps`` steps. Buffers are time-major and
+        backgrounds first, (T, B, n, .): a window's input multipliers are one matrix product
+        into a contiguous block.
+        """
+        shares, g_in = self._backward(rv, bg, hm, tokens)
+        if tokens:
+            return shares.permute(2, 1, 0)
+        return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
+
+    @torch.no_grad()
+    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
+        """The multipliers (T, B, n, In) of the first layer's input for every pair (see :meth:`pairs`)."""
+        return self._backward(rv, bg, hm, tokens=False)[1]
+
+    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool):
+        """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids)."""
+        n, T = rv.x.shape[:2]
+        B, H = hm.f_r.shape[0], self.H
+        shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
+        # the multipliers of the current layer's outputs at (steps, features), (t, B, n, f): the head's, then the
+        # layer above's
+        g_above = hm.output_multipliers
+        zeros = rv.x.new_zeros(B, n, H)
+        for layer in range(self.L - 1, -1, -1):
+            first = layer == 0 and tokens  # the input's share comes from the projections, not a product
+            width = rv.x.shape[2] if layer == 0 else self.D * H
+            g_in = None if first else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
+            for d in range(self.D):
+                above = functools.partial(g_above, features=slice(d * H, (d + 1) * H))
+                k = layer * self.D + d
+                g_h = zeros if hm.h_n is None else hm.h_n[k]
+                g_c = zeros if hm.c_n is None else hm.c_n[k]
+                share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
+                                        first)
+                if first:
+                    shares = shares + share
+            g_above = functools.partial(_window_of, g_in)
+        return shares, g_in
+
+    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
+        """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
+        state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
+        shares (T, B, n)."""
+        w_ih_t, w_hh_t = self.weights_t[layer][d]
+        X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
+        R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
+        rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
+        state = g_c if self.spec.cell_state else None  # the cell state's multipliers
+        T = tx.h.shape[1]
+        shares = torch.empty(T, *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
+        carry = None
+        for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
+            window = slice(lo, hi)
+            if carry is not None:
+                g_h = self.spec.recurrent(carry, w_hh_t)
+            carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
+                                                    above(window), tokens, g_in is not None)
+            if tokens:
+                shares[window] = share
+            if kept is not None:  # the layer input's multipliers, both directions summed
+                if d == 0:
+                    g_in[window] = product(kept, w_ih_t)
+                else:
+                    g_in[window] += product(kept, w_ih_t)
+        return shares
+
+
+def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | None:
+    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references] as a grid of n distinct
+    input rows and B distinct reference rows: (inputs (n, ...), references (B, ...), i (P,), b (P,)), pair p being
+    (inputs[i[p]], references[b[p]]); None unless the P pairs are the whole grid, each once (P = n * B), which is
+    how the libraries and the engines lay out their batches.
+
+    shape: (B, n) when the caller laid the pairs out backgrounds first (p = b * n + i): then the grid is only
+    checked (every input row the same over b, every reference row over i), not searched for.
+    """
+    P = x.shape[0] // 2
+    if P == 0 or x.shape[0] != 2 * P:
+        return None
+    with torch.no_grad():  # constants of the rule (and the rule mode lets calls without grad through)
+        if shape is not None and shape[0] * shape[1] == P:
+            B, n = shape
+            xs, rs = x[:P].reshape(B, n, -1), x[P:].reshape(B, n, -1)
+            if torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs)):
+                i, b = torch.arange(P, device=x.device) % n, torch.arange(P, device=x.device) // n
+                return x[:n], x[P::n], i, b
+        inputs, i = torch.unique(x[:P].flatten(1), dim=0, return_inverse=True)
+        refs, b = torch.unique(x[P:].flatten(1), dim=0, return_inverse=True)
+        if len(inputs) * len(refs) != P or len(torch.unique(i * len(refs) + b)) != P:
+            return None
+        return inputs.view(-1, *x.shape[1:]), refs.view(-1, *x.shape[1:]), i, b
+
+
+class FusedRecurrence(torch.autograd.Function):
+    """A recurrent module's call on an explained batch, as the transform's rule: the forward pass traces each
+    distinct input and reference row once (:meth:`RecurrentStack.trace`), and the backward pass is the engine's
+    fused multiplier backward for every pair (:meth:`RecurrentStack.input_multipliers`), fed by the multipliers of
+    the outputs at every step and of the final states. Both halves of the batch get their own half's multipliers,
+    as the transform's rules give them. x: (2P, T, In) batch first; returns (outputs (2P, T, D*H), h_n, c_n
+    (layers*D, 2P, H); c_n is zeros for a cell without a cell state)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stack: RecurrentStack, grid: tuple):
+        inputs, refs, i, b = grid
+        with torch._C.DisableTorchFunction():  # plain tensors' work: no rule mode to ask at every op
+            rv, bg = stack.trace(inputs.detach()), stack.trace(refs.detach())
+        rx, rr = rv.results, bg.results
+        out = torch.cat([rx.outputs[i], rr.outputs[b]])
+        h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
+        c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
+        ctx.stack, ctx.traces, ctx.grid, ctx.cell_state = stack, (rv, bg), (i, b), rx.c_n is not None
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
+        (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
+        n, B = rv.x.shape[0], bg.x.shape[0]
+
+        def multipliers(rows: slice) -> torch.Tensor:
+            """The input multipliers (P, T, In) of one half, from that half's output multipliers."""
+            outputs = g_out.new_zeros(g_out.shape[1], B, n, g_out.shape[2])
+            outputs[:, b, i] = g_out[rows].transpose(0, 1)
+            h_n = g_h.new_zeros(g_h.shape[0], B, n, g_h.shape[2])
+            h_n[:, b, i] = g_h[:, rows]
+            c_n = None
+            if ctx.cell_state:
+                c_n = g_c.new_zeros(g_c.shape[0], B, n, g_c.shape[2])
+                c_n[:, b, i] = g_c[:, rows]
+            hm = HeadMultipliers(outputs, h_n, c_n, g_out.new_zeros(n), g_out.new_zeros(B, n))
+            return ctx.stack.input_multipliers(rv, bg, hm)[:, b, i].transpose(0, 1)
+
+        first, second = slice(0, P), slice(P, 2 * P)
+        m_x = multipliers(first)
+        same = torch.equal(g_out[first], g_out[second]) and torch.equal(g_h[:, first], g_h[:, second]) and \
+            torch.equal(g_c[:, first], g_c[:, second])
+        m_r = m_x if same else multipliers(second)
+        return torch.cat([m_x, m_r]), None, None
