@@ -38,6 +38,11 @@ def test_vocab_built_from_train_only(planted_data):
     assert set(vocab.words) == train_words
 
 
+def test_a_path_object_loads_like_its_string(planted_data):
+    ds = load_imdb(planted_data)  # a pathlib.Path, as notebooks and scripts pass it
+    assert ds["train"]["text"] == load_imdb(str(planted_data))["train"]["text"]
+
+
 def test_pre_padding_and_pre_truncation():
     assert list(pad_pre([1, 5, 6], 5)) == [0, 0, 1, 5, 6]
     assert list(pad_pre(list(range(1, 11)), 4)) == [7, 8, 9, 10]  # the LAST tokens are kept

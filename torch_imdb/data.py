@@ -150,7 +150,7 @@ def resolve_data_path(path: str | None) -> str | None:
 _DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
 
 
-def load_imdb(path: str | None = None):
+def load_imdb(path: str | os.PathLike | None = None):
     """Load IMDB as a ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
 
     ``path`` is a local copy in the hub layout of ``stanfordnlp/imdb``; ``None``
@@ -159,7 +159,7 @@ def load_imdb(path: str | None = None):
     """
     import datasets
 
-    path = resolve_data_path(path)
+    path = resolve_data_path(None if path is None else os.fspath(path))  # datasets takes str paths only
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()  # the local card's YAML draws a harmless warning
     if path is not None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+# The backend is left to the caller: a notebook's inline backend shows these figures, and with no display
+# matplotlib falls back to Agg by itself; the figures are written with savefig either way.
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from torch_imdb.data import PAD_ID, PAD_WORD  # noqa: E402
-from torch_imdb.errors import UsageError  # noqa: E402
-from torch_imdb.io import atomic_path, atomic_savefig  # noqa: E402
+from torch_imdb.data import PAD_ID, PAD_WORD
+from torch_imdb.errors import UsageError
+from torch_imdb.io import atomic_path, atomic_savefig
 
 # shap's colours: red pushes P(positive) up, blue pushes it down.
 POS_COLOR, NEG_COLOR = "#ff0051", "#008bfb"
