@@ -11,7 +11,7 @@ from torch import nn
 from zoo import ZOO, zoo_inputs
 
 from torch_imdb.errors import CompletenessError, UsageError
-from torch_imdb.explain import DeepExplainer, DeepLiftShap, FastDeepShap, ShapDeepExplainer
+from torch_imdb.explain import DeepExplainer, DeepLiftShap, FastDeepShap, LayerDeepLiftShap, ShapDeepExplainer
 
 
 class SeriesClassifier(nn.Module):
@@ -160,3 +160,111 @@ def test_captum_drop_in_passes_additional_forward_args():
     values = DeepLiftShap(model).attribute(x, bg, additional_forward_args=extra)
     expected = ShapDeepExplainer(model, torch.float64).attribute(x, bg, additional_forward_args=extra).values
     np.testing.assert_allclose(values.numpy(), expected, atol=1e-10, rtol=0)
+
+
+# ---- LayerDeepLiftShap: attributions to a layer
+
+def _zoo(name: str):
+    return zoo_inputs(next(c for c in ZOO if c.name == name))
+
+
+def _delta_f(model, x, bg) -> np.ndarray:
+    """f(x) - E f by the user's module itself (these zoo models read no mask from their ids)."""
+    with torch.no_grad():
+        return (model(x).double() - model(bg).double().mean()).numpy()
+
+
+@pytest.mark.parametrize("name,layer,calls", [("last", "rnn", 1), ("lstm-into-bigru", "second", 1),
+                                              ("lstm-into-bigru", "rnn", 1), ("called-twice", "rnn", 2),
+                                              ("cnn-lstm", "rnn", 1), ("hierarchical-attention", "chunks", 1)])
+def test_layer_attributions_add_up_where_every_path_passes_through_the_layer(name, layer, calls):
+    model, x, bg, _ = _zoo(name)
+    values, delta = LayerDeepLiftShap(model, getattr(model, layer)).attribute(x, bg, return_convergence_delta=True)
+    assert (len(values) == calls and isinstance(values, list)) if calls > 1 else isinstance(values, tuple)
+    first = values[0] if calls > 1 else values
+    assert first[0].shape[:2] == (len(x), first[0].shape[1]) and first[0].dim() == 3  # per step: (N, T', D*H)
+    assert np.abs(delta.numpy()).max() < 1e-10
+    total = sum(v.reshape(len(x), -1).sum(1) for call in (values if calls > 1 else [values]) for v in call[:1])
+    total = total + sum(v.transpose(0, 1).reshape(len(x), -1).sum(1) for call in (values if calls > 1 else [values])
+                        for v in call[1:])  # the final states hold the batch on dim 1, as nn.LSTM gives them
+    assert np.abs(total.numpy() - _delta_f(model, x, bg)).max() < 1e-10  # against the model itself
+
+
+def test_time_major_layer_attributions_keep_the_layers_layout():
+    model, x, bg, _ = _zoo("time-major")
+    (out, h, c), delta = LayerDeepLiftShap(model, model.rnn).attribute(x, bg, return_convergence_delta=True)
+    assert out.shape == (x.shape[1], len(x), 2 * 5) and h.shape == (2, len(x), 5)
+    assert np.abs(delta.numpy()).max() < 1e-10
+    assert out.abs().sum() > 0 and h.abs().sum() == 0  # the head reads the per-step outputs only
+
+
+def test_a_path_around_the_layer_is_the_convergence_delta_and_the_two_layers_add_up():
+    model, x, bg, _ = _zoo("residual-embedding")
+    through, delta = LayerDeepLiftShap(model, model.rnn).attribute(x, bg, return_convergence_delta=True)
+    around = LayerDeepLiftShap(model, model.skip).attribute(x, bg)
+    assert np.abs(delta.numpy()).min() > 1e-4  # the skip connection carries a share: the result says so
+    rnn_total = through[0].reshape(len(x), -1).sum(1) + sum(t.transpose(0, 1).reshape(len(x), -1).sum(1)
+                                                            for t in through[1:])
+    assert np.abs((rnn_total + around[:, 0]).numpy() - _delta_f(model, x, bg)).max() < 1e-10
+    assert np.abs(delta.numpy() + around[:, 0].numpy()).max() < 1e-10
+
+
+def test_the_embeddings_attributions_are_the_input_attributions():
+    model, x, bg, _ = _zoo("attention")
+    per_dim = LayerDeepLiftShap(model, model.embedding).attribute(x, bg)
+    assert np.abs(per_dim.sum(-1).numpy() - DeepLiftShap(model).attribute(x, bg).numpy()).max() < 1e-10
+
+
+class StepProjection(nn.Module):
+    """A Linear applied at every step in a Python loop, then an LSTM: a layer called T times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding, self.proj = nn.Embedding(30, 6), nn.Linear(6, 4)
+        self.rnn, self.fc = nn.LSTM(4, 5, batch_first=True), nn.Linear(5, 1)
+
+    def forward(self, ids):
+        x = self.embedding(ids)
+        steps = torch.stack([torch.tanh(self.proj(x[:, t])) for t in range(x.shape[1])], dim=1)
+        return self.fc(self.rnn(steps)[0][:, -1]).squeeze(-1)
+
+
+def test_a_layer_used_at_every_step_gives_one_entry_per_call_and_they_add_up():
+    torch.manual_seed(3)
+    model = StepProjection().double().eval()
+    x, bg = torch.randint(1, 30, (2, 6)), torch.randint(1, 30, (3, 6))
+    values, delta = LayerDeepLiftShap(model, model.proj).attribute(x, bg, return_convergence_delta=True)
+    assert len(values) == 6 and all(v.shape == (2, 4) for v in values)
+    assert np.abs(delta.numpy()).max() < 1e-10
+    assert np.abs(sum(v.sum(1) for v in values).numpy() - _delta_f(model, x, bg)).max() < 1e-10
+    inputs = LayerDeepLiftShap(model, model.proj).attribute(x, bg, attribute_to_layer_input=True)
+    assert np.abs(sum(v.sum(1) for v in inputs).numpy() - _delta_f(model, x, bg)).max() < 1e-10
+
+
+def test_layer_refusals_are_one_line():
+    model, x, bg, _ = _zoo("hierarchical-attention")
+    with pytest.raises(UsageError, match="one row per input") as err:
+        LayerDeepLiftShap(model, model.words).attribute(x, bg)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="not a submodule"):
+        LayerDeepLiftShap(model, nn.Linear(2, 2)).attribute(x, bg)
+
+
+def test_layer_attributions_on_a_real_checkpoints_lstm_outputs_add_up(real_checkpoint):
+    from torch_imdb.checkpoint import load_checkpoint
+    from torch_imdb.data import load_imdb
+    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+
+    ck, data = real_checkpoint
+    ckpt, ds = load_checkpoint(ck), load_imdb(data)
+    _, bg = sample_background(ckpt, ds, 8, seed=0)
+    _, x, _ = sample_test_reviews(ckpt, ds, 3, seed=0)
+    model = ckpt.model.double()
+    (out, h, c), delta = LayerDeepLiftShap(model, model.rnn).attribute(torch.as_tensor(x), torch.as_tensor(bg),
+                                                                      return_convergence_delta=True)
+    assert out.shape == (3, ckpt.maxlen, model.rnn.hidden_size)
+    assert np.abs(delta.numpy()).max() < 1e-10
+    with torch.no_grad():
+        p = torch.sigmoid(model(torch.as_tensor(x))).numpy() - torch.sigmoid(model(torch.as_tensor(bg))).mean().item()
+    total = out.sum((1, 2)) + h.sum((0, 2)) + c.sum((0, 2))
+    assert np.abs(total.numpy() - p).max() < 1e-10  # P(positive): what the sentiment model is explained as

@@ -114,6 +114,13 @@ def test_frontier_end_to_end(tiny_checkpoint, tmp_path, capsys):
     # the reference is cached by its settings: a second run computes nothing
     assert frontier.main(argv) == 0
     assert json.loads((tmp_path / "out" / "frontier.json").read_text())["reference"]["computed_this_run"] == 0
+    # --replot redraws the figure and the table from the JSON alone
+    written = (tmp_path / "out" / "frontier.md").read_text()
+    (tmp_path / "out" / "frontier.png").unlink()
+    (tmp_path / "out" / "frontier.md").unlink()
+    assert frontier.main(["--replot", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "frontier.md").read_text() == written
 
 
 def test_bad_settings_are_one_line(tiny_checkpoint, tmp_path):
@@ -123,5 +130,7 @@ def test_bad_settings_are_one_line(tiny_checkpoint, tmp_path):
     with pytest.raises(UsageError, match="--frontier-reviews must be within --reviews"):
         frontier.run(frontier.build_parser().parse_args(["--checkpoint", str(ck), "--data", str(data), "--reviews",
                                                           "2", "--frontier-reviews", "3"]))
+    with pytest.raises(UsageError, match="--replot: no"):
+        frontier.main(["--replot", "--out", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit):  # argparse's one-line error, walked for every option in test_cli.py
         frontier.build_parser().parse_args(["--reference-reliability", "1.5"])

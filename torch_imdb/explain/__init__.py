@@ -8,7 +8,7 @@
 - :mod:`.backends`: shap.DeepExplainer and Captum DeepLiftShap on the explainable copy;
 - :mod:`.fast`: the project's own engine, same values without hooks; :mod:`.head`: its heads;
 - :mod:`.own`: the user's module as it is, what the fast engine's guard checks against;
-- :mod:`.dropins`: shap's ``DeepExplainer`` and Captum's ``DeepLiftShap`` surfaces on these engines;
+- :mod:`.dropins`: shap's ``DeepExplainer``, Captum's ``DeepLiftShap`` and ``LayerDeepLiftShap`` on these engines;
 - :mod:`.shapley`: the interventional Shapley values DeepSHAP approximates, sampled to a target, with standard errors;
 - :mod:`.compare`, :mod:`.corpus`: what ``python -m torch_imdb.explain`` runs.
 
@@ -23,7 +23,7 @@ _EXPORTS = {
     "check_completeness": "api", "FastDeepLiftShap": "fast", "FastDeepShap": "fast", "RNNParts": "own",
     "ExplainableModel": "transform", "RESCALE": "transform", "Rule": "transform", "UnruledOpError": "transform",
     "describe_rules": "transform", "make_explainable": "transform", "ExplainableRNN": "twin",
-    "DeepExplainer": "dropins", "DeepLiftShap": "dropins", "ShapleySampling": "shapley",
+    "DeepExplainer": "dropins", "DeepLiftShap": "dropins", "LayerDeepLiftShap": "dropins", "ShapleySampling": "shapley",
 }
 __all__ = sorted(_EXPORTS)
 

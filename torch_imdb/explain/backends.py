@@ -25,9 +25,11 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.explain.marks import _MODES
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import SentimentRNN
 
@@ -228,17 +230,25 @@ class FusedDeepShap(_LibraryExplainer):
     (:class:`~.stack.FusedRecurrence`: each distinct row traced once, the multipliers of all pairs in one fused
     backward). Any model the transform takes (a front end, two recurrent modules, a head reading the embedding,
     ...); the same values as shap and Captum. ``chunk_pairs`` bounds the pairs per batch.
+
+    ``layer`` (a submodule of ``model``) also attributes to that layer's outputs (its inputs with
+    ``layer_input=True``), each call of it: the multipliers the same backward gives there, times the layer's
+    differences between input and reference, averaged over the references. They land in the result's
+    ``extra["layer"]``: one tuple per call, one array per tensor the layer gives (or takes), in its layout.
     """
 
     method = "fused"
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
-                 **options) -> None:
+                 layer: nn.Module | None = None, layer_input: bool = False, **options) -> None:
         super().__init__(model, dtype, **{"fused": True, **options})
         self.chunk_pairs = chunk_pairs
+        self.layer, self.layer_input = layer, layer_input
+        if layer is not None:
+            self.layer_name = submodule_name(model, layer)
 
     def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
-        B, values = len(bg), []
+        B, values, layer_parts = len(bg), [], []
         per = max(1, self.chunk_pairs // B)
         for k in range(0, len(x), per):
             inputs = x[k:k + per]
@@ -252,13 +262,99 @@ class FusedDeepShap(_LibraryExplainer):
             for module in twin.modules():  # the layout, told rather than searched for by the fused rule
                 if hasattr(module, "grid_shape"):
                     module.grid_shape = (B, n)
-            with torch.enable_grad():
+            with torch.enable_grad(), LayerWatch(self._twin_layer(twin)) as watch:
                 y = twin(batch, *consts)[:, target]
-                (grad,) = torch.autograd.grad(y.sum(), batch)
-            share = grad[: B * n] * (x_half - r_half)
+                grads = torch.autograd.grad(y.sum(), [batch, *watch.tensors], allow_unused=True)
+            share = grads[0][: B * n] * (x_half - r_half)
             share = share.sum(dim=-1) if ids is not None else share  # a token's share: its embedding's, summed
             values.append(share.view(B, n, *share.shape[1:]).mean(dim=0).detach().double().cpu())
-        return torch.cat(values).numpy(), {}
+            if self.layer is not None:
+                layer_parts.append(watch.shares(grads[1:], B, n))
+        info = {} if self.layer is None else LayerWatch.join(layer_parts)
+        return torch.cat(values).numpy(), info
+
+    def _twin_layer(self, twin: ExplainableModel) -> tuple[nn.Module, bool] | None:
+        """The copy's module in the place of the user's ``layer``, and whether its inputs are watched."""
+        if self.layer is None:
+            return None
+        root = twin.model.model if isinstance(twin.model, PositiveProbability) else twin.model
+        return root.get_submodule(self.layer_name), self.layer_input
+
+
+def submodule_name(model: nn.Module, layer: nn.Module) -> str:
+    """The qualified name of ``layer`` in ``model``; a one-line error when it is not one of its modules."""
+    name = next((name for name, m in model.named_modules() if m is layer), None)
+    if name is None or name == "":
+        raise UsageError(f"the layer ({type(layer).__name__}) is not a submodule of the model: pass one of "
+                         "model.named_modules(), e.g. model.rnn")
+    return name
+
+
+class LayerWatch:
+    """Holds, during one forward pass of a pair batch, the tensors a module gives (or takes) at each call, with
+    where each holds the batch; :meth:`shares` turns their multipliers into the layer's attributions."""
+
+    def __init__(self, target: tuple[nn.Module, bool] | None) -> None:
+        self.target, self.tensors, self.calls, self.handle = target, [], [], None
+
+    def __enter__(self) -> "LayerWatch":
+        if self.target is not None:
+            module, inputs = self.target
+            if inputs:
+                self.handle = module.register_forward_pre_hook(lambda m, args: self._take(args))
+            else:
+                self.handle = module.register_forward_hook(lambda m, args, out: self._take(out))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+    def _take(self, found) -> None:
+        if any(isinstance(t, PackedSequence) for t in [found, *(found if isinstance(found, (tuple, list)) else [])]):
+            raise UsageError("the layer gives or takes a PackedSequence, whose rows are not one input each: choose "
+                             "the layer after pad_packed_sequence, or attribute to another layer")
+        flat = [t for t in _flatten(found) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        dims = [_MODES[-1].dim_of(t) if _MODES else 0 for t in flat]
+        self.calls.append(list(zip(range(len(self.tensors), len(self.tensors) + len(flat)), dims)))
+        self.tensors.extend(flat)
+
+    def shares(self, grads, B: int, n: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per call, per tensor: multiplier x (input's - reference's), averaged over the B references, (n, ...)
+        with the batch back in its dim."""
+        out = []
+        for call in self.calls:
+            parts = []
+            for index, dim in call:
+                t, g = self.tensors[index].movedim(dim, 0), grads[index]
+                if len(t) != 2 * B * n:
+                    raise UsageError(f"the layer's tensor {tuple(self.tensors[index].shape)} does not hold one row "
+                                     "per input (the model merged the batch with another dim before it): attribute "
+                                     "to a layer that keeps the batch a dim of its own")
+                g = torch.zeros_like(t) if g is None else g.movedim(dim, 0)
+                share = (g[: B * n] * (t[: B * n] - t[B * n:])).detach()
+                parts.append((share.view(B, n, *share.shape[1:]).mean(dim=0).double().cpu(), dim))
+            out.append(tuple(parts))
+        return out
+
+    @staticmethod
+    def join(chunks: list) -> dict:
+        """The chunks' shares put together: ``layer`` per call, per tensor, the batch back in its dim; and
+        ``layer_total`` (N,), each input's sum over them all."""
+        if not chunks or not chunks[0]:
+            raise UsageError("the layer was not called on the explained input: choose a layer the input reaches")
+        whole = [[torch.cat([c[call][j][0] for c in chunks]) for j in range(len(chunks[0][call]))]
+                 for call in range(len(chunks[0]))]
+        total = sum(t.reshape(len(t), -1).sum(dim=1) for call in whole for t in call)
+        return {"layer": [tuple(t.movedim(0, chunks[0][call][j][1]).numpy() for j, t in enumerate(tensors))
+                          for call, tensors in enumerate(whole)], "layer_total": total.numpy()}
+
+
+def _flatten(found) -> list:
+    """The tensors of a module's output or inputs, nested tuples and lists in order ((out, (h, c)) -> out, h, c)."""
+    if isinstance(found, (tuple, list)):
+        return [t for item in found for t in _flatten(item)]
+    return [found]
 
 
 class PlainFromEmbeddings(nn.Module):

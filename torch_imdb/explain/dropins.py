@@ -17,6 +17,7 @@ from torch import nn
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.fast import FastDeepShap
+from torch_imdb.explain.own import OwnOutputs
 
 
 def _one_input(X, what: str) -> torch.Tensor:
@@ -145,3 +146,55 @@ class DeepLiftShap:
         values = torch.from_numpy(res.values).to(dtype)
         values = (values,) if tupled else values
         return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values
+
+
+class LayerDeepLiftShap:
+    """``captum.attr.LayerDeepLiftShap(model, layer)``: DeepLIFT-SHAP attributions to a layer's outputs (or inputs),
+    exact, through the transform with the recurrence as its fused rule.
+
+    Each of the layer's output tensors (an ``nn.LSTM``'s ``(output, (h_n, c_n))`` gives three: its per-step
+    outputs and final states) gets multiplier x (input's value - reference's), averaged over the baselines.
+    Where every path from the input to the output passes through the layer, they add up to f(x) - E f; a path
+    around it (a residual, a head reading the embedding) carries the rest, and ``return_convergence_delta`` gives
+    that rest per input. The input-level values of the same backward pass are checked against the model first.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, multiply_by_inputs: bool = True) -> None:
+        if not multiply_by_inputs:
+            raise UsageError("multiply_by_inputs=False (multipliers without the differences) is not offered")
+        self.model, self.layer = model, layer
+
+    def attribute(self, inputs, baselines, target: int | None = None, additional_forward_args=None,
+                  return_convergence_delta: bool = False, attribute_to_layer_input: bool = False):
+        """Attributions to the layer of inputs (N, T) token ids or (N, T, F) floats against baselines (B, T[, F]).
+
+        Returns:
+            the layer's attributions in its own layout, the batch where the layer holds it: a tensor for a layer
+            of one tensor, a tuple for several (``(output, h_n, c_n)`` for an ``nn.LSTM``), and a list with one
+            such entry per call for a layer called more than once (at every step, or twice); with
+            ``return_convergence_delta`` also (N,): the layer's total minus (f(x) - E f), zero up to rounding
+            where every path passes through the layer, the share that goes around it elsewhere.
+
+        Raises:
+            CompletenessError: input-level values of the same pass that do not add up to the model's output.
+        """
+        from torch_imdb.explain.backends import FusedDeepShap
+
+        x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
+        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
+            () if additional_forward_args is None else (additional_forward_args,))
+        dtype = _dtype_of(x, self.model)
+        if target is None:
+            first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
+            outputs = OwnOutputs(self.model, dtype)(bg[:1], *first).shape[1]
+            if outputs != 1:
+                raise UsageError(f"the model has {outputs} outputs: pass target=")
+        engine = FusedDeepShap(self.model, dtype, layer=self.layer, layer_input=attribute_to_layer_input)
+        res = engine.attribute(x, bg, 0 if target is None else target, extra)
+        calls = [tuple(torch.from_numpy(t).to(dtype) for t in call) for call in res.extra["layer"]]
+        calls = [call[0] if len(call) == 1 else call for call in calls]
+        values = calls[0] if len(calls) == 1 else calls
+        if not return_convergence_delta:
+            return values
+        delta = res.extra["layer_total"] - (res.outputs - res.expected_value)
+        return values, torch.from_numpy(delta)
