@@ -198,7 +198,8 @@ def plot(path: Path, res: dict) -> None:
 
     pts, front = res["points"], res["pareto_front"]
     methods = sorted({p["method"] for p in pts.values()})
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    # tab20's strong shades first, then its light ones: distinct colours for up to 20 methods
+    colours = {m: plt.cm.tab20((2 * i) % 20 + (i >= 10)) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
     conv = res["reference"]["convergence"]
     for ax, key, title in ((axes[0], "agreement", "Spearman with converged Shapley values"),
