@@ -199,7 +199,7 @@ def fit_line(points: list[dict]) -> dict | None:
 
 
 def run(args) -> dict:
-    from torch_imdb.training import machine_info
+    from torch_imdb.machine import machine_info
 
     torch.set_num_threads(args.threads) if args.threads else None
     model, bg_pool, ids_pool, what = load_inputs(args)

@@ -377,7 +377,7 @@ def run(args) -> dict:
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
     from torch_imdb.explain.compare import sample_background, sample_test_reviews
-    from torch_imdb.training import machine_info
+    from torch_imdb.machine import machine_info
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

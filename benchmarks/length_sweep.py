@@ -124,7 +124,7 @@ def load(args):
 
 
 def run(args) -> dict:
-    from torch_imdb.training import machine_info
+    from torch_imdb.machine import machine_info
 
     if args.quick:
         args.lengths, args.maxlen, args.background, args.reviews = [5, 10, 20, 40], 40, 8, 3

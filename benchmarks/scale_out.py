@@ -58,7 +58,7 @@ from torch_imdb.data import load_imdb, sample_indices  # noqa: E402
 from torch_imdb.explain.compare import sample_background  # noqa: E402
 from torch_imdb.explain.corpus import fast_engine, read_attributions  # noqa: E402
 from torch_imdb.io import atomic_path, atomic_write_json  # noqa: E402
-from torch_imdb.training import machine_info  # noqa: E402
+from torch_imdb.machine import machine_info  # noqa: E402
 
 CORPUS, MACHINES, CORES = 10_000_000, 16, 16
 

@@ -14,8 +14,6 @@ the run finishes.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch_imdb.checkpoint import MAX_PARAMETERS, parameter_count, save_checkpoi
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_torch_save, atomic_write_json
+from torch_imdb.machine import machine_info
 from torch_imdb.config import TrainConfig
 from torch_imdb.model import SentimentRNN
 from torch_imdb.progress import Progress
@@ -42,30 +41,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device torch knows (try cpu, cuda, cuda:0)") from None
-
-
-def machine_info(device: torch.device | None = None) -> dict:
-    """What a timing depends on: CPU model (with its family and model numbers, which tell apart processors a
-    virtual machine names alike, e.g. "AMD EPYC") and count, threads, library versions, GPU name."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    info = {"cpu_model": fields.get("model name", platform.processor() or ""), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
-    if "cpu family" in fields:
-        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
-        info["avx512"] = "avx512f" in fields.get("flags", "").split()
-    if device is not None:
-        info["device"] = str(device)
-        if device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 @dataclass

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch_imdb.data import load_imdb
     from torch_imdb.explain.compare import explain_reviews, summarize, write_csv, write_summary
     from torch_imdb.plots import force_plot, save_force_html, save_force_png, save_token_figure
-    from torch_imdb.training import machine_info
+    from torch_imdb.machine import machine_info
 
     ckpt = load_checkpoint(args.checkpoint)
     dataset = load_imdb(args.data)
