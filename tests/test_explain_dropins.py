@@ -268,3 +268,11 @@ def test_layer_attributions_on_a_real_checkpoints_lstm_outputs_add_up(real_check
         p = torch.sigmoid(model(torch.as_tensor(x))).numpy() - torch.sigmoid(model(torch.as_tensor(bg))).mean().item()
     total = out.sum((1, 2)) + h.sum((0, 2)) + c.sum((0, 2))
     assert np.abs(total.numpy() - p).max() < 1e-10  # P(positive): what the sentiment model is explained as
+
+
+def test_layer_attributions_of_a_multi_class_model_need_a_target():
+    model, x, bg, _ = _zoo("three-classes")
+    with pytest.raises(UsageError, match="the model has 3 outputs: pass target="):
+        LayerDeepLiftShap(model, model.rnn).attribute(x, bg)
+    _, delta = LayerDeepLiftShap(model, model.rnn).attribute(x, bg, target=2, return_convergence_delta=True)
+    assert np.abs(delta.numpy()).max() < 1e-10

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from torch_imdb.errors import UsageError
+from torch_imdb.explain.backends import FusedDeepShap
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.explain.own import OwnOutputs
 
@@ -36,6 +37,26 @@ def _dtype_of(x: torch.Tensor, model: nn.Module) -> torch.dtype:
     if x.is_floating_point():
         return x.dtype
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _forward_args(additional_forward_args) -> tuple:
+    """Captum's ``additional_forward_args`` as a tuple: None gives (), a single object (it,)."""
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return () if additional_forward_args is None else (additional_forward_args,)
+
+
+def _n_outputs(own: nn.Module, baselines: torch.Tensor, extra: tuple) -> int:
+    """How many outputs the model gives: one background row through ``own``, with the first row of each extra."""
+    first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
+    return own(baselines[:1], *first).shape[1]
+
+
+def _target(target: int | None, outputs: int) -> int:
+    """Captum's target: None means the model's only output (a one-line error where it has several)."""
+    if target is None and outputs != 1:
+        raise UsageError(f"the model has {outputs} outputs: pass target=")
+    return 0 if target is None else target
 
 
 class DeepExplainer:
@@ -132,17 +153,13 @@ class DeepLiftShap:
         """
         tupled = isinstance(inputs, tuple)
         x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
-        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
-            () if additional_forward_args is None else (additional_forward_args,))
+        extra = _forward_args(additional_forward_args)
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
             engine = FastDeepShap(self.model, dtype)
-            first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]  # the model's forward takes them
-            self._engine = (bg, engine, engine.own(bg[:1], *first).shape[1], dtype)
+            self._engine = (bg, engine, _n_outputs(engine.own, bg, extra), dtype)
         _, engine, outputs, dtype = self._engine
-        if target is None and outputs != 1:
-            raise UsageError(f"the model has {outputs} outputs: pass target=")
-        res = engine.attribute(x, bg, 0 if target is None else target, extra)
+        res = engine.attribute(x, bg, _target(target, outputs), extra)
         values = torch.from_numpy(res.values).to(dtype)
         values = (values,) if tupled else values
         return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values
@@ -178,19 +195,13 @@ class LayerDeepLiftShap:
         Raises:
             CompletenessError: input-level values of the same pass that do not add up to the model's output.
         """
-        from torch_imdb.explain.backends import FusedDeepShap
-
         x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
-        extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
-            () if additional_forward_args is None else (additional_forward_args,))
+        extra = _forward_args(additional_forward_args)
         dtype = _dtype_of(x, self.model)
         if target is None:
-            first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
-            outputs = OwnOutputs(self.model, dtype)(bg[:1], *first).shape[1]
-            if outputs != 1:
-                raise UsageError(f"the model has {outputs} outputs: pass target=")
+            target = _target(target, _n_outputs(OwnOutputs(self.model, dtype), bg, extra))
         engine = FusedDeepShap(self.model, dtype, layer=self.layer, layer_input=attribute_to_layer_input)
-        res = engine.attribute(x, bg, 0 if target is None else target, extra)
+        res = engine.attribute(x, bg, target, extra)
         calls = [tuple(torch.from_numpy(t).to(dtype) for t in call) for call in res.extra["layer"]]
         calls = [call[0] if len(call) == 1 else call for call in calls]
         values = calls[0] if len(calls) == 1 else calls
