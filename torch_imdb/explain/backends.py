@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
-from torch_imdb.explain.marks import _MODES
+from torch_imdb.explain.marks import batch_dim
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import SentimentRNN
 
@@ -315,7 +315,7 @@ class LayerWatch:
             raise UsageError("the layer gives or takes a PackedSequence, whose rows are not one input each: choose "
                              "the layer after pad_packed_sequence, or attribute to another layer")
         flat = [t for t in _flatten(found) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        dims = [_MODES[-1].dim_of(t) if _MODES else 0 for t in flat]
+        dims = [batch_dim(t) for t in flat]
         self.calls.append(list(zip(range(len(self.tensors), len(self.tensors) + len(flat)), dims)))
         self.tensors.extend(flat)
 

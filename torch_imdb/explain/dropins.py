@@ -46,12 +46,6 @@ def _forward_args(additional_forward_args) -> tuple:
     return () if additional_forward_args is None else (additional_forward_args,)
 
 
-def _n_outputs(own: nn.Module, baselines: torch.Tensor, extra: tuple) -> int:
-    """How many outputs the model gives: one background row through ``own``, with the first row of each extra."""
-    first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
-    return own(baselines[:1], *first).shape[1]
-
-
 def _target(target: int | None, outputs: int) -> int:
     """Captum's target: None means the model's only output (a one-line error where it has several)."""
     if target is None and outputs != 1:
@@ -157,7 +151,7 @@ class DeepLiftShap:
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
             engine = FastDeepShap(self.model, dtype)
-            self._engine = (bg, engine, _n_outputs(engine.own, bg, extra), dtype)
+            self._engine = (bg, engine, engine.own.n_outputs(bg, extra), dtype)
         _, engine, outputs, dtype = self._engine
         res = engine.attribute(x, bg, _target(target, outputs), extra)
         values = torch.from_numpy(res.values).to(dtype)
@@ -199,7 +193,7 @@ class LayerDeepLiftShap:
         extra = _forward_args(additional_forward_args)
         dtype = _dtype_of(x, self.model)
         if target is None:
-            target = _target(target, _n_outputs(OwnOutputs(self.model, dtype), bg, extra))
+            target = _target(target, OwnOutputs(self.model, dtype).n_outputs(bg, extra))
         engine = FusedDeepShap(self.model, dtype, layer=self.layer, layer_input=attribute_to_layer_input)
         res = engine.attribute(x, bg, target, extra)
         calls = [tuple(torch.from_numpy(t).to(dtype) for t in call) for call in res.extra["layer"]]

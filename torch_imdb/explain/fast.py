@@ -242,8 +242,7 @@ class FastDeepShap:
     def _iter_general(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int, extra: tuple):
         """:meth:`iter_attribute` on the general path: :class:`~.backends.FusedDeepShap` chunk by chunk."""
         self._tokens = not inputs.is_floating_point()
-        first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
-        self._n_outputs = self.own(baselines[:1].to(next(self.own.parameters()).device), *first).shape[1]
+        self._n_outputs = self.own.n_outputs(baselines, extra)
         self.general.check = self.check
         per_chunk = self.per_chunk(len(baselines))
         bar = Progress(len(inputs), "DeepSHAP (general path)", "inputs", enabled=self.progress)

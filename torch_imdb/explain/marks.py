@@ -27,6 +27,11 @@ def mark_batch(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t
 
 
+def batch_dim(t: torch.Tensor) -> int:
+    """Where the running rule mode says ``t`` holds the batch (as carried, else as its sizes tell); 0 outside one."""
+    return _MODES[-1].dim_of(t) if _MODES else 0
+
+
 _OWN = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
 
 

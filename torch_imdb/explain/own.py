@@ -73,3 +73,9 @@ class OwnOutputs(nn.Module):
     def forward(self, inputs: torch.Tensor, *extra) -> torch.Tensor:
         x = inputs if not inputs.is_floating_point() else inputs.to(self.dtype)
         return select_output(self.model(x, *extra), self.output)
+
+    def n_outputs(self, baselines: torch.Tensor, extra: tuple = ()) -> int:
+        """K, the model's explained outputs: one background row through it, with the first row of each extra."""
+        device = next(self.parameters(), baselines).device  # a model without weights: where the rows are
+        first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
+        return self(baselines[:1].to(device), *first).shape[1]
