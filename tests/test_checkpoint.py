@@ -246,13 +246,13 @@ def test_config_fields_are_checked_before_anything_is_built(tmp_path, field, val
 
 
 def test_a_model_larger_than_its_weights_file_is_refused_before_allocation(tmp_path, monkeypatch):
-    """10M words x 16384 wide would be 655 GB: refused from the file size, and SentimentRNN is never called."""
+    """10M words x 16384 wide would be 655 GB: refused from the file size, and the model is never built."""
     import torch_imdb.checkpoint as checkpoint
 
     _, _, cfg = saved(tmp_path)
     cfg["model"].update(vocab_size=10_000_000, embed_dim=16384)
     rewrite(tmp_path, cfg)
-    monkeypatch.setattr(checkpoint, "SentimentRNN", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(checkpoint, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     refused(tmp_path, "describes 163,84.* parameters, which model-.*cannot hold")
 
 

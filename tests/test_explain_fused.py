@@ -11,7 +11,7 @@ from zoo import ZOO, Case, Last, zoo_inputs
 
 from torch_imdb.explain import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
 from torch_imdb.explain.backends import explainable_model
-from torch_imdb.explain.stack import pair_grid
+from torch_imdb.explain.stack import pair_grid, pairs_of
 
 
 def grid_batch(n: int = 3, B: int = 4, seed: int = 0) -> torch.Tensor:
@@ -36,6 +36,16 @@ def test_a_batch_whose_pairs_are_not_a_whole_grid_has_none():
     assert pair_grid(batch[:-1]) is None  # odd rows
     wrong_hint = pair_grid(batch, (3, 4))  # a hint that does not hold: searched for instead
     assert wrong_hint is not None and len(wrong_hint[0]) == 3
+    assert pair_grid(batch, (2, 3)) is None  # rows that are chunks of the caller's pairs: no grid, not searched
+
+
+def test_pairs_that_are_no_grid_run_row_by_row():
+    """A batch whose pairs are no grid is explained pair by pair: row p with row P + p, as the rules pair them."""
+    batch = grid_batch()
+    odd = torch.cat([batch[:11], batch[:1], batch[12:]])
+    (inputs, refs, i, b), diagonal = pairs_of(odd)
+    assert diagonal and torch.equal(inputs[i], odd[:12]) and torch.equal(refs[b], odd[12:])
+    assert pairs_of(batch)[1] is False
 
 
 @pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
@@ -47,9 +57,10 @@ def test_the_fused_rule_gives_the_unrolled_values_in_shap_and_captum(case):
         assert np.abs(fused.values - plain.values).max() < 1e-10 and np.abs(fused.residual).max() < 1e-10
 
 
-# The unrolled rules: a PackedSequence, an initial state, and the hierarchical network, whose word-level rows are
-# chunks of the pairs (no grid of rows) and whose chunk-level rows, computed row by row, differ in their last bits.
-UNROLLED = {"packed-attention-mlp", "initial-state", "hierarchical-attention"}
+# The unrolled rules: a PackedSequence and an initial state. (The hierarchical network's word-level rows are chunks
+# of the pairs, and its chunk-level rows, computed pair by pair, differ in their last bits: no grid of rows, so both
+# run the fused rule pair by pair.)
+UNROLLED = {"packed-attention-mlp", "initial-state"}
 
 
 @pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)

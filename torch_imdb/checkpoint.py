@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from torch_imdb.config import CELLS, DROPOUT_MASKS, POOLS, RANGES, ModelConfig
+from torch_imdb.architectures import build_model, parameter_count
+from torch_imdb.config import ARCHITECTURES, CELLS, DROPOUT_MASKS, POOLS, RANGES, ModelConfig
 from torch_imdb.data import Vocab
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.cells import spec_named
 from torch_imdb.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
-from torch_imdb.model import SentimentRNN
+from torch_imdb.model import ReviewClassifier
 
 CONFIG = "config.json"
 LEGACY_WEIGHTS, LEGACY_VOCAB = "model.pt", "vocab.json"  # names used before fingerprinted files
@@ -44,7 +44,7 @@ MAX_CONFIG_BYTES = 1 << 20
 # 1 GiB of float32 weights, 4 GiB with Adam's moments and the gradients: far above any model of this project, and
 # within the project's machines (24 GB) for training and explaining alike
 MAX_PARAMETERS = 1 << 28
-CHOICES = {"cell": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS}
+CHOICES = {"cell": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "architecture": ARCHITECTURES}
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -64,7 +64,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 @dataclass
 class Checkpoint:
-    model: SentimentRNN
+    model: ReviewClassifier
     vocab: Vocab
     config: dict  # the full training config (maxlen, seed, ...), as saved
 
@@ -78,7 +78,7 @@ class Checkpoint:
         return self.config["weights_fingerprint"]
 
 
-def save_checkpoint(folder: str | Path, model: SentimentRNN, vocab: Vocab, config: dict) -> str:
+def save_checkpoint(folder: str | Path, model: ReviewClassifier, vocab: Vocab, config: dict) -> str:
     """Write weights, vocabulary and config (the commit point, last); returns the weights fingerprint."""
     folder = Path(folder)
     if vocab.size != model.config.vocab_size:
@@ -161,16 +161,6 @@ def model_config_from(folder: Path, config: dict) -> ModelConfig:
     return ModelConfig(**fields_)
 
 
-def parameter_count(cfg: ModelConfig) -> int:
-    """Parameters of ``SentimentRNN(cfg)``, computed without building it (so a huge config allocates nothing)."""
-    gates = spec_named(cfg.cell).gates
-    width = cfg.directions * cfg.hidden
-    rnn = sum(cfg.directions * gates * cfg.hidden * ((cfg.embed_dim if layer == 0 else width) + cfg.hidden + 2)
-              for layer in range(cfg.layers))
-    attention = width * cfg.attention_dim + 2 * cfg.attention_dim if cfg.pool == "attention" else 0
-    return cfg.vocab_size * cfg.embed_dim + rnn + attention + width + 1
-
-
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model (in eval mode) and vocabulary saved by :func:`save_checkpoint`.
 
@@ -211,7 +201,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     if vocab.size != model_config.vocab_size or config.get("vocab_fingerprint") != vocab.fingerprint():
         raise UsageError(f"checkpoint in {folder}: {vocab_path.name} has {vocab.size} ids but the model was trained "
                          f"with {model_config.vocab_size}; the vocabulary and the weights come from different runs")
-    model = SentimentRNN(model_config)
+    model = build_model(model_config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:

@@ -12,6 +12,9 @@ from torch_imdb.errors import UsageError
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the names of the cell specs (torch_imdb.explain.cells.SPECS)
 DROPOUT_MASKS = ("per-gate", "shared")
 POOLS = ("last", "mean", "max", "attention")
+# the models (torch_imdb.architectures.MODELS): the Keras example's shape and its recurrent variants, a hierarchical
+# attention network, a CNN-LSTM, an LSTM into a bidirectional GRU
+ARCHITECTURES = ("rnn", "han", "cnn-lstm", "lstm-bigru")
 MONITORS = ("val_loss", "val_acc")
 MAX_REVIEWS = 25_000  # each IMDB split's size
 MAX_LEN = 4096  # above the longest IMDB review (2,470 words); 25,000 reviews of it are 0.8 GB of int64 ids
@@ -69,11 +72,14 @@ class ModelConfig:
     bidirectional: bool = False
     dropout_masks: str = "per-gate"  # Keras 2 implementation=1; "shared": one mask for all gates
     pool: str = "last"  # what the head reads: the final state, or mean / max / attention over the outputs
-    attention_dim: int = 128  # width of the additive attention's scoring layer (pool="attention")
+    attention_dim: int = 128  # width of the additive attention's scoring layer (pool="attention", and the HAN's)
+    architecture: str = "rnn"  # one of ARCHITECTURES; cell, layers, bidirectional, pool, recurrent dropout: "rnn" only
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.dropout_masks not in DROPOUT_MASKS:
@@ -85,6 +91,13 @@ class ModelConfig:
 
     def describe(self) -> str:
         """A short name such as 'LSTM(128)' or '2-layer bidirectional GRU(64)'."""
+        H = self.hidden
+        if self.architecture == "han":
+            return f"HAN: bidirectional GRU({H}) + attention over 10-word chunks, bidirectional GRU({H}) + attention"
+        if self.architecture == "cnn-lstm":
+            return f"CNN-LSTM: Conv1d({H}, 5) + ReLU + MaxPool(2) -> LSTM({H})"
+        if self.architecture == "lstm-bigru":
+            return f"LSTM({H}) -> bidirectional GRU({H})"
         parts = ([f"{self.layers}-layer"] if self.layers > 1 else []) + (["bidirectional"] if self.bidirectional else [])
         name = " ".join(parts + [f"{self.cell.upper()}({self.hidden})"])
         return name if self.pool == "last" else f"{name} + {self.pool} pooling"
@@ -109,6 +122,7 @@ class TrainConfig:
     bidirectional: bool = False
     pool: str = "last"  # or "mean", "max", "attention"
     attention_dim: int = 128
+    architecture: str = "rnn"  # one of ARCHITECTURES
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.0
@@ -124,7 +138,7 @@ class TrainConfig:
         return ModelConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.dropout,
                            recurrent_dropout=self.recurrent_dropout, cell=self.arch, layers=self.layers,
                            bidirectional=self.bidirectional, dropout_masks=self.dropout_masks,
-                           pool=self.pool, attention_dim=self.attention_dim)
+                           pool=self.pool, attention_dim=self.attention_dim, architecture=self.architecture)
 
     def validate(self) -> None:
         """Every setting's type and range (RANGES) and choice, checked before anything is built; one-line errors."""
@@ -136,6 +150,13 @@ class TrainConfig:
             raise UsageError(f"--arch must be one of {', '.join(CELLS)}, got {self.arch}")
         if self.pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool}")
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture}")
+        rnn_only = {"arch": "lstm", "layers": 1, "bidirectional": False, "pool": "last"}
+        changed = [name for name, default in rnn_only.items() if getattr(self, name) != default]
+        if self.architecture != "rnn" and changed:
+            raise UsageError(f"--architecture {self.architecture} has its own recurrent layers; "
+                             f"--{', --'.join(changed)} apply to --architecture rnn only")
         if self.dropout_masks not in DROPOUT_MASKS:
             raise UsageError(f"--dropout-masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks}")
         if self.monitor not in MONITORS:

@@ -33,7 +33,25 @@ def token_mask(ids: torch.Tensor) -> torch.Tensor:
     return tokens | ~tokens.any(dim=1, keepdim=True)
 
 
-class SentimentRNN(nn.Module):
+class ReviewClassifier(nn.Module):
+    """What every model of reviews here is: token ids (batch, T) int64 -> logits (batch,) of the review being
+    positive, built from a :class:`ModelConfig` (``config``). The explainers explain such a model's
+    P(positive), the sigmoid of its logit (:meth:`predict_proba`)."""
+
+    config: ModelConfig
+
+    @torch.no_grad()
+    def predict_proba(self, ids: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """P(positive) for ids (N, T), computed in eval mode in batches; returns (N,)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([torch.sigmoid(self(ids[k : k + batch_size])) for k in range(0, len(ids), batch_size)])
+        finally:
+            self.train(was_training)
+
+
+class SentimentRNN(ReviewClassifier):
     """Embedding(V, E) -> LSTM/GRU(H, layers, directions) -> pooling -> Linear(D*H, 1); ``forward`` returns logits.
 
     Shapes: ids (batch, T) int64 -> logits (batch,). With ``pool="last"`` the head
@@ -131,15 +149,5 @@ class SentimentRNN(nn.Module):
         try:
             out, _ = self.rnn(self.embedding(ids))
             return self.attention(out, token_mask(ids))
-        finally:
-            self.train(was_training)
-
-    @torch.no_grad()
-    def predict_proba(self, ids: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """P(positive) for ids (N, T), computed in eval mode in batches; returns (N,)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.cat([torch.sigmoid(self(ids[k : k + batch_size])) for k in range(0, len(ids), batch_size)])
         finally:
             self.train(was_training)

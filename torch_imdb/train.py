@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 
 from torch_imdb.cli import HelpFormatter, Parser, bounded
-from torch_imdb.config import CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, TrainConfig
+from torch_imdb.config import ARCHITECTURES, CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, TrainConfig
 from torch_imdb.errors import run_cli
 
 HELP = {
@@ -22,7 +22,8 @@ HELP = {
     "maxlen": "tokens per review ('pre' padding and truncation: the last words are kept)",
     "embed_dim": "embedding width",
     "hidden": "recurrent units per direction",
-    "dropout": "Keras input dropout of each recurrent layer (masks fixed over a sequence)",
+    "dropout": "Keras input dropout of each recurrent layer (masks fixed over a sequence); for the other "
+               "architectures, dropout on the embeddings",
     "recurrent_dropout": "Keras recurrent-state dropout (masks fixed over a sequence)",
     "dropout_masks": "per-gate: one mask per gate, as Keras 2's default implementation=1 (the original); "
                      "shared: one mask for all gates (Keras implementation=2)",
@@ -31,7 +32,11 @@ HELP = {
     "bidirectional": "run each layer in both directions; the head reads both final states",
     "pool": "what the head reads: last (final state, the Keras example), mean or max over the review's tokens, "
             "or attention (additive attention over the tokens, as Jain & Wallace 2019)",
-    "attention_dim": "width of the attention's scoring layer (with --pool attention)",
+    "attention_dim": "width of the attention's scoring layer (with --pool attention, and the HAN's)",
+    "architecture": "rnn: the Keras example and its recurrent variants (--arch, --layers, --bidirectional, --pool); "
+                    "han: a hierarchical attention network (bidirectional GRUs with attention over 10-word chunks, "
+                    "then over the chunks); cnn-lstm: Conv1d + ReLU + MaxPool into an LSTM; lstm-bigru: an LSTM into "
+                    "a bidirectional GRU",
     "lr": "Adam learning rate",
     "seed": "seed for initialisation, dropout, shuffling and the validation slice",
     "val_fraction": "hold out this seeded fraction of the TRAIN split and keep the best validation epoch",
@@ -44,7 +49,8 @@ HELP = {
 }
 
 
-CHOICES = {"arch": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "monitor": MONITORS}
+CHOICES = {"arch": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "monitor": MONITORS,
+           "architecture": ARCHITECTURES}
 
 
 def build_parser() -> argparse.ArgumentParser:

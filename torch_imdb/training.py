@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from torch_imdb.checkpoint import MAX_PARAMETERS, parameter_count, save_checkpoint, saved_fingerprint
+from torch_imdb.architectures import build_model, parameter_count
+from torch_imdb.checkpoint import MAX_PARAMETERS, save_checkpoint, saved_fingerprint
 from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_torch_save, atomic_write_json
 from torch_imdb.machine import machine_info
 from torch_imdb.config import TrainConfig
-from torch_imdb.model import SentimentRNN
+from torch_imdb.model import ReviewClassifier
 from torch_imdb.progress import Progress
 
 
@@ -68,7 +69,7 @@ def prepare_data(cfg: TrainConfig, cache_dir: str | Path | None = None) -> Prepa
 
 
 @torch.no_grad()
-def evaluate(model: SentimentRNN, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(model: ReviewClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """Mean binary cross-entropy and accuracy of ``model`` on ids x (N, T) and labels y (N,)."""
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -83,7 +84,7 @@ def evaluate(model: SentimentRNN, x: torch.Tensor, y: torch.Tensor, batch_size: 
 PROGRESS_LINES = 10  # lines per epoch when the output is not a terminal (a log file)
 
 
-def train_epoch(model: SentimentRNN, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_epoch(model: ReviewClassifier, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 batch_size: int, generator: torch.Generator, desc: str = "", log=None) -> tuple[float, float]:
     """One pass over (x, y) in a seeded random order; returns mean loss and accuracy.
 
@@ -202,14 +203,15 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
         x_tr, y_tr = x_all.to(device), y_all.to(device)
     x_te, y_te = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
 
-    model = SentimentRNN(cfg.model_config(data.vocab.size)).to(device)
+    model = build_model(cfg.model_config(data.vocab.size)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     # Keras' Adam defaults (epsilon 1e-7); the fused kernel is ~6x faster than the loop on CPU.
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    log(f"model: {model.config.describe()}, Keras dropout {cfg.dropout}/{cfg.recurrent_dropout} "
-        f"({cfg.dropout_masks} masks)")
+    dropout = (f"Keras dropout {cfg.dropout}/{cfg.recurrent_dropout} ({cfg.dropout_masks} masks)"
+               if cfg.architecture == "rnn" else f"embedding dropout {cfg.dropout}")
+    log(f"model: {model.config.describe()}, {dropout}")
     history, best, best_epoch, since_best, stopped, fingerprint = [], None, None, 0, False, None
     if state is not None:
         model.load_state_dict(state["model"])

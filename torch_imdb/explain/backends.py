@@ -13,8 +13,8 @@ there is one value per step and feature (N, T, F).
 The model can be any ``nn.Module`` built from layers the libraries handle plus
 ``nn.LSTM`` / ``nn.GRU`` (replaced by the explainable twin, see
 :func:`~torch_imdb.explain.twin.make_explainable`). Its output (N, K) is
-explained at column ``target``. The project's :class:`~torch_imdb.model.SentimentRNN`
-returns logits (N,); it is explained as P(positive) (N, 1).
+explained at column ``target``. The project's models (:class:`~torch_imdb.model.ReviewClassifier`)
+return logits (N,); they are explained as P(positive) (N, 1).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
 from torch_imdb.explain.marks import batch_dim
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
-from torch_imdb.model import SentimentRNN
+from torch_imdb.model import ReviewClassifier, SentimentRNN
 
 
 class PositiveProbability(nn.Module):
@@ -48,8 +48,8 @@ class PositiveProbability(nn.Module):
 
 def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype, output: int | str | None = None,
                       extra_rules=None, fused: bool = False) -> ExplainableModel:
-    """The explainable copy in ``dtype``; a :class:`SentimentRNN` is explained as P(positive)."""
-    if isinstance(model, SentimentRNN):
+    """The explainable copy in ``dtype``; a :class:`~torch_imdb.model.ReviewClassifier` is explained as P(positive)."""
+    if isinstance(model, ReviewClassifier):
         model = PositiveProbability(model)
     return make_explainable(model, steps, output, extra_rules, fused).to(dtype).eval()
 
@@ -229,7 +229,8 @@ class FusedDeepShap(_LibraryExplainer):
     batch of the explainable copy, whose recurrent modules run as the fast engine's fused rule
     (:class:`~.stack.FusedRecurrence`: each distinct row traced once, the multipliers of all pairs in one fused
     backward). Any model the transform takes (a front end, two recurrent modules, a head reading the embedding,
-    ...); the same values as shap and Captum. ``chunk_pairs`` bounds the pairs per batch.
+    ...); the same values as shap and Captum. ``chunk_pairs`` bounds the pairs per batch; ``compile``
+    compiles the fused rule's windows of steps, as the fast engine's ``compile`` does.
 
     ``layer`` (a submodule of ``model``) also attributes to that layer's outputs (its inputs with
     ``layer_input=True``), each call of it: the multipliers the same backward gives there, times the layer's
@@ -240,9 +241,10 @@ class FusedDeepShap(_LibraryExplainer):
     method = "fused"
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, chunk_pairs: int = 2048,
-                 layer: nn.Module | None = None, layer_input: bool = False, **options) -> None:
+                 layer: nn.Module | None = None, layer_input: bool = False, compile: bool = False,
+                 **options) -> None:
         super().__init__(model, dtype, **{"fused": True, **options})
-        self.chunk_pairs = chunk_pairs
+        self.chunk_pairs, self.compile = chunk_pairs, compile
         self.layer, self.layer_input = layer, layer_input
         if layer is not None:
             self.layer_name = submodule_name(model, layer)
@@ -261,7 +263,7 @@ class FusedDeepShap(_LibraryExplainer):
             batch = torch.cat([x_half, r_half]).detach().requires_grad_(True)
             for module in twin.modules():  # the layout, told rather than searched for by the fused rule
                 if hasattr(module, "grid_shape"):
-                    module.grid_shape = (B, n)
+                    module.grid_shape, module.compile = (B, n), self.compile
             with torch.enable_grad(), LayerWatch(self._twin_layer(twin)) as watch:
                 y = twin(batch, *consts)[:, target]
                 grads = torch.autograd.grad(y.sum(), [batch, *watch.tensors], allow_unused=True)

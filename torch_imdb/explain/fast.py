@@ -139,19 +139,19 @@ class FastDeepShap:
         self.own = OwnOutputs(model, dtype, output)  # what the guard checks against: the model as it is
         self.chunk_pairs, self.progress, self.check, self.pair_steps = chunk_pairs, progress, check_completeness, 0
         self.general, self.proven = None, False  # proven: the shortcuts explained a chunk of this model
+        self.compiled = compile
         try:
             rnn, embedding, self.head = model_parts(model, dtype, output, compile, extra_rules)
         except ShapeRefusal:
             if isinstance(model, RNNParts):
                 raise
             self._take_the_general_path()
-            self.compiled, self.trim_padding = False, False
+            self.trim_padding = False
             return
         self.rnn = rnn
         self.stack = RecurrentStack(rnn, dtype, compile, block_steps)
         self.device = self.stack.device
         self.embedding = None if embedding is None else embedding.weight.detach().to(dtype)
-        self.compiled = compile
         self._bg_key: torch.Tensor | None = None
         self._bg: dict[int, Trace] = {}
         self._expected: dict[int, float] = {}  # the model's own E f over the background, by target
@@ -164,7 +164,8 @@ class FastDeepShap:
         from torch_imdb.explain.backends import FusedDeepShap
 
         self.general = FusedDeepShap(self.model, self.dtype, chunk_pairs=self.chunk_pairs, output=self.output,
-                                     check_completeness=self.check, extra_rules=self.extra_rules)
+                                     check_completeness=self.check, extra_rules=self.extra_rules,
+                                     compile=self.compiled)
         self.head, self._n_outputs, self._tokens = None, None, None
 
     @classmethod

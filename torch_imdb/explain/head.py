@@ -291,7 +291,7 @@ def _pairs_of(x: torch.Tensor, r: torch.Tensor, dim: int) -> torch.Tensor:
 class RuledHead:
     """Any head the transform has rules for, differentiated on (input, reference) pairs.
 
-    model: the user's module (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+    model: the user's module (a :class:`~torch_imdb.model.ReviewClassifier` is explained as
     P(positive)); output selects a tuple or dict output. The model must call its one
     ``nn.LSTM`` / ``nn.GRU`` once, from zero state, on its input or the embedding of its ids.
     """

@@ -18,7 +18,7 @@ from torch import nn
 
 from torch_imdb.explain.backends import PositiveProbability
 from torch_imdb.explain.transform import select_output
-from torch_imdb.model import SentimentRNN
+from torch_imdb.model import ReviewClassifier
 
 
 @dataclass
@@ -55,7 +55,7 @@ class PartsModel(nn.Module):
 class OwnOutputs(nn.Module):
     """The explained outputs (n, K) of the user's module as it is, in ``dtype``.
 
-    model: the user's module (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+    model: the user's module (a :class:`~torch_imdb.model.ReviewClassifier` is explained as
     P(positive)), or :class:`RNNParts`; output: the entry of a tuple or dict output.
     The module is copied, so the user's own is never changed.
     """
@@ -64,7 +64,7 @@ class OwnOutputs(nn.Module):
         super().__init__()
         if isinstance(model, RNNParts):
             model = PartsModel(model)
-        elif isinstance(model, SentimentRNN):
+        elif isinstance(model, ReviewClassifier):
             model = PositiveProbability(model)
         self.model = copy.deepcopy(model).to(dtype).eval()
         self.dtype, self.output = dtype, output

@@ -81,7 +81,7 @@ class ShapleySampling:
     """Interventional Shapley values of a model's output over a background, sampled to a target.
 
     Args:
-        model: the user's ``nn.Module`` (a :class:`~torch_imdb.model.SentimentRNN` is explained as
+        model: the user's ``nn.Module`` (a :class:`~torch_imdb.model.ReviewClassifier` is explained as
             P(positive)); it is run as it is, in ``dtype``.
         dtype: the dtype the model runs in.
         output: the entry of a tuple or dict output.

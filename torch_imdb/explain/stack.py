@@ -148,6 +148,7 @@ class RecurrentStack:
         if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._block = torch.compile(self.spec.block, dynamic=False) if compile else self.spec.block
+        self.compiled = compile
         self.block_steps = block_steps
 
     def trace(self, x: torch.Tensor) -> Trace:
@@ -196,11 +197,14 @@ class RecurrentStack:
         return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
     @torch.no_grad()
-    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers) -> torch.Tensor:
-        """The multipliers (T, B, n, In) of the first layer's input for every pair (see :meth:`pairs`)."""
-        return self._backward(rv, bg, hm, tokens=False)[1]
+    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers, diagonal: bool = False) -> torch.Tensor:
+        """The multipliers (T, B, n, In) of the first layer's input for every pair (see :meth:`pairs`).
 
-    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool):
+        ``diagonal``: the pairs are (row k of ``rv``, row k of ``bg``) alone, not every row with every
+        reference: both traces have n rows, and the result is (T, 1, n, In)."""
+        return self._backward(rv, bg, hm, tokens=False, diagonal=diagonal)[1]
+
+    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool, diagonal: bool = False):
         """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids)."""
         n, T = rv.x.shape[:2]
         B, H = hm.f_r.shape[0], self.H
@@ -219,19 +223,20 @@ class RecurrentStack:
                 g_h = zeros if hm.h_n is None else hm.h_n[k]
                 g_c = zeros if hm.c_n is None else hm.c_n[k]
                 share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
-                                        first)
+                                        first, diagonal)
                 if first:
                     shares = shares + share
             g_above = functools.partial(_window_of, g_in)
         return shares, g_in
 
-    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool):
+    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool, diagonal: bool = False):
         """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
         state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
-        shares (T, B, n)."""
+        shares (T, B, n). ``diagonal``: reference k goes with row k alone (B is 1)."""
         w_ih_t, w_hh_t = self.weights_t[layer][d]
         X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
-        R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
+        R = lambda a: a.unsqueeze(-3 if diagonal else -2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds
+        # broadcast over rows; diagonal: (T, n, .) -> (T, 1, n, .), each row's own reference
         rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
         state = g_c if self.spec.cell_state else None  # the cell state's multipliers
         T = tx.h.shape[1]
@@ -260,13 +265,16 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
     how the libraries and the engines lay out their batches.
 
     shape: (B, n) when the caller laid the pairs out backgrounds first (p = b * n + i): then the grid is only
-    checked (every input row the same over b, every reference row over i), not searched for.
+    checked (every input row the same over b, every reference row over i), not searched for; it is searched
+    for where that check fails, but a batch of other than B * n pairs (chunks of the caller's rows) is no grid.
     """
     P = x.shape[0] // 2
     if P == 0 or x.shape[0] != 2 * P:
         return None
     with torch.no_grad():  # constants of the rule (and the rule mode lets calls without grad through)
-        if shape is not None and shape[0] * shape[1] == P:
+        if shape is not None and shape[0] * shape[1] != P:
+            return None
+        if shape is not None:
             B, n = shape
             xs, rs = x[:P].reshape(B, n, -1), x[P:].reshape(B, n, -1)
             if torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs)):
@@ -279,30 +287,46 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
         return inputs.view(-1, *x.shape[1:]), refs.view(-1, *x.shape[1:]), i, b
 
 
+def pairs_of(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple[tuple, bool]:
+    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references], as (grid, diagonal):
+    the grid of distinct rows (:func:`pair_grid`) where there is one, else the P pairs as they are, pair p being
+    (row p, row P + p), each row traced on its own (``diagonal``): what the transform's rules pair, whatever a
+    model did to its rows before (chunks of a review, rows computed pair by pair)."""
+    grid = pair_grid(x, shape)
+    if grid is not None:
+        return grid, False
+    P = x.shape[0] // 2
+    k = torch.arange(P, device=x.device)
+    return (x[:P], x[P:], k, k), True
+
+
 class FusedRecurrence(torch.autograd.Function):
     """A recurrent module's call on an explained batch, as the transform's rule: the forward pass traces each
     distinct input and reference row once (:meth:`RecurrentStack.trace`), and the backward pass is the engine's
     fused multiplier backward for every pair (:meth:`RecurrentStack.input_multipliers`), fed by the multipliers of
     the outputs at every step and of the final states. Both halves of the batch get their own half's multipliers,
-    as the transform's rules give them. x: (2P, T, In) batch first; returns (outputs (2P, T, D*H), h_n, c_n
-    (layers*D, 2P, H); c_n is zeros for a cell without a cell state)."""
+    as the transform's rules give them. x: (2P, T, In) batch first; ``pairs``: :func:`pairs_of`'s (grid,
+    diagonal); returns (outputs (2P, T, D*H), h_n, c_n (layers*D, 2P, H); c_n is zeros for a cell without a cell
+    state)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, stack: RecurrentStack, grid: tuple):
-        inputs, refs, i, b = grid
+    def forward(ctx, x: torch.Tensor, stack: RecurrentStack, pairs: tuple):
+        (inputs, refs, i, b), diagonal = pairs
         with torch._C.DisableTorchFunction():  # plain tensors' work: no rule mode to ask at every op
             rv, bg = stack.trace(inputs.detach()), stack.trace(refs.detach())
         rx, rr = rv.results, bg.results
         out = torch.cat([rx.outputs[i], rr.outputs[b]])
         h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
         c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
-        ctx.stack, ctx.traces, ctx.grid, ctx.cell_state = stack, (rv, bg), (i, b), rx.c_n is not None
+        ctx.stack, ctx.traces, ctx.cell_state, ctx.diagonal = stack, (rv, bg), rx.c_n is not None, diagonal
+        # where each pair's multipliers sit in the backward's (B, n) layout: diagonal pairs all in one row of B
+        ctx.grid = (i, torch.zeros_like(b) if diagonal else b)
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
         (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
-        n, B = rv.x.shape[0], bg.x.shape[0]
+        n, B = rv.x.shape[0], 1 if ctx.diagonal else bg.x.shape[0]
 
         def multipliers(rows: slice) -> torch.Tensor:
             """The input multipliers (P, T, In) of one half, from that half's output multipliers."""
@@ -315,7 +339,7 @@ class FusedRecurrence(torch.autograd.Function):
                 c_n = g_c.new_zeros(g_c.shape[0], B, n, g_c.shape[2])
                 c_n[:, b, i] = g_c[:, rows]
             hm = HeadMultipliers(outputs, h_n, c_n, g_out.new_zeros(n), g_out.new_zeros(B, n))
-            return ctx.stack.input_multipliers(rv, bg, hm)[:, b, i].transpose(0, 1)
+            return ctx.stack.input_multipliers(rv, bg, hm, ctx.diagonal)[:, b, i].transpose(0, 1)
 
         first, second = slice(0, P), slice(P, 2 * P)
         m_x = multipliers(first)

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
 from torch_imdb.explain.marks import explained, mark_batch
-from torch_imdb.explain.stack import FusedRecurrence, RecurrentStack, pair_grid
+from torch_imdb.explain.stack import FusedRecurrence, RecurrentStack, pairs_of
 
 
 def _refuse(rnn: nn.Module) -> None:
@@ -65,6 +65,7 @@ class ExplainableRNN(nn.Module):
         self.steps = steps
         self.fused = False  # make_explainable(..., fused=True): the engine's fused rule where the batch allows it
         self.grid_shape: tuple[int, int] | None = None  # (B, n) when the caller laid out its pairs so
+        self.compile = False  # the fused rule's windows compiled (FusedDeepShap(compile=True))
         self._stack = None
         for name, p in rnn.named_parameters():
             self.register_parameter(name, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
@@ -90,15 +91,13 @@ class ExplainableRNN(nn.Module):
     def _fused(self, x: torch.Tensor):
         """(output, state) by the engine's fused rule (:class:`~.stack.FusedRecurrence`), or (None, None) where it
         does not apply: an input that is not explained, unbatched, or whose pairs are not a whole grid."""
-        if x.dim() != 3 or not explained(x):
-            return None, None
-        grid = pair_grid(x, self.grid_shape)
-        if grid is None:
+        if x.dim() != 3 or not explained(x) or x.shape[0] % 2:
             return None, None
         w = self.weight_hh_l0
-        if self._stack is None or self._stack.dtype != w.dtype or self._stack.device != w.device:
-            self._stack = RecurrentStack(self, w.dtype, spec=self.spec)
-        output, h_n, c_n = FusedRecurrence.apply(x, self._stack, grid)
+        if self._stack is None or (self._stack.dtype, self._stack.device, self._stack.compiled) != (w.dtype, w.device,
+                                                                                                 self.compile):
+            self._stack = RecurrentStack(self, w.dtype, self.compile, spec=self.spec)
+        output, h_n, c_n = FusedRecurrence.apply(x, self._stack, pairs_of(x, self.grid_shape))
         return output, ((h_n, c_n) if self.spec.cell_state else h_n)
 
     def _run(self, x: torch.Tensor, hx, lengths: torch.Tensor | None):
