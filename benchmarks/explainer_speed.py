@@ -11,8 +11,8 @@ there is none, a randomly initialised model of the same shape, labelled so):
   seconds per review, rows per second (2 x B x N), extra peak memory;
 - a fitted line seconds-per-review = a + b x B per engine;
 - a check that all engines agree at one point (max |difference| to shap);
-- for the fast engines, the product floor at the reference point: the recurrent
-  matrix products the engine runs there (each pair-step needs one row of one: its
+- for the fast engines (on a model they take without their general path), the
+  product floor at the reference point: the recurrent matrix products the engine runs there (each pair-step needs one row of one: its
   multipliers are its own), timed alone on this machine, what share of the engine's
   time they are, and the highest ratio to shap any engine running them could reach
   here (shap's seconds per review over the floor's).
@@ -232,7 +232,9 @@ def run(args) -> dict:
     ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
     floors, timed = {}, {}  # timed: one floor per distinct plan (eager and compiled usually share theirs)
     for name, engine in engines.items():
-        if hasattr(engine, "product_plan") and name in ref:
+        # a model on the fast engine's general path runs the transform's rules around its fused recurrences: no
+        # plan of products of its own, so no floor is recorded for it
+        if hasattr(engine, "product_plan") and name in ref and getattr(engine, "general", None) is None:
             plan = engine.product_plan(args.reviews, args.sweep_background, ids_pool.shape[1])
             if not plan:  # one-step reviews of ids: no recurrent product, no floor (and none to divide by)
                 continue
