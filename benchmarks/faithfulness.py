@@ -103,7 +103,7 @@ SAMPLE = 500  # reviews drawn for every run, of which --reviews are used
 
 def not_applicable(name: str, model) -> str | None:
     """Why method ``name`` does not apply to ``model``, or None when it does."""
-    from torch_imdb.explain.cells import LSTM
+    from torch_imdb.cells import LSTM
 
     cfg = model.config
     if name == "lrp" and (not LSTM.matches(model.rnn) or cfg.layers != 1 or cfg.bidirectional or cfg.pool != "last"):

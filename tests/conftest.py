@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from torch_imdb.explain.cells import SPECS
+from torch_imdb.cells import SPECS
 from torch_imdb.model import ModelConfig, SentimentRNN
 
 # The property-based tests: a fixed seed (derandomize) and a bounded number of examples, so CI is repeatable and short.

@@ -1,30 +1,14 @@
-"""The cell specs: one per cell, found from the module, agreeing with the command line's choices."""
+"""The fast engine's part of each cell: one entry per spec, its trace equal to the module itself."""
 
 import pytest
 import torch
-from torch import nn
 
-from torch_imdb.config import CELLS
-from torch_imdb.explain.cells import SPECS, layer_weights, spec_named, spec_of
-
-
-def test_the_command_lines_cells_are_the_specs():
-    assert CELLS == tuple(spec.name for spec in SPECS)
+from torch_imdb.cells import SPECS, layer_weights
+from torch_imdb.explain.cells import PARTS, parts_of
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_each_module_finds_its_own_spec_and_makes_it(spec):
-    module = spec.make(3, 2, num_layers=2, bidirectional=True, batch_first=True)
-    assert spec_of(module) is spec and spec_named(spec.name) is spec
-    w_ih, w_hh, b_ih, b_hh = layer_weights(module, 1, 1)
-    assert w_ih.shape == (spec.gates * 2, 4) and w_hh.shape == (spec.gates * 2, 2) and b_hh.shape == (spec.gates * 2,)
-
-
-def test_unknown_modules_and_names_are_refused():
-    with pytest.raises(TypeError, match="no cell spec for LSTMCell"):
-        spec_of(nn.LSTMCell(3, 2))
-    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
-        spec_named("rnn")
+def test_every_cell_has_its_engine_parts():
+    assert set(PARTS) == {spec.name for spec in SPECS}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -34,6 +18,6 @@ def test_trace_equals_the_module(spec):
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     with torch.no_grad():  # as the fast engine runs it
         out, _ = module(x)
-        traces = [spec.trace(x, *layer_weights(module, 0, d), reverse=bool(d)) for d in range(2)]
+        traces = [parts_of(spec).trace(x, *layer_weights(module, 0, d), reverse=bool(d)) for d in range(2)]
     for d, trace in enumerate(traces):
         torch.testing.assert_close(trace.h, out[..., d * 4 : (d + 1) * 4], atol=1e-12, rtol=0)

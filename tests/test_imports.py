@@ -58,3 +58,15 @@ def test_the_package_has_no_import_cycle():
     assert "torch_imdb.explain.stack" in graph["torch_imdb.explain.twin"]  # the walk sees the imports
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+# the floors below the explainers: the data, the models and their training know nothing of explanation
+BELOW_EXPLAIN = ("cells", "config", "data", "io", "errors", "machine", "progress", "keras_dropout", "model",
+                 "architectures", "checkpoint", "training", "train")
+
+
+def test_the_models_and_their_training_import_nothing_of_the_explainers():
+    graph = import_graph()
+    upward = {f"{name} -> {target}" for name in BELOW_EXPLAIN for target in graph[f"torch_imdb.{name}"]
+              if target.startswith("torch_imdb.explain")}
+    assert not upward, "imports from a floor above: " + ", ".join(sorted(upward))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from torch_imdb import keras_dropout
-from torch_imdb.explain.cells import GRU, LSTM, RNN_RELU, RNN_TANH, spec_of
+from torch_imdb.cells import GRU, LSTM, RNN_RELU, RNN_TANH, spec_of
 from torch_imdb.keras_dropout import _KerasGRU, _KerasLSTM, keras_dropout_rnn, keras_masks
 
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch_imdb.errors import UsageError
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the names of the cell specs (torch_imdb.explain.cells.SPECS)
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the names of the cell specs (torch_imdb.cells.SPECS)
 DROPOUT_MASKS = ("per-gate", "shared")
 POOLS = ("last", "mean", "max", "attention")
 # the models (torch_imdb.architectures.MODELS): the Keras example's shape and its recurrent variants, a hierarchical

@@ -18,7 +18,7 @@ Equations are PyTorch's (so the weights load into ``nn.LSTM`` / ``nn.GRU`` / ``n
 LSTM gates i, f, g, o; GRU gates r, z, n with ``n = tanh(x_n + r * (W_hn h + b_hn))``
 and ``h' = (1 - z) * n + z * h``; the Elman RNN's ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``
 runs on autograd's tape (one small op per step). Gate counts, weights and which
-recurrence runs come from the cell's spec (:mod:`torch_imdb.explain.cells`).
+recurrence runs come from the cell's spec (:mod:`torch_imdb.cells`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torch_imdb.explain.cells import GRU, LSTM, RNN_RELU, RNN_TANH, layer_weights, spec_of
+from torch_imdb.cells import GRU, LSTM, RNN_RELU, RNN_TANH, layer_weights, spec_of
 
 
 def keras_masks(count: int, batch: int, width: int, rate: float, like: torch.Tensor) -> torch.Tensor:

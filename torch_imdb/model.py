@@ -22,7 +22,7 @@ from torch import nn
 
 from torch_imdb.config import ModelConfig  # noqa: F401 - where users have imported it from
 from torch_imdb.data import PAD_ID
-from torch_imdb.explain.cells import spec_named
+from torch_imdb.cells import spec_named
 from torch_imdb.keras_dropout import keras_dropout_rnn
 
 

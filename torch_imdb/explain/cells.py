@@ -1,14 +1,9 @@
-"""Each recurrent cell once: its spec, its equations in the three forms explanation needs, and its backward block.
+"""The fast engine's part of each recurrent cell: its forward trace and its multiplier backward, by spec.
 
-A :class:`CellSpec` is everything the project knows about one cell (its module type,
-gate count, state, twin step, trace and multiplier block); :data:`SPECS` lists them and
-:func:`spec_of` finds a module's. The model, Keras dropout, the twin and the fast engine
-ask the spec and never test a cell's name. The cells: the LSTM (gates i, f, g, o), the
-GRU (r, z, n; PyTorch's equations) and the Elman RNN (``nn.RNN``, tanh or relu). For each:
+The cells themselves (spec, module, gates, the twin's step) live in :mod:`torch_imdb.cells`;
+:data:`PARTS` gives each of them, by name, what the engine runs (:func:`parts_of`):
 
-- ``*_cell``: one time step in plain torch ops, what the explainable twin unrolls; the
-  transform's rule mode gives each op its rule;
-- ``*_trace``: the same step on plain tensors for a batch of rows, keeping every
+- ``*_trace``: the cell's step on plain tensors for a batch of rows, keeping every
   intermediate the multipliers need (the fast engine's forward);
 - ``*_pair_step``: one step of the DeepLIFT multiplier backward pass for all (input,
   reference) pairs at once, applying exactly the rules the twin's ops carry: rescale for
@@ -24,29 +19,18 @@ so float64 results agree to the last bits.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from torch_imdb.cells import GRU, LSTM, RNN_RELU, RNN_TANH, CellSpec, steps
 from torch_imdb.explain.onednn import product
 from torch_imdb.explain.rules import rescale
 
 # ---------------------------------------------------------------- shared
-
-
-def steps(T: int, reverse: bool) -> range:
-    """The times a direction processes, in order."""
-    return range(T - 1, -1, -1) if reverse else range(T)
-
-
-def layer_weights(rnn: nn.Module, layer: int, direction: int) -> tuple:
-    """(W_ih, W_hh, b_ih, b_hh) of one layer and direction of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``
-    (or a module with the same parameter names); the biases are None without ``bias``."""
-    sfx = f"_l{layer}" + ("_reverse" if direction else "")
-    return tuple(getattr(rnn, name + sfx, None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
 
 def time_major_projection(x: torch.Tensor, w_ih, b_ih) -> torch.Tensor:
@@ -107,22 +91,6 @@ def matmul_recurrent(g_z: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- LSTM: i, f, g, o
-
-
-def lstm_cell(z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step: z (batch, 4H) pre-activations in gate order i, f, g, o; c (batch, H) previous cell.
-
-    Returns (h, c). Plain torch ops: under the transform's rule mode the sigmoids and tanhs
-    get the rescale rule and the products f·c, i·g, o·tanh(c) the Shapley rule.
-    """
-    zi, zf, zg, zo = z.chunk(4, dim=1)
-    c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
-    return torch.sigmoid(zo) * torch.tanh(c), c
-
-
-def lstm_step(xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-    """The twin's step: xproj = W_ih x_t + b_ih, rec = W_hh h + b_hh (batch, 4H) -> (h, c)."""
-    return lstm_cell(xproj + rec, c)
 
 
 class LSTMSlab(NamedTuple):
@@ -215,23 +183,6 @@ def lstm_block(g_h, g_c, w_hh_t, rows, refs, reverse: bool, above=None, tokens: 
 # ---------------------------------------------------------------- GRU: r, z, n
 
 
-def gru_cell(x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """One GRU step (PyTorch's equations): x, a (batch, 3H) input and recurrent projections in gate
-    order r, z, n; h (batch, H). r = σ(x_r + a_r), z = σ(x_z + a_z), n = tanh(x_n + r·a_n),
-    h' = (1-z)·n + z·h, where x_* = W_i* x + b_i* and a_* = W_h* h + b_h*.
-    """
-    xr, xz, xn = x.chunk(3, dim=1)
-    ar, az, an = a.chunk(3, dim=1)
-    r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
-    n = torch.tanh(xn + r * an)
-    return (1 - z) * n + z * h
-
-
-def gru_step(xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: None):
-    """The twin's step: (h, None); the GRU has no cell state."""
-    return gru_cell(xproj, rec, h), None
-
-
 class GRUSlab(NamedTuple):
     """A GRU's per-row quantities, time-major (T, n, .).
 
@@ -306,11 +257,6 @@ def gru_block(g_h, state, w_hh_t, rows, refs, reverse: bool, above=None, tokens:
 # ---------------------------------------------------------------- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh)
 
 
-def rnn_step(act: Callable, xproj: torch.Tensor, rec: torch.Tensor, h: torch.Tensor, c: None):
-    """The twin's step of ``nn.RNN``: (act(xproj + rec), None), act torch.tanh or torch.relu (the rescale rule)."""
-    return act(xproj + rec), None
-
-
 class RNNSlab(NamedTuple):
     """An Elman RNN's per-row quantities, time-major (T, n, .): act (H) its outputs, z (H) their
     pre-activations, dact (H) the derivative at z, xproj (H): W_ih x_t + b_ih."""
@@ -344,41 +290,7 @@ def rnn_block(g_h, state, w_hh_t, rows, refs, reverse: bool, above=None, tokens:
     return run_block(rnn_pair_step, matmul_recurrent, g_h, state, w_hh_t, rows, refs, reverse, above, tokens, keep)
 
 
-# ---------------------------------------------------------------- the specs
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One recurrent cell, everything the project needs of it.
-
-    name: the configuration's and the command line's name; module: the torch class, with
-    ``options`` (nn.RNN's nonlinearity) telling its variants apart; gates: blocks of H rows in
-    W_ih and W_hh; cell_state: whether it carries c besides h (the LSTM); forget_gate: the gate
-    whose bias Keras initialises to 1 (None: none); shared_bias: whether b_ih and b_hh only ever
-    appear summed (Keras then trains one bias: b_hh is held at 0). step(xproj_t, rec_t, h, c) -> (h, c):
-    the twin's step in plain ops; trace(x, w_ih, w_hh, b_ih, b_hh, reverse) -> CellTrace: the fast
-    engine's forward; block: the multiplier backward over a window (:func:`run_block`);
-    recurrent(carry, W_hh.T) -> g_h: the multipliers of the previous state from a step's carry.
-    """
-
-    name: str
-    module: type
-    gates: int
-    cell_state: bool
-    step: Callable
-    trace: Callable
-    block: Callable
-    recurrent: Callable
-    options: tuple = ()
-    forget_gate: int | None = None
-    shared_bias: bool = False
-
-    def matches(self, module: nn.Module) -> bool:
-        return type(module) is self.module and all(getattr(module, k) == v for k, v in self.options)
-
-    def make(self, *args, **kwargs) -> nn.Module:
-        """A new module of this cell: ``make(input_size, hidden_size, num_layers=..., ...)``."""
-        return self.module(*args, **dict(self.options), **kwargs)
+# ---------------------------------------------------------------- the parts of each cell
 
 
 def _tanh_derivative(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -389,32 +301,28 @@ def _relu_derivative(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (z > 0).to(z.dtype)  # autograd's relu gradient, 0 at 0: what the twin's rule falls back to
 
 
-def _elman(name: str, act: Callable, derivative: Callable) -> CellSpec:
-    return CellSpec(name, nn.RNN, 1, False, lambda *a: rnn_step(act, *a),
-                    lambda *a, **k: rnn_trace(act, derivative, *a, **k), rnn_block, matmul_recurrent,
-                    options=(("nonlinearity", name.split("_")[1]),), shared_bias=True)
+@dataclass(frozen=True)
+class CellParts:
+    """The fast engine's parts of one cell: trace(x, w_ih, w_hh, b_ih, b_hh, reverse) -> CellTrace, its forward;
+    block, the multiplier backward over a window (:func:`run_block`); recurrent(carry, W_hh.T) -> g_h, the
+    multipliers of the previous state from a step's carry."""
+
+    trace: Callable
+    block: Callable
+    recurrent: Callable
 
 
-LSTM = CellSpec("lstm", nn.LSTM, 4, True, lstm_step, lstm_trace, lstm_block, matmul_recurrent, forget_gate=1,
-                shared_bias=True)
-GRU = CellSpec("gru", nn.GRU, 3, False, gru_step, gru_trace, gru_block, gru_recurrent)
-RNN_TANH = _elman("rnn_tanh", torch.tanh, _tanh_derivative)
-RNN_RELU = _elman("rnn_relu", torch.relu, _relu_derivative)
-SPECS = (LSTM, GRU, RNN_TANH, RNN_RELU)
-RECURRENT_MODULES = tuple({s.module for s in SPECS})
+# by spec name: every cell of torch_imdb.cells.SPECS (tested)
+PARTS = {
+    LSTM.name: CellParts(lstm_trace, lstm_block, matmul_recurrent),
+    GRU.name: CellParts(gru_trace, gru_block, gru_recurrent),
+    RNN_TANH.name: CellParts(functools.partial(rnn_trace, torch.tanh, _tanh_derivative), rnn_block, matmul_recurrent),
+    RNN_RELU.name: CellParts(functools.partial(rnn_trace, torch.relu, _relu_derivative), rnn_block, matmul_recurrent),
+}
 
 
-def spec_of(module: nn.Module) -> CellSpec:
-    """The spec of a recurrent module (nn.LSTM, nn.GRU, nn.RNN with tanh or relu), or a TypeError."""
-    for spec in SPECS:
-        if spec.matches(module):
-            return spec
-    raise TypeError(f"no cell spec for {type(module).__name__}; the cells: {', '.join(s.name for s in SPECS)}")
+def parts_of(spec: CellSpec) -> CellParts:
+    """The fast engine's parts of a cell."""
+    return PARTS[spec.name]
 
 
-def spec_named(name: str) -> CellSpec:
-    """The spec called ``name`` (a configuration's ``cell``)."""
-    for spec in SPECS:
-        if spec.name == name:
-            return spec
-    raise ValueError(f"unknown cell {name!r}; the cells: {', '.join(s.name for s in SPECS)}")

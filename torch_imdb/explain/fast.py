@@ -45,7 +45,7 @@ from torch_imdb.explain.api import (Attribution, check_completeness, check_extra
                                     completeness_tolerance, guard)
 from torch_imdb.explain.backends import explainable_model
 from torch_imdb.explain.head import LIBRARIES_HINT, TRACE_ROWS, LinearHead, PooledHead, RuledHead
-from torch_imdb.explain.cells import RECURRENT_MODULES
+from torch_imdb.cells import RECURRENT_MODULES
 from torch_imdb.explain.stack import RecurrentStack, Trace, padded_rows
 from torch_imdb.explain.own import OwnOutputs, RNNParts
 from torch_imdb.progress import Progress

@@ -20,7 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.cells import LSTM, lstm_trace
+from torch_imdb.cells import LSTM
+from torch_imdb.explain.cells import lstm_trace
 from torch_imdb.model import SentimentRNN
 
 

@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from torch_imdb.explain.cells import at, layer_weights, spec_of
+from torch_imdb.cells import layer_weights, spec_of
+from torch_imdb.explain.cells import at, parts_of
 from torch_imdb.explain.onednn import product
 
 
@@ -128,13 +129,15 @@ class RecurrentStack:
     multiplier backward of (input, reference) pairs.
 
     rnn: the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, or a module with its parameters and ``spec`` (the
-    explainable twin); its cell's spec does the cell's part; its weights are copied in ``dtype``.
-    ``block_steps`` time steps run per call of the spec's block, which ``compile`` turns into one graph.
+    explainable twin); its cell's parts (:func:`~.cells.parts_of`) do the cell's part; its weights are copied in
+    ``dtype``.
+    ``block_steps`` time steps run per call of the cell's block, which ``compile`` turns into one graph.
     """
 
     def __init__(self, rnn: nn.Module, dtype: torch.dtype, compile: bool = False, block_steps: int = 8,
                  spec=None) -> None:
         self.spec, self.dtype = spec or spec_of(rnn), dtype
+        self.parts = parts_of(self.spec)
         self.L, self.D, self.H = rnn.num_layers, 2 if rnn.bidirectional else 1, rnn.hidden_size
         self.device = rnn.weight_hh_l0.device
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
@@ -147,7 +150,7 @@ class RecurrentStack:
         # runs between steps. The first call compiles (seconds; cached on disk after that).
         if compile:  # one static compile per chunk size (see padded_rows) and model shape; dynamo's default allows 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self._block = torch.compile(self.spec.block, dynamic=False) if compile else self.spec.block
+        self._block = torch.compile(self.parts.block, dynamic=False) if compile else self.parts.block
         self.compiled = compile
         self.block_steps = block_steps
 
@@ -155,7 +158,7 @@ class RecurrentStack:
         """Every layer and direction over x (n, T, In), the first layer's input."""
         layers, out = [], x
         for layer in range(self.L):
-            per_dir = [self.spec.trace(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
+            per_dir = [self.parts.trace(out, *self.weights[layer][d], reverse=bool(d)) for d in range(self.D)]
             layers.append(per_dir)
             out = torch.cat([tr.h for tr in per_dir], dim=2) if self.D > 1 else per_dir[0].h
         return Trace(layers, x)
@@ -245,7 +248,7 @@ class RecurrentStack:
         for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
             window = slice(lo, hi)
             if carry is not None:
-                g_h = self.spec.recurrent(carry, w_hh_t)
+                g_h = self.parts.recurrent(carry, w_hh_t)
             carry, state, share, kept = self._block(g_h, state, w_hh_t, at(rows, window), at(refs, window), bool(d),
                                                     above(window), tokens, g_in is not None)
             if tokens:

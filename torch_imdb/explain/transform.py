@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import rules
-from torch_imdb.explain.cells import RECURRENT_MODULES
+from torch_imdb.cells import RECURRENT_MODULES
 from torch_imdb.explain.marks import _MODES, explained, mark_batch, user_location  # noqa: F401 - re-exported
 
 # ---------------------------------------------------------------- the op registry

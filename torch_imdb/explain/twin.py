@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.cells import layer_weights, spec_of, steps as time_order
+from torch_imdb.cells import layer_weights, spec_of, steps as time_order
 from torch_imdb.explain.marks import explained, mark_batch
 from torch_imdb.explain.stack import FusedRecurrence, RecurrentStack, pairs_of
 
