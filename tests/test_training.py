@@ -249,3 +249,18 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_every_model_setting_is_an_option_with_the_models_default():
+    """TrainConfig takes ModelConfig's settings under their names and defaults (the cell as --arch, the vocabulary
+    from --max-features): a setting added to the model reaches the command line and the checkpoint, or this fails."""
+    from dataclasses import fields
+
+    from torch_imdb.config import ModelConfig
+
+    train = {f.name: f.default for f in fields(TrainConfig)}
+    model = {f.name: f.default for f in fields(ModelConfig)}
+    renamed = {"cell": "arch", "vocab_size": "max_features"}
+    assert {name: train[renamed.get(name, name)] for name in model} == model
+    custom = TrainConfig(hidden=7, arch="gru", pool="mean", architecture="rnn", layers=2).model_config(99)
+    assert (custom.hidden, custom.cell, custom.pool, custom.layers, custom.vocab_size) == (7, "gru", "mean", 2, 99)

@@ -108,21 +108,25 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """A training run's settings, the command line's options one for one. The model's settings are ModelConfig's,
+    under the same names and with its defaults (the vocabulary's size comes from ``max_features`` and the data,
+    the cell from ``arch``)."""
+
     epochs: int = 15
     batch_size: int = 32
-    max_features: int = 20000
+    max_features: int = ModelConfig.vocab_size
     maxlen: int = 80
-    embed_dim: int = 128
-    hidden: int = 128
-    dropout: float = 0.2
-    recurrent_dropout: float = 0.2
-    dropout_masks: str = "per-gate"  # or "shared"
-    arch: str = "lstm"  # one of CELLS
-    layers: int = 1
-    bidirectional: bool = False
-    pool: str = "last"  # or "mean", "max", "attention"
-    attention_dim: int = 128
-    architecture: str = "rnn"  # one of ARCHITECTURES
+    embed_dim: int = ModelConfig.embed_dim
+    hidden: int = ModelConfig.hidden
+    dropout: float = ModelConfig.dropout
+    recurrent_dropout: float = ModelConfig.recurrent_dropout
+    dropout_masks: str = ModelConfig.dropout_masks
+    arch: str = ModelConfig.cell
+    layers: int = ModelConfig.layers
+    bidirectional: bool = ModelConfig.bidirectional
+    pool: str = ModelConfig.pool
+    attention_dim: int = ModelConfig.attention_dim
+    architecture: str = ModelConfig.architecture
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.0
@@ -135,10 +139,8 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The :class:`ModelConfig` of this run for a vocabulary of ``vocab_size`` ids."""
-        return ModelConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.dropout,
-                           recurrent_dropout=self.recurrent_dropout, cell=self.arch, layers=self.layers,
-                           bidirectional=self.bidirectional, dropout_masks=self.dropout_masks,
-                           pool=self.pool, attention_dim=self.attention_dim, architecture=self.architecture)
+        shared = {f.name for f in fields(ModelConfig)} & {f.name for f in fields(self)}
+        return ModelConfig(vocab_size=vocab_size, cell=self.arch, **{name: getattr(self, name) for name in shared})
 
     def validate(self) -> None:
         """Every setting's type and range (RANGES) and choice, checked before anything is built; one-line errors."""
