@@ -86,3 +86,12 @@ def test_rnn_only_options_are_refused_for_the_others():
         TrainConfig(architecture="han", pool="attention").validate()
     with pytest.raises(UsageError, match="--architecture must be one of"):
         TrainConfig(architecture="transformer").validate()
+
+
+def test_the_plain_rnn_control_is_the_keras_shapes_alone():
+    """The explain command's control (the libraries on a plain nn.LSTM) needs embeddings -> recurrence -> Linear: the
+    other architectures have none to hand over, and are explained without it."""
+    from torch_imdb.explain.backends import plain_rnn_failures
+
+    ids = torch.randint(0, 40, (2, 20))
+    assert all(plain_rnn_failures(small(a), ids, ids) is None for a in OTHERS)

@@ -380,12 +380,14 @@ def plain_rnn_failures(model: SentimentRNN, inputs: torch.Tensor, baselines: tor
 
     Returns, per library, the largest completeness error (shap: sum of SHAP
     values minus (f(x) - E f); Captum: |convergence delta|) and, for shap,
-    whether its own additivity check raised and with what message.
+    whether its own additivity check raised and with what message; None for a model of another shape.
     """
     import shap
     from captum.attr import DeepLiftShap
 
-    if model.config.pool != "last":  # the control feeds embeddings alone: no ids for the padding mask
+    # the control is the Keras example's shape fed embeddings alone: a pooled head needs the ids for its padding
+    # mask, and another architecture has no embeddings -> recurrence -> Linear to hand over
+    if not isinstance(model, SentimentRNN) or model.config.pool != "last":
         return None
     plain = PlainFromEmbeddings(model).eval()
     with torch.no_grad():
