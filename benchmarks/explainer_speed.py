@@ -12,10 +12,11 @@ there is none, a randomly initialised model of the same shape, labelled so):
 - a fitted line seconds-per-review = a + b x B per engine;
 - a check that all engines agree at one point (max |difference| to shap);
 - for the fast engines (on a model they take without their general path), the
-  product floor at the reference point: the recurrent matrix products the engine runs there (each pair-step needs one row of one: its
-  multipliers are its own), timed alone on this machine, what share of the engine's
-  time they are, and the highest ratio to shap any engine running them could reach
-  here (shap's seconds per review over the floor's).
+  product floor at the reference point: the recurrent matrix products the engine
+  runs there (each pair-step needs one row of one: its multipliers are its own),
+  timed alone on this machine, what share of the engine's time they are, and the
+  highest ratio to shap any engine running them could reach here (shap's seconds
+  per review over the floor's).
 
 Writes results/explainer_speed.json and results/explainer_speed.png.
 ``--quick`` runs a tiny sweep on a small random model in well under a minute.

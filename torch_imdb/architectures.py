@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torch_imdb.config import ModelConfig
+from torch_imdb.config import CONV_KERNEL, CONV_POOL, HAN_CHUNK, ModelConfig
 from torch_imdb.model import ReviewClassifier, SentimentRNN
 
 
@@ -44,7 +44,7 @@ class AdditiveAttention(nn.Module):
 class HierarchicalAttention(ReviewClassifier):
     """A hierarchical attention network over chunks of ``CHUNK`` words (see the module's docstring)."""
 
-    CHUNK = 10
+    CHUNK = HAN_CHUNK
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -71,7 +71,7 @@ class ConvLSTM(ReviewClassifier):
     """Conv1d(E -> H, kernel ``KERNEL``, same length) + ReLU + MaxPool1d(``POOL``) -> LSTM(H) -> its final state ->
     Linear."""
 
-    KERNEL, POOL = 5, 2
+    KERNEL, POOL = CONV_KERNEL, CONV_POOL
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

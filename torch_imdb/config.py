@@ -15,6 +15,8 @@ POOLS = ("last", "mean", "max", "attention")
 # the models (torch_imdb.architectures.MODELS): the Keras example's shape and its recurrent variants, a hierarchical
 # attention network, a CNN-LSTM, an LSTM into a bidirectional GRU
 ARCHITECTURES = ("rnn", "han", "cnn-lstm", "lstm-bigru")
+HAN_CHUNK = 10  # words per chunk of the HAN's word-level GRU
+CONV_KERNEL, CONV_POOL = 5, 2  # the CNN-LSTM's Conv1d kernel and max-pooling window
 MONITORS = ("val_loss", "val_acc")
 MAX_REVIEWS = 25_000  # each IMDB split's size
 MAX_LEN = 4096  # above the longest IMDB review (2,470 words); 25,000 reviews of it are 0.8 GB of int64 ids
@@ -93,9 +95,10 @@ class ModelConfig:
         """A short name such as 'LSTM(128)' or '2-layer bidirectional GRU(64)'."""
         H = self.hidden
         if self.architecture == "han":
-            return f"HAN: bidirectional GRU({H}) + attention over 10-word chunks, bidirectional GRU({H}) + attention"
+            return (f"HAN: bidirectional GRU({H}) + attention over {HAN_CHUNK}-word chunks, bidirectional GRU({H}) + "
+                    "attention")
         if self.architecture == "cnn-lstm":
-            return f"CNN-LSTM: Conv1d({H}, 5) + ReLU + MaxPool(2) -> LSTM({H})"
+            return f"CNN-LSTM: Conv1d({H}, {CONV_KERNEL}) + ReLU + MaxPool({CONV_POOL}) -> LSTM({H})"
         if self.architecture == "lstm-bigru":
             return f"LSTM({H}) -> bidirectional GRU({H})"
         parts = ([f"{self.layers}-layer"] if self.layers > 1 else []) + (["bidirectional"] if self.bidirectional else [])
@@ -154,7 +157,8 @@ class TrainConfig:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool}")
         if self.architecture not in ARCHITECTURES:
             raise UsageError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture}")
-        rnn_only = {"arch": "lstm", "layers": 1, "bidirectional": False, "pool": "last"}
+        rnn_only = {"arch": ModelConfig.cell, "layers": ModelConfig.layers, "bidirectional": ModelConfig.bidirectional,
+                    "pool": ModelConfig.pool}
         changed = [name for name, default in rnn_only.items() if getattr(self, name) != default]
         if self.architecture != "rnn" and changed:
             raise UsageError(f"--architecture {self.architecture} has its own recurrent layers; "

@@ -275,10 +275,10 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
     if P == 0 or x.shape[0] != 2 * P:
         return None
     with torch.no_grad():  # constants of the rule (and the rule mode lets calls without grad through)
-        if shape is not None and shape[0] * shape[1] != P:
-            return None
         if shape is not None:
             B, n = shape
+            if B * n != P:
+                return None
             xs, rs = x[:P].reshape(B, n, -1), x[P:].reshape(B, n, -1)
             if torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs)):
                 i, b = torch.arange(P, device=x.device) % n, torch.arange(P, device=x.device) // n

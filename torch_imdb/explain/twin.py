@@ -90,7 +90,8 @@ class ExplainableRNN(nn.Module):
 
     def _fused(self, x: torch.Tensor):
         """(output, state) by the engine's fused rule (:class:`~.stack.FusedRecurrence`), or (None, None) where it
-        does not apply: an input that is not explained, unbatched, or whose pairs are not a whole grid."""
+        does not apply: an input that is not explained, unbatched, or not an [inputs; references] batch of two
+        equal halves. Pairs that are no grid of distinct rows run pair by pair (:func:`~.stack.pairs_of`)."""
         if x.dim() != 3 or not explained(x) or x.shape[0] % 2:
             return None, None
         w = self.weight_hh_l0
