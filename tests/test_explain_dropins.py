@@ -149,7 +149,7 @@ def test_captum_drop_in_on_a_recurrent_model_and_its_one_line_refusals():
     torch.manual_seed(0)
     with pytest.raises(UsageError, match="the model has 3 outputs: pass target="):
         DeepLiftShap(SeriesClassifier().double().eval()).attribute(data(2, 1), data(3, 2))
-    with pytest.raises(UsageError, match="takes models with one input; got 2"):
+    with pytest.raises(UsageError, match="2 inputs need a tuple of 2 baselines, one per input, got Tensor"):
         DeepLiftShap(model).attribute((x, x), bg)
 
 

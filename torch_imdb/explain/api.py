@@ -4,7 +4,8 @@ Every engine (:mod:`.engines` builds them by name) has
 
     attribute(inputs, baselines, target=0, additional_forward_args=()) -> Attribution
 
-with token ids (N, T) and a background (B, T), or float sequences (N, T, F) and (B, T, F). Its values add up to
+with token ids (N, T) and a background (B, T), or float sequences (N, T, F) and (B, T, F); for a model of several
+inputs, a tuple of such tensors and a tuple of backgrounds (values: one array per input). Its values add up to
 f(x) - E f(background) for every input, f being the user's own module at the explained output, and the guard
 (:func:`check_completeness`) refuses values that do not, in one line.
 """
@@ -26,13 +27,13 @@ class Explainer(Protocol):
 
     method: str
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+    def attribute(self, inputs: torch.Tensor | tuple, baselines: torch.Tensor | tuple, target: int = 0,
                   additional_forward_args: tuple = ()) -> "Attribution":
         """Attributions of inputs (N, T) ids or (N, T, F) floats against baselines (B, T[, F]) at output ``target``.
 
         Args:
-            inputs: the sequences explained.
-            baselines: the background.
+            inputs: the sequences explained; for a model of several inputs a tuple of tensors (N, ...).
+            baselines: the background; a tuple of (B, ...) for several inputs.
             target: the explained output column.
             additional_forward_args: further forward arguments, one row per input.
 
@@ -46,7 +47,8 @@ class Explainer(Protocol):
 class Attribution:
     """Attributions of N sequences against a background of B.
 
-    values: (N, T) float64 per token, or (N, T, F) per step and feature.
+    values: (N, T) float64 per token, or (N, T, F) per step and feature; for a tuple of inputs, a tuple of such
+    arrays, one per input (see :mod:`.inputs`).
     outputs: (N,) model outputs f(x) at the target; expected_value: mean f over the background,
     a float, or (N,) per input when the model computes constants from each input's ids (masks).
     residual: (N,) completeness error sum(values) - (f(x) - expected_value).
@@ -61,11 +63,17 @@ class Attribution:
 
     @property
     def residual(self) -> np.ndarray:
-        return self.values.reshape(len(self.values), -1).sum(axis=1) - (self.outputs - self.expected_value)
+        return totals(self.values) - (self.outputs - self.expected_value)
 
     def base_value(self, k: int) -> float:
         """E f over the background for input k."""
         return float(np.broadcast_to(self.expected_value, self.outputs.shape)[k])
+
+
+def totals(values: np.ndarray | tuple) -> np.ndarray:
+    """Each input's sum of its values (N,): over every position and, for a tuple of inputs, over all of them."""
+    parts = values if isinstance(values, tuple) else (values,)
+    return sum(v.reshape(len(v), -1).sum(axis=1) for v in parts)
 
 
 def check_ids(inputs: torch.Tensor, baselines: torch.Tensor, vocab_size: int) -> None:
@@ -115,13 +123,14 @@ def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype:
           check: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
     """The completeness guard: sum(values) must equal f(x) - E f(background) for every input.
 
-    values (n, T[, F]); outputs (n,); expected: a float or (n,). The residual of input k must
+    values (n, T[, F]), or a tuple of such arrays (several inputs); outputs (n,); expected: a float or (n,). The residual of input k must
     be within ``TOLERANCE[dtype] * max(1, |f(x_k)|, |E f|)``. Returns each input's residual as a
     fraction of its tolerance; past 1 it raises :class:`~torch_imdb.errors.CompletenessError`
     in one line naming the input (its number in ``rows`` (n,) when given), unless ``check`` is False.
     """
     expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), outputs.shape)
-    residual = values.reshape(len(values), -1).sum(axis=1) - (outputs - expected)
+    total = totals(values)
+    residual = total - (outputs - expected)
     scale = np.maximum(1.0, np.maximum(np.abs(outputs), np.abs(expected)))
     tol = completeness_tolerance(dtype)
     ratio = np.abs(residual) / (tol * scale)
@@ -129,7 +138,7 @@ def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype:
         k = int(np.argmax(np.where(np.isnan(ratio), np.inf, ratio)))
         name = k if rows is None else rows[k]
         raise CompletenessError(
-            f"{method}: the attributions of input {name} sum to {values[k].sum():.6g} but f(x) - E f = "
+            f"{method}: the attributions of input {name} sum to {total[k]:.6g} but f(x) - E f = "
             f"{outputs[k] - expected[k]:.6g} (residual {residual[k]:.3g}, tolerance {tol:g} x {scale[k]:.3g} in "
             f"{str(dtype).split('.')[-1]}): an op in the model likely has no exact rule (the covered ops: "
             "torch_imdb.explain.describe_rules()); pass check_completeness=False to get the values with their residuals")

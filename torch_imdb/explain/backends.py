@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.marks import batch_dim
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import ReviewClassifier, SentimentRNN
@@ -74,12 +75,16 @@ class _LibraryExplainer:
         self.check = check_completeness
         self.extra_rules = extra_rules
         self.fused = fused
+        self.n_outputs: int | None = None  # the model's outputs K, known after the first call
 
-    def _prepare(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int,
-                 additional_forward_args: tuple = ()):
+    def _prepare(self, inputs, baselines, target: int, additional_forward_args: tuple = ()):
+        """(the explainable copy, the explained inputs (N, ...), the background (B, ...), the inputs' token ids or
+        None, the further forward arguments), checked; a tuple of inputs is laid out as one (see :mod:`.inputs`)."""
+        if several(inputs):
+            return self._prepare_several(inputs, baselines, target, additional_forward_args)
         if not isinstance(inputs, torch.Tensor) or not isinstance(baselines, torch.Tensor):
-            raise UsageError("inputs and baselines must be tensors; pass further forward arguments as "
-                             "additional_forward_args=(...)")
+            raise UsageError("inputs and baselines must be tensors, or tuples of tensors for a model of several "
+                             "inputs; pass further forward arguments as additional_forward_args=(...)")
         if inputs.dim() < 2:
             raise UsageError(f"inputs must be (n, T) token ids or (n, T, F) sequences, got {tuple(inputs.shape)}")
         twin = explainable_model(self.model, inputs.shape[1], self.dtype, self.output, self.extra_rules, self.fused)
@@ -94,11 +99,44 @@ class _LibraryExplainer:
             check_ids(inputs, baselines, twin.vocab_size())
             ids, bg_ids = inputs.to(device), baselines.to(device)
             x, bg = twin.embed(ids).to(self.dtype), twin.embed(bg_ids).to(self.dtype)
-        with torch.no_grad():
-            n_out = twin(bg[:1], *self._rows(ids, extra, slice(0, 1))).shape[1]
-        if not 0 <= target < n_out:
-            raise UsageError(f"target {target} is not an output of this model (it has {n_out})")
+        self._check_target(twin, bg, ids, extra, target)
         return twin, x, bg, ids, extra
+
+    def _prepare_several(self, inputs, baselines, target: int, additional_forward_args: tuple):
+        """:meth:`_prepare` for a tuple of inputs: their explained values and token ids put side by side, the copy
+        told where each lies."""
+        layout = check_several(inputs, baselines)
+        twin = explainable_model(self.model, layout.steps, self.dtype, self.output, self.extra_rules, self.fused)
+        device = next(twin.parameters()).device
+        n, B = len(inputs[0]), len(baselines[0])
+        extra = check_extra(additional_forward_args, n, device)
+
+        def on_device(tensors):
+            return [t.to(device, self.dtype) if t.is_floating_point() else t.to(device) for t in tensors]
+
+        inputs, baselines = on_device(inputs), on_device(baselines)
+        x = twin.embed_inputs(inputs, extra)
+        bg = twin.embed_inputs(baselines, self._rows(None, extra, slice(0, 1), B)[1:])
+        twin.layout = layout.with_widths([v.shape[-1] for v in x])
+        x, bg = twin.layout.pack(x).to(self.dtype), twin.layout.pack(bg).to(self.dtype)
+        ids = twin.layout.pack_ids(inputs)
+        self._check_target(twin, bg, ids, extra, target)
+        return twin, x, bg, ids, extra
+
+    def _check_target(self, twin, bg: torch.Tensor, ids, extra: tuple, target: int) -> None:
+        """Learns the model's outputs (:attr:`n_outputs`); a one-line error unless ``target`` is one of them."""
+        with torch.no_grad():
+            self.n_outputs = twin(bg[:1], *self._rows(ids, extra, slice(0, 1))).shape[1]
+        if not 0 <= target < self.n_outputs:
+            raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
+
+    @staticmethod
+    def _per_input(twin, ids, values: np.ndarray):
+        """Values of the explained tensor as the inputs': per token for token ids (each token's share summed over
+        its embedding), and for a tuple of inputs one array per input."""
+        if twin.layout is not None:
+            return twin.layout.values(values)
+        return values.sum(axis=2) if ids is not None else values
 
     @staticmethod
     def _rows(ids, extra: tuple, rows: slice, repeat: int = 1) -> tuple:
@@ -188,8 +226,7 @@ class ShapDeepExplainer(_LibraryExplainer):
                 adapter.side = self._rows(ids, extra, slice(k, k + 1))
                 phi = np.asarray(explainer.shap_values(x[k : k + 1], check_additivity=False))
                 phis.append(phi[..., target])  # (1, T, E|F)
-        phis = np.concatenate(phis)
-        return (phis.sum(axis=2) if ids is not None else phis).astype(np.float64), {}
+        return self._per_input(twin, ids, np.concatenate(phis).astype(np.float64)), {}
 
 
 class CaptumDeepLiftShap(_LibraryExplainer):
@@ -218,10 +255,9 @@ class CaptumDeepLiftShap(_LibraryExplainer):
                 rows = slice(k, k + self.per_call)
                 attr, delta = dls.attribute(x[rows], baselines=bg, target=target, return_convergence_delta=True,
                                             additional_forward_args=self._rows(ids, extra, rows))
-                attr = attr.detach().double().cpu()
-                values.append(attr.sum(dim=2) if ids is not None else attr)
+                values.append(attr.detach().double().cpu())
                 deltas.append(delta.detach().double().cpu().view(-1, len(bg)).abs().max(dim=1).values)
-        return torch.cat(values).numpy(), {"max_abs_delta": torch.cat(deltas).numpy()}
+        return self._per_input(twin, ids, torch.cat(values).numpy()), {"max_abs_delta": torch.cat(deltas).numpy()}
 
 
 class FusedDeepShap(_LibraryExplainer):
@@ -268,12 +304,11 @@ class FusedDeepShap(_LibraryExplainer):
                 y = twin(batch, *consts)[:, target]
                 grads = torch.autograd.grad(y.sum(), [batch, *watch.tensors], allow_unused=True)
             share = grads[0][: B * n] * (x_half - r_half)
-            share = share.sum(dim=-1) if ids is not None else share  # a token's share: its embedding's, summed
             values.append(share.view(B, n, *share.shape[1:]).mean(dim=0).detach().double().cpu())
             if self.layer is not None:
                 layer_parts.append(watch.shares(grads[1:], B, n))
         info = {} if self.layer is None else LayerWatch.join(layer_parts)
-        return torch.cat(values).numpy(), info
+        return self._per_input(twin, ids, torch.cat(values).numpy()), info
 
     def _twin_layer(self, twin: ExplainableModel) -> tuple[nn.Module, bool] | None:
         """The copy's module in the place of the user's ``layer``, and whether its inputs are watched."""

@@ -21,22 +21,44 @@ from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.explain.own import OwnOutputs
 
 
-def _one_input(X, what: str) -> torch.Tensor:
-    """The tensor of a single-input model, given as itself or as a one-element list or tuple."""
+def _inputs(X, what: str):
+    """A model's input as the engines take it: one tensor, or for a model of several inputs a tuple of tensors (a
+    one-element list or tuple gives its tensor, as shap and Captum allow)."""
     if isinstance(X, (list, tuple)):
-        if len(X) != 1:
-            raise UsageError(f"{what}: this explainer takes models with one input; got {len(X)} (pass the one tensor)")
-        X = X[0]
+        if not X:
+            raise UsageError(f"{what} is empty; pass a tensor, or one tensor per input of the model")
+        bad = next((t for t in X if not isinstance(t, torch.Tensor)), None)
+        if bad is not None:
+            raise UsageError(f"{what} must hold torch tensors, got a {type(bad).__name__}")
+        return X[0] if len(X) == 1 else tuple(X)
     if not isinstance(X, torch.Tensor):
-        raise UsageError(f"{what} must be a torch tensor, got {type(X).__name__}")
+        raise UsageError(f"{what} must be a torch tensor (or a list of them, one per input), got {type(X).__name__}")
     return X
 
 
-def _dtype_of(x: torch.Tensor, model: nn.Module) -> torch.dtype:
-    """The explained dtype: float inputs', else (token ids) the model's weights', float32 by default."""
-    if x.is_floating_point():
-        return x.dtype
+def _parts(X) -> tuple:
+    """The inputs as a tuple, one tensor or several."""
+    return X if isinstance(X, tuple) else (X,)
+
+
+def _rows(X) -> int:
+    return len(_parts(X)[0])
+
+
+def _dtype_of(x, model: nn.Module) -> torch.dtype:
+    """The explained dtype: the first float input's, else (token ids) the model's weights', float32 by default."""
+    floats = [t.dtype for t in _parts(x) if t.is_floating_point()]
+    if floats:
+        return floats[0]
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _stack(values: list):
+    """Values for each of K outputs (arrays, or tuples of arrays for several inputs) with K as a last axis: an array,
+    or a list of arrays, one per input, as shap gives them."""
+    if isinstance(values[0], tuple):
+        return [np.stack([v[i] for v in values], axis=-1) for i in range(len(values[0]))]
+    return np.stack(values, axis=-1)
 
 
 def _forward_args(additional_forward_args) -> tuple:
@@ -58,15 +80,16 @@ class DeepExplainer:
     (and any model the transform takes), exact: the values add up to f(x) - E f.
 
     Args:
-        model: the module; it takes token ids (N, T) or float sequences (N, T, F) and returns (N,) or (N, K).
-        data: the background (B, T) or (B, T, F), or a one-element list of it (as shap takes it).
+        model: the module; it takes token ids (N, T) or float sequences (N, T, F) and returns (N,) or (N, K). A model
+            of several inputs (token ids and float features, say) takes them as its first arguments.
+        data: the background (B, T) or (B, T, F), or a list of them, one per input of the model (as shap takes it).
 
     Attributes:
         expected_value: (K,) the mean output over the background, as shap gives it.
     """
 
     def __init__(self, model: nn.Module, data) -> None:
-        self.data = _one_input(data, "data")
+        self.data = _inputs(data, "data")
         self.dtype = _dtype_of(self.data, model)
         self.engine = FastDeepShap(model, self.dtype)
         self.own = self.engine.own  # the model as it is: one copy, the engine's guard's
@@ -78,45 +101,52 @@ class DeepExplainer:
 
         Returns:
             (N, T, K) for ids (one value per token) or (N, T, F, K) for floats, K the model's outputs;
+            for a list of inputs, a list of such arrays, one per input;
             with ``ranked_outputs`` R: (values (N, ..., R), ranks (N, R)), the R outputs of each input ranked by
             ``output_rank_order`` ("max", "min", "max_abs").
 
         Raises:
             CompletenessError: values that do not add up (unless ``check_additivity=False``).
         """
-        X = _one_input(X, "X")
+        X = _inputs(X, "X")
         self.engine.check = check_additivity
         K = len(self.expected_value)
         if ranked_outputs is None:
-            return np.stack([self._values(X, k) for k in range(K)], axis=-1)
+            return _stack([self._values(X, k) for k in range(K)])
         outputs = self.own(X).double()
         order = {"max": -outputs, "min": outputs, "max_abs": -outputs.abs()}.get(output_rank_order)
         if order is None:
             raise UsageError(f"output_rank_order must be max, min or max_abs, got {output_rank_order!r}")
         ranks = torch.argsort(order, dim=1, stable=True)[:, :ranked_outputs]
-        per_input = tuple(X.shape[1:]) if X.is_floating_point() else tuple(X.shape[1:2])
-        values = np.zeros((len(X), *per_input, ranks.shape[1]))
+        values = None
         for k in ranks.unique().tolist():  # each output once, for the inputs that rank it
             by_k = self._values(X, k)
+            parts = by_k if isinstance(by_k, tuple) else (by_k,)
+            if values is None:
+                values = [np.zeros((*v.shape, ranks.shape[1])) for v in parts]
             for n, r in zip(*np.nonzero((ranks == k).numpy())):
-                values[n, ..., r] = by_k[n]
-        return values, ranks.numpy()
+                for out, v in zip(values, parts):
+                    out[n, ..., r] = v[n]
+        return (values if isinstance(X, tuple) else values[0]), ranks.numpy()
 
-    def _values(self, X: torch.Tensor, target: int) -> np.ndarray:
+    def _values(self, X, target: int):
         return self.engine.attribute(X, self.data, target).values
 
     def __call__(self, X):
         """A ``shap.Explanation`` of X: values (N, T) or (N, T, F) for a one-output model (a last axis K
-        otherwise), base_values each input's E f (its own where masks come from its ids), data X."""
+        otherwise), base_values each input's E f (its own where masks come from its ids), data X. For a list of
+        inputs, a list of Explanations, one per input, with the same base values."""
         import shap
 
-        X = _one_input(X, "X")
+        X = _inputs(X, "X")
         results = [self.engine.attribute(X, self.data, k) for k in range(len(self.expected_value))]
-        values = np.stack([r.values for r in results], axis=-1)
-        base = np.stack([np.broadcast_to(r.expected_value, (len(X),)) for r in results], axis=-1)
-        if values.shape[-1] == 1:
-            values, base = values[..., 0], base[..., 0]
-        return shap.Explanation(values=values, base_values=base, data=X.detach().cpu().numpy())
+        base = np.stack([np.broadcast_to(r.expected_value, (_rows(X),)) for r in results], axis=-1)
+        values = _stack([r.values for r in results])
+        one = base.shape[-1] == 1
+        explanations = [shap.Explanation(values=v[..., 0] if one else v, base_values=base[..., 0] if one else base,
+                                         data=x.detach().cpu().numpy())
+                        for v, x in zip(values if isinstance(X, tuple) else [values], _parts(X))]
+        return explanations if isinstance(X, tuple) else explanations[0]
 
 
 class DeepLiftShap:
@@ -124,8 +154,8 @@ class DeepLiftShap:
     (and any model the transform takes), exact.
 
     ``attribute(inputs, baselines, target=None, additional_forward_args=None, return_convergence_delta=False)``:
-    inputs (N, T) ids or (N, T, F) floats, or a one-element tuple of them (returned as a tuple, as Captum does);
-    baselines (B, ...) likewise. Returns the attributions (N, T) per token or (N, T, F), and with
+    inputs (N, T) ids or (N, T, F) floats, or a tuple of them, one per input of the model (returned as a tuple,
+    as Captum does); baselines (B, ...) likewise. Returns the attributions (N, T) per token or (N, T, F), and with
     ``return_convergence_delta`` each input's completeness error (N,).
     """
 
@@ -137,16 +167,16 @@ class DeepLiftShap:
 
     def attribute(self, inputs, baselines, target: int | None = None, additional_forward_args=None,
                   return_convergence_delta: bool = False):
-        """Attributions of inputs (N, T) token ids or (N, T, F) floats (or a one-element tuple of them) against
-        baselines (B, T[, F]) at output ``target`` (None: the model's only output), with
-        ``additional_forward_args`` one row per input as Captum passes them.
+        """Attributions of inputs (N, T) token ids or (N, T, F) floats (or a tuple of them, one per input of the
+        model) against baselines (B, T[, F]) (a tuple likewise) at output ``target`` (None: the model's only
+        output), with ``additional_forward_args`` one row per input as Captum passes them.
 
         Returns:
-            (N, T) per token or (N, T, F) (a one-element tuple when inputs were one), and with
-            ``return_convergence_delta`` each input's completeness error (N,).
+            (N, T) per token or (N, T, F) (a tuple, one per input, when inputs were a tuple), and with
+            ``return_convergence_delta`` each input's completeness error (N,) over all of its inputs.
         """
         tupled = isinstance(inputs, tuple)
-        x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
+        x, bg = _inputs(inputs, "inputs"), _inputs(baselines, "baselines")
         extra = _forward_args(additional_forward_args)
         if self._engine is None or self._engine[0] is not bg:
             dtype = _dtype_of(x, self.model)
@@ -154,8 +184,8 @@ class DeepLiftShap:
             self._engine = (bg, engine, engine.own.n_outputs(bg, extra), dtype)
         _, engine, outputs, dtype = self._engine
         res = engine.attribute(x, bg, _target(target, outputs), extra)
-        values = torch.from_numpy(res.values).to(dtype)
-        values = (values,) if tupled else values
+        values = tuple(torch.from_numpy(v).to(dtype) for v in _parts(res.values))
+        values = values if tupled else values[0]
         return (values, torch.from_numpy(res.residual)) if return_convergence_delta else values
 
 
@@ -177,7 +207,8 @@ class LayerDeepLiftShap:
 
     def attribute(self, inputs, baselines, target: int | None = None, additional_forward_args=None,
                   return_convergence_delta: bool = False, attribute_to_layer_input: bool = False):
-        """Attributions to the layer of inputs (N, T) token ids or (N, T, F) floats against baselines (B, T[, F]).
+        """Attributions to the layer of inputs (N, T) token ids or (N, T, F) floats (or a tuple of them, one per
+        input of the model) against baselines (B, T[, F]) (a tuple likewise).
 
         Returns:
             the layer's attributions in its own layout, the batch where the layer holds it: a tensor for a layer
@@ -189,7 +220,7 @@ class LayerDeepLiftShap:
         Raises:
             CompletenessError: input-level values of the same pass that do not add up to the model's output.
         """
-        x, bg = _one_input(inputs, "inputs"), _one_input(baselines, "baselines")
+        x, bg = _inputs(inputs, "inputs"), _inputs(baselines, "baselines")
         extra = _forward_args(additional_forward_args)
         dtype = _dtype_of(x, self.model)
         if target is None:

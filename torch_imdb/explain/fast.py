@@ -44,6 +44,7 @@ from torch_imdb.errors import OutputMismatch, ShapeRefusal, UsageError
 from torch_imdb.explain.api import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
                                     completeness_tolerance, guard)
 from torch_imdb.explain.backends import explainable_model
+from torch_imdb.explain.inputs import several
 from torch_imdb.explain.head import LIBRARIES_HINT, TRACE_ROWS, LinearHead, PooledHead, RuledHead
 from torch_imdb.cells import RECURRENT_MODULES
 from torch_imdb.explain.stack import RecurrentStack, Trace, padded_rows
@@ -476,6 +477,13 @@ class FastDeepShap:
         the same for its references (as the libraries pass them). The expected value is one float
         when the head reads nothing of the inputs, else one per input (N,).
         """
+        if several(inputs):  # a tuple of inputs: the transform lays them out as one, on the general path
+            if self.general is None:
+                self._take_the_general_path()
+            result = self.general.attribute(inputs, baselines, target, additional_forward_args)
+            self._tokens, self._n_outputs = any(not x.is_floating_point() for x in inputs), self.general.n_outputs
+            result.method = self.method
+            return result
         t0 = time.perf_counter()
         values = np.zeros(inputs.shape[:2] if self.tokens else inputs.shape)
         outputs, expected = np.zeros(len(inputs)), np.zeros(len(inputs))

@@ -70,12 +70,16 @@ class OwnOutputs(nn.Module):
         self.dtype, self.output = dtype, output
 
     @torch.no_grad()
-    def forward(self, inputs: torch.Tensor, *extra) -> torch.Tensor:
-        x = inputs if not inputs.is_floating_point() else inputs.to(self.dtype)
-        return select_output(self.model(x, *extra), self.output)
+    def forward(self, inputs: torch.Tensor | tuple, *extra) -> torch.Tensor:
+        """The explained outputs (n, K) of inputs (n, ...), or of a tuple of inputs the model's forward takes first."""
+        xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        return select_output(self.model(*(x.to(self.dtype) if x.is_floating_point() else x for x in xs), *extra),
+                             self.output)
 
-    def n_outputs(self, baselines: torch.Tensor, extra: tuple = ()) -> int:
+    def n_outputs(self, baselines: torch.Tensor | tuple, extra: tuple = ()) -> int:
         """K, the model's explained outputs: one background row through it, with the first row of each extra."""
-        device = next(self.parameters(), baselines).device  # a model without weights: where the rows are
+        several = isinstance(baselines, (tuple, list))
+        device = next(self.parameters(), baselines[0] if several else baselines).device  # no weights: the rows'
         first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
-        return self(baselines[:1].to(device), *first).shape[1]
+        rows = tuple(b[:1].to(device) for b in baselines) if several else baselines[:1].to(device)
+        return self(rows, *first).shape[1]

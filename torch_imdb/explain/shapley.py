@@ -45,6 +45,7 @@ from torch import nn
 
 from torch_imdb.errors import ShapeRefusal, UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.own import OwnOutputs
 from torch_imdb.faithfulness import spearman, spearman_brown
 
@@ -116,96 +117,133 @@ class ShapleySampling:
         self.seed, self.batch_rows = seed, batch_rows
         self._deepshap = None
 
-    def _f(self, rows: torch.Tensor, target: int, extra: tuple) -> np.ndarray:
-        """f (m,) float64 of rows (m, *shape), the user's module at ``target``, in batches of ``batch_rows``."""
-        out = np.empty(len(rows))
-        for s in range(0, len(rows), self.batch_rows):
-            part = rows[s : s + self.batch_rows]
-            more = tuple(a.expand(len(part), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
-            out[s : s + self.batch_rows] = self.own(part, *more)[:, target].double().cpu().numpy()
+    def _f(self, rows: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
+        """f (m,) float64 of rows, one (m, *shape) tensor per input, the user's module at ``target``, in batches of
+        ``batch_rows``."""
+        m = len(rows[0])
+        out = np.empty(m)
+        for s in range(0, m, self.batch_rows):
+            part = tuple(r[s : s + self.batch_rows] for r in rows)
+            more = tuple(a.expand(len(part[0]), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
+            out[s : s + self.batch_rows] = self.own(part if len(part) > 1 else part[0], *more)[:, target].double().cpu().numpy()
         return out
 
-    def _proxies(self, x: torch.Tensor, bg: torch.Tensor, target: int, extra: tuple) -> np.ndarray:
-        """The proxy game's values (B, size) per background row: DeepLIFT's per pair where the fast engine's
-        shortcuts give them, else DeepSHAP's (the mean over the rows) for every row, else zeros (no proxy, or a
-        model the transform refuses)."""
-        size = x.numel()
+    def _proxies(self, xs: list[torch.Tensor], bgs: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
+        """The proxy game's values (B, size) per background row, the inputs' entries side by side: DeepLIFT's per
+        pair where the fast engine's shortcuts give them, else DeepSHAP's (the mean over the rows) for every row,
+        else zeros (no proxy, or a model the transform refuses)."""
+        B, size = len(bgs[0]), sum(x.numel() for x in xs)
         if self.proxy is None:
-            return np.zeros((len(bg), size))
+            return np.zeros((B, size))
         from torch_imdb.explain.fast import FastDeepShap
 
         try:
             if self._deepshap is None:
                 self._deepshap = FastDeepShap(self.model, self.dtype, output=self.output)
             try:
-                return self._deepshap.pair_values(x[None], bg, target)[0].reshape(len(bg), size)
+                if len(xs) > 1:
+                    raise ShapeRefusal("several inputs: DeepSHAP's values on the general path")
+                return self._deepshap.pair_values(xs[0][None], bgs[0], target)[0].reshape(B, size)
             except ShapeRefusal:
-                values = self._deepshap.attribute(x[None], bg, target, extra).values[0]
-                return np.broadcast_to(values.reshape(1, size), (len(bg), size)).astype(np.float64)
+                one = tuple(x[None] for x in xs) if len(xs) > 1 else xs[0][None]
+                values = self._deepshap.attribute(one, tuple(bgs) if len(xs) > 1 else bgs[0], target, extra).values
+                flat = np.concatenate([v[0].reshape(-1) for v in (values if len(xs) > 1 else (values,))])
+                return np.broadcast_to(flat.reshape(1, size), (B, size)).astype(np.float64)
         except UsageError:  # a model the transform refuses: sampled without a proxy
-            return np.zeros((len(bg), size))
+            return np.zeros((B, size))
 
-    def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0,
+    def attribute(self, inputs: torch.Tensor | tuple, baselines: torch.Tensor | tuple, target: int = 0,
                   additional_forward_args: tuple = ()) -> Attribution:
         """Shapley values of each input against ``baselines`` at output ``target``.
 
         Args:
-            inputs: token ids (N, T) or float sequences (N, T, F).
-            baselines: the background, (B, T) or (B, T, F).
+            inputs: token ids (N, T) or float sequences (N, T, F); or a tuple of inputs (N, ...) that the model's
+                forward takes first, each token ids or floats, whose entries are all players of one game.
+            baselines: the background, (B, T) or (B, T, F); for a tuple of inputs a tuple of (B, ...), one each.
             target: the output column explained.
             additional_forward_args: further forward arguments, one row per input.
 
         Returns:
-            An :class:`~.backends.Attribution`: values (N, T) or (N, T, F), f(x) (N,), E f (N,).
+            An :class:`~.backends.Attribution`: values (N, T) or (N, T, F) (a tuple of (N, ...) for a tuple of
+            inputs, and so ``standard_error`` and ``halves``), f(x) (N,), E f (N,).
         """
-        if not isinstance(inputs, torch.Tensor) or not isinstance(baselines, torch.Tensor) or inputs.dim() < 2:
-            raise UsageError("inputs and baselines must be tensors: (n, T) token ids or (n, T, F) sequences")
-        if inputs.is_floating_point():
-            check_sequences(inputs, baselines)
+        vocab = [m.num_embeddings for m in self.own.model.modules() if isinstance(m, nn.Embedding)]
+        if several(inputs):
+            check_several(inputs, baselines)
+            xs, bgs = list(inputs), list(baselines)
+            for k, t in enumerate([*xs, *bgs]):
+                if not t.is_floating_point() and vocab and int(t.max()) >= max(vocab):
+                    raise UsageError(f"input {k % len(xs)} or its baselines hold ids past the model's vocabulary "
+                                     f"({max(vocab)}); were they encoded with this model's vocabulary?")
         else:
-            emb = [m for m in self.own.model.modules() if isinstance(m, nn.Embedding)]
-            check_ids(inputs, baselines, emb[0].num_embeddings if emb else int(inputs.max()) + 1)
-        extra = check_extra(additional_forward_args, len(inputs), baselines.device)
+            if not isinstance(inputs, torch.Tensor) or not isinstance(baselines, torch.Tensor) or inputs.dim() < 2:
+                raise UsageError("inputs and baselines must be tensors: (n, T) token ids or (n, T, F) sequences, "
+                                 "or tuples of tensors for a model of several inputs")
+            if inputs.is_floating_point():
+                check_sequences(inputs, baselines)
+            else:
+                check_ids(inputs, baselines, vocab[0] if vocab else int(inputs.max()) + 1)
+            xs, bgs = [inputs], [baselines]
+        n = len(xs[0])
+        extra = check_extra(additional_forward_args, n, bgs[0].device)
         t0 = time.perf_counter()
-        n = len(inputs)
-        values, se = np.zeros(inputs.shape), np.zeros(inputs.shape)
-        halves = np.zeros((2, *inputs.shape))
+        shapes = [tuple(x.shape[1:]) for x in xs]
+        size = sum(math.prod(shape) for shape in shapes)
+        values, se, halves = np.zeros((n, size)), np.zeros((n, size)), np.zeros((2, n, size))
         outputs, expected = np.zeros(n), np.zeros(n)
         reliability, evaluations, exact = np.full(n, np.nan), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
         for k in range(n):
             more = tuple(a[k : k + 1] if isinstance(a, torch.Tensor) else a for a in extra)
-            r = self._one(inputs[k], baselines, target, more, np.random.default_rng(self.seed + k))
+            r = self._one([x[k] for x in xs], bgs, target, more, np.random.default_rng(self.seed + k))
             values[k], se[k], halves[:, k], outputs[k], expected[k] = r["values"], r["se"], r["halves"], r["f_x"], r["base"]
             reliability[k], evaluations[k], exact[k] = r["reliability"], r["evaluations"], r["exact"]
-        result = Attribution(self.method, values, outputs, expected, time.perf_counter() - t0,
-                             extra={"standard_error": se, "halves": halves, "reliability": reliability,
-                                    "evaluations": evaluations, "exact": exact, "seed": self.seed})
+
+        def per_input(flat: np.ndarray, lead: int = 1):
+            """flat (*lead dims, size) as each input's shape, a tuple for a tuple of inputs."""
+            cut = np.split(flat, np.cumsum([math.prod(s) for s in shapes])[:-1], axis=-1)
+            parts = tuple(c.reshape(*flat.shape[:lead], *s) for c, s in zip(cut, shapes))
+            return parts if several(inputs) else parts[0]
+
+        result = Attribution(self.method, per_input(values), outputs, expected, time.perf_counter() - t0,
+                             extra={"standard_error": per_input(se), "halves": per_input(halves, 2),
+                                    "reliability": reliability, "evaluations": evaluations, "exact": exact,
+                                    "seed": self.seed})
         return check_completeness(result, self.dtype)
 
-    def _one(self, x: torch.Tensor, bg: torch.Tensor, target: int, extra: tuple, rng: np.random.Generator) -> dict:
-        """Everything :meth:`attribute` reports for one input x (its shape)."""
-        x = x if not x.is_floating_point() else x.to(self.dtype)
-        bg = bg if not bg.is_floating_point() else bg.to(self.dtype)
-        shape, B = x.shape, len(bg)
-        flat_x, flat_bg = x.reshape(-1), bg.reshape(B, -1)
-        players = np.flatnonzero((flat_bg != flat_x).any(dim=0).cpu().numpy())
-        d, size = len(players), flat_x.numel()
-        ends = self._f(torch.cat([x[None], bg]), target, extra)
+    def _one(self, xs: list[torch.Tensor], bgs: list[torch.Tensor], target: int, extra: tuple,
+             rng: np.random.Generator) -> dict:
+        """Everything :meth:`attribute` reports for one input: xs, one tensor per input of the model (its shape),
+        against backgrounds bgs (B, its shape); values flattened and side by side."""
+        xs = [x if not x.is_floating_point() else x.to(self.dtype) for x in xs]
+        bgs = [bg if not bg.is_floating_point() else bg.to(self.dtype) for bg in bgs]
+        B = len(bgs[0])
+        flat_x, flat_bg = [x.reshape(-1) for x in xs], [bg.reshape(B, -1) for bg in bgs]
+        sizes = [len(f) for f in flat_x]
+        differs = np.concatenate([(fb != fx).any(dim=0).cpu().numpy() for fx, fb in zip(flat_x, flat_bg)])
+        players = np.flatnonzero(differs)
+        offsets = np.cumsum([0, *sizes])
+        own = [players[(players >= a) & (players < b)] - a for a, b in zip(offsets[:-1], offsets[1:])]
+        columns = [np.flatnonzero((players >= a) & (players < b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        d, size = len(players), int(offsets[-1])
+        ends = self._f([torch.cat([x[None], bg]) for x, bg in zip(xs, bgs)], target, extra)
         f_x, f_b = float(ends[0]), ends[1:]
         evaluations = 1 + B
         phi, halves, se = np.zeros(size), np.zeros((2, size)), np.zeros(size)
 
         def report(reliability: float, exact: bool) -> dict:
-            return dict(values=phi.reshape(shape), se=se.reshape(shape), halves=halves.reshape(2, *shape), f_x=f_x,
-                        base=float(f_b.mean()), reliability=reliability, evaluations=evaluations, exact=exact)
+            return dict(values=phi, se=se, halves=halves, f_x=f_x, base=float(f_b.mean()), reliability=reliability,
+                        evaluations=evaluations, exact=exact)
 
         def run(keep: torch.Tensor, rows_of: np.ndarray) -> np.ndarray:
             """f (m,) of the input's entries where ``keep`` (m, d) and background row ``rows_of`` (m,) elsewhere."""
             nonlocal evaluations
-            rows = flat_bg[torch.from_numpy(rows_of)].clone()
-            rows[:, players] = torch.where(keep.to(rows.device), flat_x[players], rows[:, players])
-            evaluations += len(rows)
-            return self._f(rows.view(len(rows), *shape), target, extra)
+            rows = []
+            for x, fx, fb, mine, cols in zip(xs, flat_x, flat_bg, own, columns):
+                r = fb[torch.from_numpy(rows_of)].clone()
+                r[:, mine] = torch.where(keep[:, cols].to(r.device), fx[mine], r[:, mine])
+                rows.append(r.view(len(r), *x.shape))
+            evaluations += len(rows_of)
+            return self._f(rows, target, extra)
 
         if d <= 1:  # one player takes it all
             phi[players] = halves[:, players] = f_x - f_b.mean()
@@ -216,7 +254,7 @@ class ShapleySampling:
             v = run(keep.repeat_interleave(B, dim=0), np.tile(np.arange(B), 1 << d)).reshape(-1, B).mean(axis=1)
             phi[players] = halves[:, players] = exact_shapley(v, d)
             return report(1.0, True)
-        g = self._proxies(x, bg, target, extra)[:, players]  # (B, d): row b's control variate
+        g = self._proxies(xs, bgs, target, extra)[:, players]  # (B, d): row b's control variate
         g_mean = g.mean(axis=0)
         total, squares = np.zeros((2, B, d)), np.zeros((2, B, d))  # per half and row: sums of samples
         count = np.zeros((2, B))

@@ -46,6 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import rules
+from torch_imdb.explain.inputs import Layout
 from torch_imdb.cells import RECURRENT_MODULES
 from torch_imdb.explain.marks import _MODES, explained, mark_batch, user_location  # noqa: F401 - re-exported
 
@@ -446,12 +447,12 @@ class RuleMode(TorchFunctionMode):
     another dim and split it again) is read by its sizes.
     """
 
-    def __init__(self, rules_table: dict[str, Rule] | None = None, watch: torch.Tensor | None = None,
+    def __init__(self, rules_table: dict[str, Rule] | None = None, watch: tuple[torch.Tensor, ...] = (),
                  batch: int | None = None) -> None:
         super().__init__()
         self.rules = RULES if rules_table is None else rules_table
         self.watch = watch
-        self.watched_read = False  # whether any op read ``watch`` (the ids: masks, lengths)
+        self.watched_read = False  # whether any op read a tensor of ``watch`` (the ids: masks, lengths)
         self.batch = batch  # rows of the explained batch: how a time-major tensor's batch dim is found
         # (data_ptr, shape, strides) of an explained tensor -> (the tensor, the dim that holds its batch). Keyed by
         # where the data lies, so that an alias finds it too (the new tensor object a library's module hook returns
@@ -501,8 +502,8 @@ class RuleMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         flat = tree_flatten((args, kwargs))[0]
-        if self.watch is not None and not self.watched_read:
-            self.watched_read = any(a is self.watch for a in flat)
+        if self.watch and not self.watched_read:
+            self.watched_read = any(a is w for a in flat for w in self.watch)
         if not torch.is_grad_enabled() or not any(explained(a) for a in flat):
             return func(*args, **kwargs)
         raw, name = getattr(func, "__name__", ""), _name(func)
@@ -638,11 +639,13 @@ def _removed_dims(name: str, args, kwargs, nd: int, out_nd: int) -> list[int] | 
 
 
 class _Context:
-    """The explained batch for the copy's embedding: set by :class:`ExplainableModel` per call."""
+    """The explained batch for the copy's embeddings, set by :class:`ExplainableModel` per call: ``pairs`` of
+    (the model's ids, the explained vectors served for them); ``record`` (while the copy finds its inputs'
+    embeddings) maps each ids tensor an embedding is applied to, by identity, to what that embedding gives."""
 
     def __init__(self) -> None:
-        self.vectors: torch.Tensor | None = None
-        self.ids: torch.Tensor | None = None
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.record: dict[int, tuple[torch.Tensor, nn.Module, torch.Tensor]] | None = None
 
 
 class EmbeddingFromContext(nn.Module):
@@ -664,12 +667,27 @@ class EmbeddingFromContext(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         ctx = self.context
-        if ctx.vectors is None:
+        if ctx.record is not None:
+            return self._recorded(ids, ctx.record)
+        if not ctx.pairs:
             return ids if ids.is_floating_point() else self.embedding(ids)
-        if ids is not ctx.ids:
-            raise UnruledOpError(f"the model's nn.Embedding is applied to something other than its input ids at "
-                                 f"{user_location()}; the transform explains the embedding of the input ids")
-        return ctx.vectors
+        for known, vectors in ctx.pairs:
+            if ids is known:
+                return vectors
+        raise UnruledOpError(f"the model's nn.Embedding is applied to something other than its input ids at "
+                             f"{user_location()}; the transform explains the embedding of the input ids")
+
+    def _recorded(self, ids: torch.Tensor, record: dict) -> torch.Tensor:
+        """The embedding of ``ids``, noted in ``record`` (a one-line error for ids it has no vector for)."""
+        if not ids.is_floating_point() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise UsageError(f"token ids outside [0, {self.num_embeddings}) reach the nn.Embedding at {user_location()}; "
+                             "were they encoded with this model's vocabulary?")
+        out = self.embedding(ids)
+        if id(ids) in record and record[id(ids)][1] is not self:
+            raise UsageError(f"the same input ids are read by two nn.Embedding modules (at {user_location()}): which "
+                             "vectors to explain is ambiguous; pass the embeddings as float inputs instead")
+        record[id(ids)] = (ids, self, out)
+        return out
 
 
 class _Plain(nn.Module):
@@ -751,6 +769,7 @@ class ExplainableModel(nn.Module):
         self.output = output
         self.rules_table = rules_table
         self.ids_read = False  # whether the last forward pass computed anything from the ids (a mask, lengths)
+        self.layout: Layout | None = None  # several inputs: where each lies in the explained tensor (see .inputs)
 
     @property
     def tokens(self) -> bool:
@@ -768,16 +787,44 @@ class ExplainableModel(nn.Module):
     def vocab_size(self) -> int:
         return next(m for m in self.model.modules() if isinstance(m, EmbeddingFromContext)).num_embeddings
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None, *extra) -> torch.Tensor:
+    def embed_inputs(self, inputs: list[torch.Tensor], extra: tuple = ()) -> list[torch.Tensor]:
+        """The explained values of each of several inputs (a tuple the model's forward takes first): the vectors
+        the model's own nn.Embedding gives a token input (found by running the model once), a float input as it
+        is. A one-line error for token ids that no embedding reads as they are."""
         ctx = self.context
-        ctx.vectors, ctx.ids = (x, ids) if ids is not None else (None, None)
-        mode = RuleMode(self.rules_table, watch=ids, batch=x.shape[0])
+        ctx.record = {}
+        try:
+            with torch.no_grad():
+                self.model(*inputs, *extra)
+            record = ctx.record
+        finally:
+            ctx.record = None
+        out = []
+        for k, x in enumerate(inputs):
+            if not x.is_floating_point() and id(x) not in record:
+                raise UsageError(f"input {k} holds token ids but no nn.Embedding of the model reads them as they are "
+                                 "(unchanged, first thing); pass their embeddings as a float input instead")
+            out.append(x if x.is_floating_point() else record[id(x)][2])
+        return out
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None, *extra) -> torch.Tensor:
+        """The explained output (batch, K) of explained values x; with a :attr:`layout` (several inputs), x and
+        ids are the inputs' explained values and token ids side by side (see :mod:`.inputs`)."""
+        ctx = self.context
+        if self.layout is None:
+            explained, ids_of = [x], [ids]
+        else:
+            explained, ids_of = self.layout.unpack(x), self.layout.unpack_ids(ids)
+        ctx.pairs = [(i, v) for i, v in zip(ids_of, explained) if i is not None]
+        watch = tuple(i for i in ids_of if i is not None)
+        mode = RuleMode(self.rules_table, watch=watch, batch=x.shape[0])
         try:
             with mode:
-                mark_batch(x, 0)  # the explained input holds the batch on dim 0, whatever its other sizes
-                out = self.model(ids if ids is not None else x, *extra)
+                for v in explained:  # each explained input holds the batch on dim 0, whatever its other sizes
+                    mark_batch(v, 0)
+                out = self.model(*(v if i is None else i for i, v in zip(ids_of, explained)), *extra)
         finally:
-            ctx.vectors = ctx.ids = None
+            ctx.pairs = []
         self.ids_read = mode.watched_read
         return self.select(out)
 
