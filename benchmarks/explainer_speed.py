@@ -119,7 +119,7 @@ def load_inputs(args) -> tuple[SentimentRNN, np.ndarray, np.ndarray, dict]:
     if (ckpt_dir / "config.json").exists():
         from torch_imdb.checkpoint import load_checkpoint
         from torch_imdb.data import load_imdb
-        from torch_imdb.explain.compare import sample_background, sample_test_reviews
+        from torch_imdb.sampling import sample_background, sample_test_reviews
 
         ckpt = load_checkpoint(ckpt_dir)
         ds = load_imdb(args.data)

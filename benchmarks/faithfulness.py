@@ -376,7 +376,7 @@ def faithfulness_metrics(predict, ids: np.ndarray, values: np.ndarray, max_k: in
 def run(args) -> dict:
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.sampling import sample_background, sample_test_reviews
     from torch_imdb.machine import machine_info
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -110,7 +110,7 @@ def pareto(records: dict) -> list[str]:
 def run(args) -> dict:
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.sampling import sample_background, sample_test_reviews
     from torch_imdb.machine import machine_info
 
     if args.frontier_reviews > args.reviews or args.reference_background > args.background:

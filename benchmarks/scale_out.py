@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 from torch_imdb.checkpoint import load_checkpoint  # noqa: E402
 from torch_imdb.data import load_imdb, sample_indices  # noqa: E402
-from torch_imdb.explain.compare import sample_background  # noqa: E402
+from torch_imdb.sampling import sample_background  # noqa: E402
 from torch_imdb.explain.corpus import fast_engine, read_attributions  # noqa: E402
 from torch_imdb.io import atomic_path, atomic_write_json  # noqa: E402
 from torch_imdb.machine import machine_info  # noqa: E402

@@ -145,29 +145,32 @@ def test_missing_checkpoint(tmp_path):
 def test_all_test_streams_and_resumes(tiny_checkpoint, tmp_path):
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.corpus import explain_split, read_attributions
+    from torch_imdb.explain.corpus import RunSettings, explain_split, read_attributions
     from torch_imdb.explain.fast import FastDeepShap
 
     ck, data = tiny_checkpoint
     ckpt, ds = load_checkpoint(ck), load_imdb(str(data))
     out = tmp_path / "all"
-    m = explain_split(ckpt, ds, out, background=5, chunk_reviews=25, compile=False, log=lambda *_: None)
+    m = explain_split(ckpt, ds, out, settings=RunSettings(background=5, chunk_reviews=25, compile=False),
+                      log=lambda *_: None)
     assert m["complete"] and m["chunks"] == 3 and m["reviews_computed_this_run"] == 60
     got = read_attributions(out)
     assert got["values"].shape == (60, 16) and list(got["row"]) == list(range(60))
     # same values as the engine called directly with the same background
-    from torch_imdb.explain.compare import sample_background
+    from torch_imdb.sampling import sample_background
 
     _, bg_ids = sample_background(ckpt, ds, 5, seed=0)
     direct = FastDeepShap(ckpt.model).attribute(torch.from_numpy(got["ids"].astype(np.int64)), torch.from_numpy(bg_ids))
     assert np.abs(direct.values - got["values"]).max() < 1e-6
     # interrupted run: one chunk lost, the restart recomputes only that chunk
     (out / "chunk-00001.parquet").unlink()
-    m2 = explain_split(ckpt, ds, out, background=5, chunk_reviews=25, compile=False, log=lambda *_: None)
+    m2 = explain_split(ckpt, ds, out, settings=RunSettings(background=5, chunk_reviews=25, compile=False),
+                       log=lambda *_: None)
     assert m2["reviews_computed_this_run"] == 25
     np.testing.assert_array_equal(read_attributions(out)["values"], got["values"])
     with pytest.raises(UsageError, match="other settings"):
-        explain_split(ckpt, ds, out, background=6, chunk_reviews=25, compile=False, log=lambda *_: None)
+        explain_split(ckpt, ds, out, settings=RunSettings(background=6, chunk_reviews=25, compile=False),
+                      log=lambda *_: None)
 
 
 def test_real_data_explain(real_checkpoint, tmp_path):
@@ -309,16 +312,16 @@ def test_all_test_of_an_attention_model_takes_the_fast_engine_with_base_values_p
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
     from torch_imdb.explain.backends import ShapDeepExplainer
-    from torch_imdb.explain.compare import sample_background
-    from torch_imdb.explain.corpus import explain_split, read_attributions
+    from torch_imdb.sampling import sample_background
+    from torch_imdb.explain.corpus import RunSettings, explain_split, read_attributions
     from torch_imdb.training import TrainConfig, fit
 
     cfg = TrainConfig(epochs=1, maxlen=16, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
                       attention_dim=4, data=str(planted_data), device="cpu")
     fit(cfg, tmp_path / "ck", log=lambda *_: None)
     ckpt, ds = load_checkpoint(tmp_path / "ck"), load_imdb(str(planted_data))
-    m = explain_split(ckpt, ds, tmp_path / "all", background=5, chunk_reviews=25, limit=30, compile=False,
-                      log=lambda *_: None)
+    m = explain_split(ckpt, ds, tmp_path / "all", settings=RunSettings(background=5, chunk_reviews=25, compile=False),
+                      limit=30, log=lambda *_: None)
     assert m["complete"] and m["expected_value"] is None  # no one base value: it is per review
     got = read_attributions(tmp_path / "all")
     _, bg_ids = sample_background(ckpt, ds, 5, seed=0)

@@ -253,7 +253,7 @@ def test_layer_refusals_are_one_line():
 def test_layer_attributions_on_a_real_checkpoints_lstm_outputs_add_up(real_checkpoint):
     from torch_imdb.checkpoint import load_checkpoint
     from torch_imdb.data import load_imdb
-    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.sampling import sample_background, sample_test_reviews
 
     ck, data = real_checkpoint
     ckpt, ds = load_checkpoint(ck), load_imdb(data)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE, planted_reviews, write_imdb_fol
 from torch_imdb.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from torch_imdb.data import Vocab, load_imdb  # noqa: E402
 from torch_imdb.errors import UsageError  # noqa: E402
-from torch_imdb.explain.corpus import explain_ids, part_rows, read_attributions  # noqa: E402
+from torch_imdb.explain.corpus import RunSettings, explain_ids, part_rows, read_attributions  # noqa: E402
 from torch_imdb.explain.ray_corpus import explain_input_ray  # noqa: E402
 from torch_imdb.explain.texts import read_texts  # noqa: E402
 from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
@@ -40,6 +41,7 @@ BIN = Path(sys.executable).parent
 WORKER_TITLE = "ray::MapWorker(MapBatches(BatchExplainer))"
 N_REVIEWS = 2400
 BACKGROUND = 40
+LOCAL = RunSettings(background=BACKGROUND, compile=False)  # what every run here shares
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,8 @@ def local_reference(setup, tmp_path_factory):
     got = read_texts(path)
     rows, texts, labels = got.ids, got.texts, got.labels
     out = tmp_path_factory.mktemp("local") / "out"
-    explain_ids(ckpt, load_imdb(str(data)), ckpt.vocab.encode_many(texts, ckpt.maxlen), rows, labels, out,
-                {"input": str(path)}, background=BACKGROUND, compile=False, log=lambda *_: None)
+    explain_ids(ckpt, load_imdb(str(data)), tokens=ckpt.vocab.encode_many(texts, ckpt.maxlen), review_ids=rows,
+                labels=labels, out_dir=out, source={"input": str(path)}, settings=LOCAL, log=lambda *_: None)
     return read_attributions(out)
 
 
@@ -140,8 +142,8 @@ def cluster():
 
 def run(setup, out, **options) -> dict:
     ck, data, path, _ = setup
-    return explain_input_ray(load_checkpoint(ck), load_imdb(str(data)), str(path), out, background=BACKGROUND,
-                             compile=False, log=lambda *_: None, **options)
+    return explain_input_ray(load_checkpoint(ck), load_imdb(str(data)), spec=str(path), out_dir=out,
+                             settings=replace(LOCAL, **options), log=lambda *_: None)
 
 
 def assert_same_as_local(out: Path, local: dict, ids: np.ndarray) -> None:
@@ -157,7 +159,7 @@ def assert_same_as_local(out: Path, local: dict, ids: np.ndarray) -> None:
 
 def test_local_ray_matches_the_local_runner(setup, local_reference, tmp_path):
     assert ray_processes() == []
-    manifest = run(setup, tmp_path / "out", batch_reviews=300)  # no address: starts and stops its own local Ray
+    manifest = run(setup, tmp_path / "out", chunk_reviews=300)  # no address: starts and stops its own local Ray
     assert_same_as_local(tmp_path / "out", local_reference, setup[3])
     assert manifest["complete"] and manifest["n_reviews"] == N_REVIEWS - 2 and manifest["skipped_rows"] == 2
     assert manifest["workers"] == os.cpu_count() and manifest["threads_per_worker"] == 1
@@ -184,7 +186,7 @@ def test_a_killed_worker_is_retried(setup, local_reference, cluster, tmp_path):
 
     killer = threading.Thread(target=kill_one_worker_mid_run)
     killer.start()
-    manifest = run(setup, out, address=cluster.address, workers=2, batch_reviews=100)
+    manifest = run(setup, out, address=cluster.address, workers=2, chunk_reviews=100)
     killer.join()
     assert killed, "no worker was running once the first part was written"
     pid, parts_then = killed[0]
@@ -209,7 +211,7 @@ def test_a_killed_driver_resumes_where_it_stopped(setup, local_reference, cluste
     assert 3 <= len(kept) < (N_REVIEWS - 2) / 100, "the driver was not stopped in the middle of the run"
     assert not json.loads((out / "manifest.json").read_text())["complete"]
 
-    manifest = run(setup, out, address=cluster.address, workers=2, batch_reviews=100)
+    manifest = run(setup, out, address=cluster.address, workers=2, chunk_reviews=100)
     assert manifest["reviews_computed_this_run"] == N_REVIEWS - 2 - len(part_rows([out / name for name in kept]))
     assert {p: out.joinpath(p).stat().st_mtime_ns for p in kept} == kept  # finished parts were kept, not redone
     assert_same_as_local(out, local_reference, ids)
@@ -229,7 +231,7 @@ def test_two_nodes_on_loopback(setup, local_reference, tmp_path):
     assert ray_processes() == []
     c = Cluster([1, 1])
     try:
-        manifest = run(setup, tmp_path / "out", address=c.address, workers=2, batch_reviews=200)
+        manifest = run(setup, tmp_path / "out", address=c.address, workers=2, chunk_reviews=200)
         assert manifest["nodes_used"] == 2  # one actor per 1-CPU node
         assert_same_as_local(tmp_path / "out", local_reference, setup[3])
     finally:
@@ -243,13 +245,13 @@ def test_text_csv_and_json_lines_inputs_and_a_pool_that_must_fit(setup, cluster,
     path.write_text("\n".join(texts) + "\n")
     warnings = []
     ckpt, dataset = load_checkpoint(ck), load_imdb(str(data))
-    manifest = explain_input_ray(ckpt, dataset, str(path), tmp_path / "ray", background=BACKGROUND, compile=False,
-                                 address=cluster.address, log=warnings.append)
+    manifest = explain_input_ray(ckpt, dataset, spec=str(path), out_dir=tmp_path / "ray",
+                                 settings=replace(LOCAL, address=cluster.address), log=warnings.append)
     assert warnings == [f"warning: {path}: row 1: no text, skipped"] and manifest["n_reviews"] == 3
     assert manifest["parts"] >= 2  # a small input is split so that both actors get work
-    explain_ids(ckpt, dataset, ckpt.vocab.encode_many([texts[k] for k in (0, 2, 3)], ckpt.maxlen), np.array([0, 2, 3]),
-                np.full(3, -1), tmp_path / "local", {"input": str(path)}, background=BACKGROUND, compile=False,
-                log=lambda *_: None)
+    explain_ids(ckpt, dataset, tokens=ckpt.vocab.encode_many([texts[k] for k in (0, 2, 3)], ckpt.maxlen),
+                review_ids=np.array([0, 2, 3]), labels=np.full(3, -1), out_dir=tmp_path / "local",
+                source={"input": str(path)}, settings=LOCAL, log=lambda *_: None)
     assert_same_as_local(tmp_path / "ray", read_attributions(tmp_path / "local"), np.array([0, 2, 3]))
     for fmt in ("csv", "jsonl"):  # Ray Data's own readers, for files that carry ids
         kept = [0, 2, 3]
@@ -259,8 +261,8 @@ def test_text_csv_and_json_lines_inputs_and_a_pool_that_must_fit(setup, cluster,
             src.write_text("id,text,label\n" + "".join(f'{r["id"]},"{r["text"]}",{r["label"]}\n' for r in rows))
         else:
             src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        explain_input_ray(ckpt, dataset, str(src), tmp_path / fmt, background=BACKGROUND, compile=False,
-                          address=cluster.address, log=warnings.append)
+        explain_input_ray(ckpt, dataset, spec=str(src), out_dir=tmp_path / fmt,
+                          settings=replace(LOCAL, address=cluster.address), log=warnings.append)
         got = read_attributions(tmp_path / fmt)
         assert got["row"].tolist() == [100, 102, 103] and got["label"].tolist() == [0, 0, 1]
         assert np.abs(got["values"] - read_attributions(tmp_path / "local")["values"]).max() < 1e-6

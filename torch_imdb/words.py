@@ -204,7 +204,7 @@ def attributions_for_words(ckpt, dataset, attributions: str | Path | None, sampl
     or of other weights is refused in one line rather than replaced by a sample.
     """
     from torch_imdb.explain.corpus import read_attributions, read_manifest
-    from torch_imdb.explain.compare import sample_background, sample_test_reviews
+    from torch_imdb.sampling import sample_background, sample_test_reviews
     from torch_imdb.explain.engines import make_engine
     import torch
 

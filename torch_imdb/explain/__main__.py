@@ -97,6 +97,15 @@ def mode_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     return mode
 
 
+def run_settings(args, cache: Path):
+    """The corpus runners' settings, from the command line: one object for either runner."""
+    from torch_imdb.explain.corpus import RunSettings
+
+    return RunSettings(background=args.background, seed=args.seed, chunk_reviews=args.chunk_reviews,
+                       compile=not args.no_compile, cache_dir=cache, address=args.ray_address, workers=args.workers,
+                       threads_per_worker=args.threads_per_worker, encoding=args.encoding)
+
+
 def explain_input(args, ckpt, dataset, cache: Path) -> int:
     """--input: read the file, explain every usable row, write chunks, the token table and the word summary."""
     from torch_imdb.explain.corpus import explain_ids, read_attributions
@@ -105,12 +114,12 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
     from torch_imdb.words import write_csv as write_words
 
     out = Path(args.out_dir or Path(args.checkpoint) / "explain_input")
+    settings = run_settings(args, cache)
     if args.engine == "ray":
         from torch_imdb.explain.ray_corpus import explain_input_ray
 
-        manifest = explain_input_ray(ckpt, dataset, args.input, out, args.background, args.seed, args.chunk_reviews,
-                                     not args.no_compile, args.ray_address, args.workers, args.threads_per_worker,
-                                     cache, log=lambda line: print(line, file=sys.stderr), encoding=args.encoding)
+        manifest = explain_input_ray(ckpt, dataset, spec=args.input, out_dir=out, settings=settings,
+                                     log=lambda line: print(line, file=sys.stderr))
         print(f"explained {manifest['reviews_computed_this_run']} reviews on Ray ({manifest['workers']} workers on "
               f"{manifest['nodes_used']} node(s), {manifest['seconds_this_run']:.1f} s) into {out}: "
               f"{manifest['n_reviews']} reviews in {manifest['parts']} parquet part(s); summarise them by word with "
@@ -120,8 +129,8 @@ def explain_input(args, ckpt, dataset, cache: Path) -> int:
     ids = ckpt.vocab.encode_many(got.texts, ckpt.maxlen)
     source = {"input": str(Path(args.input).resolve()), "input_sha256": got.fingerprint, "encoding": args.encoding,
               "input_rows": got.rows, "skipped_rows": len(got.skipped)}
-    manifest = explain_ids(ckpt, dataset, ids, got.ids, got.labels, out, source, args.background, args.seed,
-                           args.chunk_reviews, not args.no_compile, cache)
+    manifest = explain_ids(ckpt, dataset, tokens=ids, review_ids=got.ids, labels=got.labels, out_dir=out,
+                           source=source, settings=settings)
     attributions = read_attributions(out, fingerprint=ckpt.fingerprint)
     n_tokens = write_token_table(out / "tokens.csv", ckpt, attributions)
     write_words(out / "word_summary.csv", word_importance(attributions["ids"], attributions["values"], ckpt.vocab,
@@ -178,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         from torch_imdb.io import atomic_write_json
 
         out_dir = args.out_dir or default_out_dir(args.checkpoint)
-        manifest = explain_split(ckpt, dataset, out_dir, background=args.background, seed=args.seed,
-                                 limit=args.limit, compile=not args.no_compile, cache_dir=cache,
-                                 chunk_reviews=args.chunk_reviews)
+        manifest = explain_split(ckpt, dataset, out_dir, settings=run_settings(args, cache), limit=args.limit)
         manifest["machine"] = machine_info()
         print(f"explained {manifest['n_reviews']} reviews into {out_dir}: "
               f"{manifest['seconds_this_run']:.1f} s this run")

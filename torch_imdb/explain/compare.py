@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from torch_imdb.checkpoint import Checkpoint
-from torch_imdb.data import PAD_ID, PAD_WORD, Vocab, encode_split, sample_indices
+from torch_imdb.data import PAD_ID, PAD_WORD, Vocab
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution
 from torch_imdb.explain.backends import plain_rnn_failures
 from torch_imdb.explain.engines import make_engine
 from torch_imdb.io import atomic_path, atomic_write_json
+from torch_imdb.sampling import sample_background, sample_test_reviews
 
 @dataclass
 class Explanation:
@@ -44,23 +45,6 @@ def encode_texts(texts: list[str], vocab: Vocab, maxlen: int) -> np.ndarray:
         if not text or not text.strip():
             raise UsageError(f"--text number {k + 1} is empty; give the review's words in quotes")
     return vocab.encode_many(texts, maxlen)
-
-
-def sample_background(ckpt: Checkpoint, dataset, size: int, seed: int,
-                      cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``size`` train rows drawn with ``seed`` and their ids (size, T): the reference set."""
-    train = dataset["train"]
-    rows = sample_indices(len(train), size, seed, what="--background")
-    return rows, encode_split(train.select(rows), ckpt.vocab, ckpt.maxlen, cache_dir)[0]
-
-
-def sample_test_reviews(ckpt: Checkpoint, dataset, size: int, seed: int,
-                        cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``size`` test rows drawn with ``seed + 1``, their ids (size, T) and labels (size,)."""
-    test = dataset["test"]
-    rows = sample_indices(len(test), size, seed + 1, what="--reviews")
-    ids, labels = encode_split(test.select(rows), ckpt.vocab, ckpt.maxlen, cache_dir)
-    return rows, ids, labels
 
 
 def explain_reviews(ckpt: Checkpoint, dataset, background: int = 100, reviews: int = 10, seed: int = 0,

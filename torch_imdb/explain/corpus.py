@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,48 @@ import torch
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.data import encode_split, sample_indices
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.compare import sample_background
 from torch_imdb.explain.engines import make_engine
 from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.io import atomic_path, atomic_write_json, read_json
 from torch_imdb.progress import Progress
+from torch_imdb.sampling import sample_background
 
 
 FINGERPRINT_KEY = "torch_imdb.weights_fingerprint"
 RUN_KEY = "torch_imdb.run_key"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """How a corpus run explains, built once from the command line and handed to either runner.
+
+    background: training reviews in the reference set, drawn with ``seed``; chunk_reviews: reviews per parquet
+    chunk (the local runner) or per batch (Ray); compile: the fast engine compiled; cache_dir: where encoded
+    splits are cached. On Ray only: address (None starts a local Ray), workers (0: as many as the CPUs allow),
+    threads_per_worker, and the input's encoding.
+    """
+
+    background: int = 100
+    seed: int = 0
+    chunk_reviews: int = 500
+    compile: bool = True
+    cache_dir: str | Path | None = None
+    address: str | None = None
+    workers: int = 0
+    threads_per_worker: int = 1
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if self.chunk_reviews < 1 or self.threads_per_worker < 1 or self.workers < 0:
+            raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
+
+    def manifest(self, ckpt: Checkpoint, background_rows: np.ndarray, source: dict) -> dict:
+        """The settings a run's manifest records and a restart must match: ``source`` (what was explained), the
+        background, its seed and rows, and what identifies the model (weights, vocabulary, maxlen, epoch)."""
+        return {**source, "background": self.background, "seed": self.seed,
+                "background_train_rows": [int(r) for r in background_rows], "maxlen": ckpt.maxlen,
+                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
+                "weights_fingerprint": ckpt.fingerprint}
 
 
 def run_key(settings: dict) -> str:
@@ -45,18 +79,18 @@ def default_out_dir(checkpoint: str | Path) -> Path:
     return Path(checkpoint) / "all_test"
 
 
-def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, split: str = "test", background: int = 100,
-                  seed: int = 0, chunk_reviews: int = 500, limit: int = 0, compile: bool = True,
-                  cache_dir: str | Path | None = None, log=print) -> dict:
+def explain_split(ckpt: Checkpoint, dataset, out_dir: str | Path, *, settings: RunSettings = RunSettings(),
+                  split: str = "test", limit: int = 0, log=print) -> dict:
     """Attribute every review of ``split`` (or a seeded sample of ``limit``) and stream to ``out_dir``.
 
     See :func:`explain_ids` for the output. ``row`` is the index in the split.
     """
     data = dataset[split]
-    rows = np.arange(len(data)) if not limit else np.sort(sample_indices(len(data), limit, seed + 1, what="--limit"))
-    ids, labels = encode_split(data, ckpt.vocab, ckpt.maxlen, cache_dir)
-    return explain_ids(ckpt, dataset, ids[rows], rows, labels[rows], out_dir, {"split": split}, background, seed,
-                       chunk_reviews, compile, cache_dir, log)
+    rows = (np.arange(len(data)) if not limit
+            else np.sort(sample_indices(len(data), limit, settings.seed + 1, what="--limit")))
+    tokens, labels = encode_split(data, ckpt.vocab, ckpt.maxlen, settings.cache_dir)
+    return explain_ids(ckpt, dataset, tokens=tokens[rows], review_ids=rows, labels=labels[rows], out_dir=out_dir,
+                       source={"split": split}, settings=settings, log=log)
 
 
 def fast_engine(model, background: int, compile: bool = True) -> FastDeepShap:
@@ -173,50 +207,50 @@ def mark_started(out: Path, settings: dict) -> None:
     atomic_write_json(out / "manifest.json", {**settings, "run_key": run_key(settings), "complete": False})
 
 
-def explain_ids(ckpt: Checkpoint, dataset, ids: np.ndarray, rows: np.ndarray, labels: np.ndarray, out_dir: str | Path,
-                source: dict, background: int = 100, seed: int = 0, chunk_reviews: int = 500, compile: bool = True,
-                cache_dir: str | Path | None = None, log=print) -> dict:
-    """Attribute encoded reviews ids (N, T) against ``background`` train reviews drawn with ``seed``, in chunks.
+def finish_run(out: Path, settings: dict, **outcome) -> dict:
+    """Write and return the manifest of a finished run: its settings, run key and ``outcome`` (timings, counts)."""
+    manifest = {**settings, "run_key": run_key(settings), "complete": True, **outcome}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
 
-    Each chunk of ``chunk_reviews`` reviews is one parquet file of :func:`explain_batch`'s
-    columns, ``row`` holding the caller's id of each review. ``source`` describes the
-    input and joins the settings a restart must match. Returns the manifest dict (also
-    written to ``out_dir/manifest.json``).
+
+def explain_ids(ckpt: Checkpoint, dataset, *, tokens: np.ndarray, review_ids: np.ndarray, labels: np.ndarray,
+                out_dir: str | Path, source: dict, settings: RunSettings = RunSettings(), log=print) -> dict:
+    """Attribute encoded reviews, token ids ``tokens`` (N, T), against ``settings.background`` train reviews drawn
+    with ``settings.seed``, in chunks.
+
+    Each chunk of ``settings.chunk_reviews`` reviews is one parquet file of :func:`explain_batch`'s
+    columns, ``row`` holding each review's id from ``review_ids`` (N,) and ``label`` from ``labels`` (N,),
+    -1 where unknown. ``source`` describes the input and joins the settings a restart must match. Returns
+    the manifest dict (also written to ``out_dir/manifest.json``).
     """
-    if chunk_reviews < 1:
-        raise UsageError(f"--chunk-reviews must be at least 1, got {chunk_reviews}")
-    out = Path(out_dir)
-    bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
-    settings = {**source, "background": background, "seed": seed, "background_train_rows": [int(r) for r in bg_rows],
-                "n_reviews": int(len(rows)), "chunk_reviews": chunk_reviews, "maxlen": ckpt.maxlen,
-                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
-                "weights_fingerprint": ckpt.fingerprint}
-    done = start_run(out, settings)
-    key = run_key(settings)
-    engine = fast_engine(ckpt.model, background, compile)
+    out, per = Path(out_dir), settings.chunk_reviews
+    bg_rows, bg_ids = sample_background(ckpt, dataset, settings.background, settings.seed, settings.cache_dir)
+    recorded = {**settings.manifest(ckpt, bg_rows, source), "n_reviews": int(len(review_ids)), "chunk_reviews": per}
+    done = start_run(out, recorded)
+    key = run_key(recorded)
+    engine = fast_engine(ckpt.model, settings.background, settings.compile)
     bg = torch.from_numpy(bg_ids)
-    chunks = list(range(0, len(rows), chunk_reviews))
+    chunks = list(range(0, len(review_ids), per))
     if done:
         log(f"resuming: {len(done)} of {len(chunks)} chunks already in {out}")
     if len(done) < len(chunks):
-        mark_started(out, settings)
+        mark_started(out, recorded)
     t0 = time.perf_counter()
     computed = 0
-    with Progress(len(rows), "explaining", "reviews", log) as progress:
+    with Progress(len(review_ids), "explaining", "reviews", log) as progress:
         for start in chunks:
-            path = out / f"chunk-{start // chunk_reviews:05d}.parquet"
-            sl = slice(start, start + chunk_reviews)
+            path = out / f"chunk-{start // per:05d}.parquet"
+            sl = slice(start, start + per)
             if not path.exists():
-                write_part(path, explain_batch(engine, bg, ids[sl], rows[sl], labels[sl], ckpt.fingerprint, key))
-                computed += len(rows[sl])
-            progress.update(len(rows[sl]))
+                write_part(path, explain_batch(engine, bg, tokens[sl], review_ids[sl], labels[sl], ckpt.fingerprint,
+                                               key))
+                computed += len(review_ids[sl])
+            progress.update(len(review_ids[sl]))
     seconds = time.perf_counter() - t0
-    manifest = {**settings, "run_key": key, "complete": True, "expected_value": shared_base_value(engine, bg),
-                "reviews_computed_this_run": computed, "seconds_this_run": seconds,
-                "seconds_per_review_this_run": seconds / computed if computed else None,
-                "compiled": compile, "chunks": len(chunks), "torch_threads": torch.get_num_threads()}
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest
+    return finish_run(out, recorded, expected_value=shared_base_value(engine, bg), reviews_computed_this_run=computed,
+                      seconds_this_run=seconds, seconds_per_review_this_run=seconds / computed if computed else None,
+                      compiled=settings.compile, chunks=len(chunks), torch_threads=torch.get_num_threads())
 
 
 def check_part(path: Path, fingerprint: str | None, key: str | None) -> None:

@@ -43,13 +43,12 @@ import torch
 
 from torch_imdb.checkpoint import Checkpoint
 from torch_imdb.errors import UsageError
-from torch_imdb.explain.compare import sample_background
-from torch_imdb.explain.corpus import (explain_batch, fast_engine, first_repeat, mark_started, part_rows, run_key,
-                                      shared_base_value, start_run, write_part)
+from torch_imdb.explain.corpus import (RunSettings, explain_batch, fast_engine, finish_run, first_repeat, mark_started,
+                                      part_rows, run_key, shared_base_value, start_run, write_part)
 from torch_imdb.explain.texts import (columns_of, input_files, input_fingerprint, read_usable_texts, review_id,
                                       review_label)
-from torch_imdb.io import atomic_write_json
 from torch_imdb.progress import Progress
+from torch_imdb.sampling import sample_background
 
 INSTALL_HINT = "pip install 'torch-imdb[ray]' (or pip install 'ray[data]')"
 BYTES_PER_ROW_GUESS = 1000  # sizes the blocks of CSV / JSON input, whose row count is unknown before reading
@@ -189,33 +188,28 @@ def cause(exc: BaseException) -> UsageError | None:
     return None
 
 
-def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path, background: int = 100,
-                      seed: int = 0, batch_reviews: int = 500, compile: bool = True, address: str | None = None,
-                      workers: int = 0, threads_per_worker: int = 1, cache_dir: str | Path | None = None,
-                      log=print, encoding: str = "utf-8") -> dict:
+def explain_input_ray(ckpt: Checkpoint, dataset, *, spec: str, out_dir: str | Path,
+                      settings: RunSettings = RunSettings(), log=print) -> dict:
     """Attribute every review of ``spec`` on Ray into parquet parts under ``out_dir``; returns the manifest.
 
-    ``workers`` actors (0: as many as the cluster's CPUs allow) of ``threads_per_worker``
-    torch threads each explain batches of ``batch_reviews``. The parts hold the local
-    runner's columns (see :func:`~torch_imdb.explain.corpus.explain_batch`).
+    ``settings.workers`` actors (0: as many as the cluster's CPUs allow) of ``settings.threads_per_worker``
+    torch threads each explain batches of ``settings.chunk_reviews``, on the cluster at ``settings.address``
+    (None: a local Ray, started and stopped here). The parts hold the local runner's columns (see
+    :func:`~torch_imdb.explain.corpus.explain_batch`).
     """
-    if batch_reviews < 1 or threads_per_worker < 1 or workers < 0:
-        raise UsageError("--chunk-reviews and --threads-per-worker must be at least 1, --workers at least 0")
-    ray = require_ray(address)
-    check_address(address)
+    ray = require_ray(settings.address)
+    check_address(settings.address)
     notes: list[str] = []
     files = input_files(spec, notes)
     if ray_reads(files):  # (our reader, used otherwise, gives these warnings itself)
         for note in notes:
             log(f"warning: {spec}: {note}")
-    out = Path(out_dir)
-    bg_rows, bg_ids = sample_background(ckpt, dataset, background, seed, cache_dir)
-    settings = {"runner": "ray", "input": [str(f.resolve()) for f in files], "encoding": encoding,
-                "input_sha256": input_fingerprint(files, encoding), "background": background, "seed": seed,
-                "background_train_rows": [int(r) for r in bg_rows], "maxlen": ckpt.maxlen,
-                "checkpoint_epoch": ckpt.config.get("epoch"), "vocab_fingerprint": ckpt.vocab.fingerprint(),
-                "weights_fingerprint": ckpt.fingerprint}
-    finished = start_run(out, settings)
+    out, encoding, threads_per_worker = Path(out_dir), settings.encoding, settings.threads_per_worker
+    bg_rows, bg_ids = sample_background(ckpt, dataset, settings.background, settings.seed, settings.cache_dir)
+    source = {"runner": "ray", "input": [str(f.resolve()) for f in files], "encoding": encoding,
+              "input_sha256": input_fingerprint(files, encoding)}
+    recorded = settings.manifest(ckpt, bg_rows, source)
+    finished = start_run(out, recorded)
     done = part_rows(finished)
     if len(done):
         log(f"resuming: {len(done)} reviews in {len(finished)} parts already in {out}")
@@ -223,7 +217,7 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     t0 = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        connect(ray, address)
+        connect(ray, settings.address)
     try:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
@@ -233,18 +227,18 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
         # reader's tasks take the num_cpus we give them (0).
         ctx.use_datasource_v2 = False
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        workers = workers or max(1, cpus // threads_per_worker)
+        workers = settings.workers or max(1, cpus // threads_per_worker)
         if workers * threads_per_worker > cpus:
             raise UsageError(f"--workers {workers} x --threads-per-worker {threads_per_worker} needs "
                              f"{workers * threads_per_worker} CPUs but the Ray cluster has {cpus}")
         ray_started = time.perf_counter() - t0
         rows_guess = estimated_rows(files)
-        batch_reviews = max(1, min(batch_reviews, math.ceil(rows_guess / workers)))  # a small input still feeds every actor
+        batch_reviews = max(1, min(settings.chunk_reviews, math.ceil(rows_guess / workers)))  # a small input still feeds every actor
         blocks = max(2 * workers, math.ceil(rows_guess / batch_reviews))
         ds = read_dataset(ray, spec, files, blocks, encoding, log)
-        mark_started(out, settings)
+        mark_started(out, recorded)
         payload = ray.put({"checkpoint": ckpt, "bg_ids": bg_ids, "done": done, "out": str(out.resolve()),
-                           "compile": compile, "key": run_key(settings)})
+                           "compile": settings.compile, "key": run_key(recorded)})
         results = ds.map_batches(BatchExplainer, fn_constructor_kwargs={"payload": [payload],
                                                                         "threads": threads_per_worker},
                                  batch_size=batch_reviews, compute=ray.data.ActorPoolStrategy(
@@ -280,12 +274,9 @@ def explain_input_ray(ckpt: Checkpoint, dataset, spec: str, out_dir: str | Path,
     repeated = first_repeat(total)
     if repeated is not None:
         raise UsageError(f"review id {repeated} was explained twice: the input repeats it; ids must be unique")
-    expected = shared_base_value(fast_engine(ckpt.model, background, compile=False), torch.from_numpy(bg_ids))
-    manifest = {**settings, "run_key": run_key(settings), "complete": True, "expected_value": expected,
-                "n_reviews": int(len(total)),
-                "skipped_rows": len(skipped), "reviews_computed_this_run": computed, "seconds_this_run": seconds,
-                "seconds_ray_start": ray_started, "reviews_per_second_this_run": computed / seconds if computed else None,
-                "workers": workers, "threads_per_worker": threads_per_worker, "nodes_used": len(nodes),
-                "batch_reviews": batch_reviews, "compiled": compile, "parts": len(all_parts)}
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest
+    expected = shared_base_value(fast_engine(ckpt.model, settings.background, compile=False), torch.from_numpy(bg_ids))
+    return finish_run(out, recorded, expected_value=expected, n_reviews=int(len(total)), skipped_rows=len(skipped),
+                      reviews_computed_this_run=computed, seconds_this_run=seconds, seconds_ray_start=ray_started,
+                      reviews_per_second_this_run=computed / seconds if computed else None, workers=workers,
+                      threads_per_worker=threads_per_worker, nodes_used=len(nodes), batch_reviews=batch_reviews,
+                      compiled=settings.compile, parts=len(all_parts))
