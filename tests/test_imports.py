@@ -70,3 +70,20 @@ def test_the_models_and_their_training_import_nothing_of_the_explainers():
     upward = {f"{name} -> {target}" for name in BELOW_EXPLAIN for target in graph[f"torch_imdb.{name}"]
               if target.startswith("torch_imdb.explain")}
     assert not upward, "imports from a floor above: " + ", ".join(sorted(upward))
+
+
+# the explain library (the engines, the transform, the drop-ins) below its applications: the commands, the corpus
+# runners and readers, and the shared command-line helpers
+LIBRARY = ("api", "backends", "cells", "dropins", "engines", "fast", "head", "inputs", "lrp", "marks", "onednn", "own",
+           "rules", "shapley", "stack", "transform", "twin")
+APPLICATIONS = ("torch_imdb.cli", "torch_imdb.train", "torch_imdb.words", "torch_imdb.report", "torch_imdb.series",
+                "torch_imdb.report_check", "torch_imdb.explain.__main__", "torch_imdb.explain.compare",
+                "torch_imdb.explain.corpus", "torch_imdb.explain.ray_corpus", "torch_imdb.explain.texts")
+
+
+def test_the_explain_library_imports_nothing_of_its_applications():
+    graph = import_graph()
+    assert set(LIBRARY) <= {name.rsplit(".", 1)[-1] for name in graph if name.startswith("torch_imdb.explain.")}
+    upward = {f"explain.{name} -> {target}" for name in LIBRARY for target in graph[f"torch_imdb.explain.{name}"]
+              if target in APPLICATIONS}
+    assert not upward, "imports from a floor above: " + ", ".join(sorted(upward))

@@ -1,14 +1,14 @@
 """The one engine registry: each engine's name (as ``--engines`` takes it) and how it is built.
 
 Every command, runner and benchmark builds its explainers here, so an engine added to :data:`REGISTRY` reaches
-them all; ``cli.ENGINES``, the command line's torch-free list, is tested equal to its keys.
+them all; ``cli.ENGINES``, the command line's torch-free list, is tested equal to its keys (this module does not
+import the command line: it sits below it).
 """
 
 from __future__ import annotations
 
 import torch
 
-from torch_imdb.cli import ENGINES
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.backends import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
 from torch_imdb.explain.fast import FastDeepShap
@@ -32,5 +32,5 @@ def make_engine(name: str, model, dtype: torch.dtype = torch.float32, **options)
     the fast engine with torch.compile, fused the transform with the fast engine's fused recurrence, shapley the
     sampled interventional Shapley values (not DeepSHAP: the game DeepSHAP approximates, to a reliability of 0.98)."""
     if name not in REGISTRY:
-        raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+        raise UsageError(f"unknown engine {name!r}; choose from {', '.join(REGISTRY)}")
     return REGISTRY[name](model, dtype, options)
