@@ -125,7 +125,8 @@ class ShapleySampling:
         for s in range(0, m, self.batch_rows):
             part = tuple(r[s : s + self.batch_rows] for r in rows)
             more = tuple(a.expand(len(part[0]), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
-            out[s : s + self.batch_rows] = self.own(part if len(part) > 1 else part[0], *more)[:, target].double().cpu().numpy()
+            f = self.own(part if len(part) > 1 else part[0], *more)
+            out[s : s + self.batch_rows] = f[:, target].double().cpu().numpy()
         return out
 
     def _proxies(self, xs: list[torch.Tensor], bgs: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
@@ -140,15 +141,15 @@ class ShapleySampling:
         try:
             if self._deepshap is None:
                 self._deepshap = FastDeepShap(self.model, self.dtype, output=self.output)
-            try:
-                if len(xs) > 1:
-                    raise ShapeRefusal("several inputs: DeepSHAP's values on the general path")
-                return self._deepshap.pair_values(xs[0][None], bgs[0], target)[0].reshape(B, size)
-            except ShapeRefusal:
-                one = tuple(x[None] for x in xs) if len(xs) > 1 else xs[0][None]
-                values = self._deepshap.attribute(one, tuple(bgs) if len(xs) > 1 else bgs[0], target, extra).values
-                flat = np.concatenate([v[0].reshape(-1) for v in (values if len(xs) > 1 else (values,))])
-                return np.broadcast_to(flat.reshape(1, size), (B, size)).astype(np.float64)
+            if len(xs) == 1:  # several inputs run on the general path, which gives no per-pair values
+                try:
+                    return self._deepshap.pair_values(xs[0][None], bgs[0], target)[0].reshape(B, size)
+                except ShapeRefusal:
+                    pass  # DeepSHAP's values, below
+            one = tuple(x[None] for x in xs) if len(xs) > 1 else xs[0][None]
+            values = self._deepshap.attribute(one, tuple(bgs) if len(xs) > 1 else bgs[0], target, extra).values
+            flat = np.concatenate([v[0].reshape(-1) for v in (values if len(xs) > 1 else (values,))])
+            return np.broadcast_to(flat.reshape(1, size), (B, size)).astype(np.float64)
         except UsageError:  # a model the transform refuses: sampled without a proxy
             return np.zeros((B, size))
 
