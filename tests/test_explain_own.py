@@ -248,3 +248,26 @@ def test_a_front_end_that_changes_the_embeddings_width_is_refused_for_what_it_is
     with pytest.raises(UsageError, match=r"LSTM takes 6 features, its nn.Embedding gives 4 \(a front end"):
         model_parts(ConvFront().double().eval(), torch.float64)
     assert FastDeepShap(ConvFront().double().eval(), dtype=torch.float64).general is not None
+
+
+@pytest.mark.parametrize("name", ["shap", "captum", "fused"])
+def test_the_library_engines_check_the_copys_output_against_the_model_itself(name, monkeypatch):
+    """The guard of shap, Captum and the general path takes f(x) from the user's module, untouched: an explainable
+    copy that computed another function (here: shifted by 0.5) is refused in one line, and with the guard off the
+    outputs returned are the model's own."""
+    from torch_imdb.explain.engines import make_engine
+    from torch_imdb.explain.transform import ExplainableModel
+
+    model, x, bg = case("residual")
+    with torch.no_grad():
+        f_x = model(x).numpy()
+    honest = make_engine(name, model, torch.float64).attribute(x, bg)
+    np.testing.assert_allclose(honest.outputs, f_x, rtol=0, atol=1e-12)
+    shifted = ExplainableModel.select
+    monkeypatch.setattr(ExplainableModel, "select", lambda self, out: shifted(self, out) + 0.5)
+    with pytest.raises(CompletenessError, match=r"f\(x\) of input 0 through the explainable copy is .* but the "
+                                                r"model's own is") as err:
+        make_engine(name, model, torch.float64).attribute(x, bg)
+    assert "\n" not in str(err.value)
+    unchecked = make_engine(name, model, torch.float64, check_completeness=False).attribute(x, bg)
+    np.testing.assert_allclose(unchecked.outputs, f_x, rtol=0, atol=1e-12)

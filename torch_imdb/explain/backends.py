@@ -27,24 +27,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from torch_imdb.errors import UsageError
-from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
+from torch_imdb.errors import CompletenessError, UsageError
+from torch_imdb.explain.api import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
+                                    completeness_tolerance)
 from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.marks import batch_dim
+from torch_imdb.explain.own import OwnOutputs, PositiveProbability
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import ReviewClassifier, SentimentRNN
-
-
-class PositiveProbability(nn.Module):
-    """P(positive) (batch, 1) of a model that returns logits (batch,): what the sentiment explanations explain."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor, *extra) -> torch.Tensor:
-        return self.sigmoid(self.model(x, *extra).unsqueeze(1))
 
 
 def explainable_model(model: nn.Module, steps: int, dtype: torch.dtype, output: int | str | None = None,
@@ -76,6 +66,7 @@ class _LibraryExplainer:
         self.extra_rules = extra_rules
         self.fused = fused
         self.n_outputs: int | None = None  # the model's outputs K, known after the first call
+        self._own: OwnOutputs | None = None  # the user's module as it is, what the guard checks against
 
     def _prepare(self, inputs, baselines, target: int, additional_forward_args: tuple = ()):
         """(the explainable copy, the explained inputs (N, ...), the background (B, ...), the inputs' token ids or
@@ -184,8 +175,27 @@ class _LibraryExplainer:
         values, extra_info = self._values(twin, x, bg, ids, extra, target)
         seconds = time.perf_counter() - t0
         f_x, base = self._outputs_and_base(twin, x, bg, ids, extra, target)
+        f_x = self._own_outputs(inputs, extra, target, f_x)
         result = Attribution(self.method, values, f_x, base, seconds, extra=extra_info)
         return check_completeness(result, self.dtype, self.check)
+
+    def _own_outputs(self, inputs, extra: tuple, target: int, by_copy: np.ndarray) -> np.ndarray:
+        """f(x) (N,) by the user's own module, untouched (:class:`~.own.OwnOutputs`): what the guard checks the
+        values against. The explainable copy's f(x) ``by_copy`` (N,) must agree within the guard's tolerance, else
+        the copy computes another function and its values are refused in one line."""
+        if self._own is None:
+            self._own = OwnOutputs(self.model, self.dtype, self.output)
+        device = next(self._own.parameters(), None)
+        move = (lambda t: t) if device is None else (lambda t: t.to(device.device))  # noqa: E731
+        rows = tuple(move(t) for t in inputs) if several(inputs) else move(inputs)
+        own = self._own(rows, *extra)[:, target].double().cpu().numpy()
+        off = ~(np.abs(by_copy - own) <= completeness_tolerance(self.dtype) * np.maximum(1.0, np.abs(own)))
+        if self.check and off.any():
+            k = int(np.argmax(off))
+            raise CompletenessError(f"{self.method}: f(x) of input {k} through the explainable copy is {by_copy[k]:.6g} "
+                                    f"but the model's own is {own[k]:.6g}: the copy computes another function; "
+                                    "report the model's forward, or pass check_completeness=False to see the values")
+        return own
 
     def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
         """The library's values (N, T) or (N, T, F) of the prepared inputs, and what else it reports."""

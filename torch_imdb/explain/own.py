@@ -16,9 +16,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from torch_imdb.explain.backends import PositiveProbability
 from torch_imdb.explain.transform import select_output
 from torch_imdb.model import ReviewClassifier
+
+
+class PositiveProbability(nn.Module):
+    """P(positive) (batch, 1) of a model that returns logits (batch,): what the sentiment explanations explain."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor, *extra) -> torch.Tensor:
+        return self.sigmoid(self.model(x, *extra).unsqueeze(1))
 
 
 @dataclass
