@@ -119,6 +119,12 @@ def completeness_tolerance(dtype: torch.dtype) -> float:
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
+def off_tolerance(computed: np.ndarray, own: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Where (bool, (n,)) an engine's f(x) or E f ``computed`` (n,) differs from the model's own ``own`` (n,) by more
+    than the guard's tolerance, ``TOLERANCE[dtype] * max(1, |own|)``; NaN counts as off."""
+    return ~(np.abs(computed - own) <= completeness_tolerance(dtype) * np.maximum(1.0, np.abs(own)))
+
+
 def guard(method: str, values: np.ndarray, outputs: np.ndarray, expected, dtype: torch.dtype,
           check: bool = True, rows: np.ndarray | None = None) -> np.ndarray:
     """The completeness guard: sum(values) must equal f(x) - E f(background) for every input.

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from torch_imdb.errors import CompletenessError, UsageError
 from torch_imdb.explain.api import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
-                                    completeness_tolerance)
+                                    off_tolerance)
 from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.marks import batch_dim
 from torch_imdb.explain.own import OwnOutputs, PositiveProbability
@@ -185,11 +185,8 @@ class _LibraryExplainer:
         the copy computes another function and its values are refused in one line."""
         if self._own is None:
             self._own = OwnOutputs(self.model, self.dtype, self.output)
-        device = next(self._own.parameters(), None)
-        move = (lambda t: t) if device is None else (lambda t: t.to(device.device))  # noqa: E731
-        rows = tuple(move(t) for t in inputs) if several(inputs) else move(inputs)
-        own = self._own(rows, *extra)[:, target].double().cpu().numpy()
-        off = ~(np.abs(by_copy - own) <= completeness_tolerance(self.dtype) * np.maximum(1.0, np.abs(own)))
+        own = self._own(inputs, *extra)[:, target].double().cpu().numpy()
+        off = off_tolerance(by_copy, own, self.dtype)
         if self.check and off.any():
             k = int(np.argmax(off))
             raise CompletenessError(f"{self.method}: f(x) of input {k} through the explainable copy is {by_copy[k]:.6g} "

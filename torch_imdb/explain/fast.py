@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from torch_imdb.errors import OutputMismatch, ShapeRefusal, UsageError
 from torch_imdb.explain.api import (Attribution, check_completeness, check_extra, check_ids, check_sequences,
-                                    completeness_tolerance, guard)
+                                    completeness_tolerance, guard, off_tolerance)
 from torch_imdb.explain.backends import explainable_model
 from torch_imdb.explain.inputs import several
 from torch_imdb.explain.head import LIBRARIES_HINT, TRACE_ROWS, LinearHead, PooledHead, RuledHead
@@ -337,7 +337,7 @@ class FastDeepShap:
         for engine, own, name in pairs:
             if own is None:
                 continue
-            off = ~(np.abs(engine - own) <= completeness_tolerance(self.dtype) * np.maximum(1.0, np.abs(own)))
+            off = off_tolerance(engine, own, self.dtype)
             if not off.any():
                 continue
             k = int(np.argmax(off))

@@ -82,15 +82,16 @@ class OwnOutputs(nn.Module):
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor | tuple, *extra) -> torch.Tensor:
-        """The explained outputs (n, K) of inputs (n, ...), or of a tuple of inputs the model's forward takes first."""
+        """The explained outputs (n, K) of inputs (n, ...), or of a tuple of inputs the model's forward takes first,
+        each moved to the model's device (a model without weights: where they are)."""
         xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        weight = next(self.parameters(), None)
+        xs = [x if weight is None else x.to(weight.device) for x in xs]
         return select_output(self.model(*(x.to(self.dtype) if x.is_floating_point() else x for x in xs), *extra),
                              self.output)
 
     def n_outputs(self, baselines: torch.Tensor | tuple, extra: tuple = ()) -> int:
         """K, the model's explained outputs: one background row through it, with the first row of each extra."""
-        several = isinstance(baselines, (tuple, list))
-        device = next(self.parameters(), baselines[0] if several else baselines).device  # no weights: the rows'
         first = [a[:1] if isinstance(a, torch.Tensor) else a for a in extra]
-        rows = tuple(b[:1].to(device) for b in baselines) if several else baselines[:1].to(device)
+        rows = tuple(b[:1] for b in baselines) if isinstance(baselines, (tuple, list)) else baselines[:1]
         return self(rows, *first).shape[1]
