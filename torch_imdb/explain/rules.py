@@ -51,10 +51,16 @@ def rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Te
     dz = z_x - z_r and dy = fn(z_x) - fn(z_r); where |dz| < RESCALE_EPS it
     returns ``d_ref``, the derivative at the reference point: that is the
     gradient shap's hook passes on for the reference half, whose gradient shap
-    multiplies by (x - r). Never NaN.
+    multiplies by (x - r). A NaN dz (from -inf - -inf: equal values) counts as small. Never NaN where dy
+    and d_ref are finite.
     """
-    small = dz.abs() < RESCALE_EPS
-    return torch.where(small, d_ref, dy / torch.where(small, torch.ones_like(dz), dz))
+    # four passes over the pair tensor, not six: the division's stray values where dz is small are discarded
+    return torch.where(_large(dz), dy / dz, d_ref)
+
+
+def _large(dz: torch.Tensor) -> torch.Tensor:
+    """Where rescale divides: |dz| >= RESCALE_EPS (False for NaN)."""
+    return dz.abs() >= RESCALE_EPS
 
 
 # ---------------------------------------------------------------- the rules of the graph transform
@@ -68,11 +74,6 @@ def rescale(dz: torch.Tensor, dy: torch.Tensor, d_ref: torch.Tensor) -> torch.Te
 def _finite(m: torch.Tensor) -> torch.Tensor:
     """Multipliers of elements that were infinite in the forward pass (a -inf mask) carry nothing."""
     return torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a - b, 0 where a == b (so -inf - -inf is 0, not NaN)."""
-    return torch.where(a == b, torch.zeros_like(a), a - b)
 
 
 class _Rescale(torch.autograd.Function):
@@ -102,10 +103,12 @@ def pair_rescale(z_x: torch.Tensor, z_r: torch.Tensor, y_x: torch.Tensor, y_r: t
     equal values (-inf and -inf of a mask included) differ by 0, and an infinite operand carries nothing.
     d_ref: fn's derivative at z_r, used where |z_x - z_r| < RESCALE_EPS; or a function giving it, called
     only when some difference is that small."""
-    dz = _difference(z_x, z_r)
+    # equal infinities give a NaN dz, which rescale counts as small (equal values), and a NaN dy only where the
+    # multiplier would be 0 / dz: _finite zeroes it. So no pass to find equal values first.
+    dz = z_x - z_r
     if callable(d_ref):
-        d_ref = d_ref() if bool((dz.abs() < RESCALE_EPS).any()) else dz  # dz: a placeholder, never read
-    return _finite(rescale(dz, _difference(y_x, y_r), d_ref))
+        d_ref = d_ref() if not bool(_large(dz).all()) else dz  # dz: a placeholder, never read
+    return _finite(rescale(dz, y_x - y_r, d_ref))
 
 
 def _times_per_pair(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
