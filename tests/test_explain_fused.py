@@ -11,7 +11,7 @@ from zoo import ZOO, Case, Last, zoo_inputs
 
 from torch_imdb.explain import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
 from torch_imdb.explain.backends import explainable_model
-from torch_imdb.explain.stack import pair_grid, pairs_of
+from torch_imdb.explain.stack import block_rows, pair_grid, pairs_of
 
 
 def grid_batch(n: int = 3, B: int = 4, seed: int = 0) -> torch.Tensor:
@@ -46,6 +46,23 @@ def test_pairs_that_are_no_grid_run_row_by_row():
     (inputs, refs, i, b), diagonal = pairs_of(odd)
     assert diagonal and torch.equal(inputs[i], odd[:12]) and torch.equal(refs[b], odd[12:])
     assert pairs_of(batch)[1] is False
+
+
+def test_pairs_cut_into_chunks_are_traced_by_their_distinct_rows():
+    """A model that cuts each review into k rows (a hierarchical network's chunks) gives the recurrent module
+    (b * n + i) * k + c: its n * k input rows and B * k reference rows are found, and each pair's row by index."""
+    g = torch.Generator().manual_seed(1)
+    B, n, k = 4, 3, 2
+    x, r = torch.randn(n, k, 5, 2, generator=g), torch.randn(B, k, 5, 2, generator=g)
+    batch = torch.cat([x.repeat(B, 1, 1, 1).flatten(0, 1), r.repeat_interleave(n, dim=0).flatten(0, 1)])
+    (inputs, refs, i, b), diagonal = pairs_of(batch, (B, n))
+    assert diagonal and len(inputs) == n * k and len(refs) == B * k
+    assert torch.equal(inputs[i], batch[: B * n * k]) and torch.equal(refs[b], batch[B * n * k :])
+    assert block_rows(batch, (n, B)) is None  # a layout that does not hold is not taken
+    assert block_rows(grid_batch(), (4, 3)) is None  # k = 1 is the grid's
+    changed = batch.clone()
+    changed[1] += 1  # one chunk of one pair differs from the same chunk of the other pairs of its input
+    assert block_rows(changed, (B, n)) is None
 
 
 @pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)

@@ -79,9 +79,9 @@ class Trace:
     layers: list[list]
     x: torch.Tensor
 
-    def first_rows(self, k: int) -> "Trace":
-        """The trace of the first k rows (views)."""
-        return Trace([[tr.first_rows(k) for tr in per_dir] for per_dir in self.layers], self.x[:k])
+    def rows(self, index: slice | torch.Tensor) -> "Trace":
+        """The trace of some rows: a slice (views) or an index tensor (a gather)."""
+        return Trace([[tr.rows(index) for tr in per_dir] for per_dir in self.layers], self.x[index])
 
     @functools.cached_property
     def results(self) -> RNNResults:
@@ -290,14 +290,37 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
         return inputs.view(-1, *x.shape[1:]), refs.view(-1, *x.shape[1:]), i, b
 
 
+def block_rows(x: torch.Tensor, shape: tuple[int, int] | None) -> tuple | None:
+    """The distinct rows of an explained batch x (2P, ...) whose rows are chunks of the caller's (B, n) grid of
+    pairs, k > 1 chunks each, chunk c of pair b * n + i at row (b * n + i) * k + c (a model that cut each review
+    into k rows): (inputs (n * k, ...), references (B * k, ...), i (P,), b (P,)), row p being (inputs[i[p]],
+    references[b[p]]); None where the rows do not repeat so (only checked, never searched for)."""
+    P = x.shape[0] // 2
+    if shape is None or x.shape[0] != 2 * P or P == 0 or P % (shape[0] * shape[1]) or P == shape[0] * shape[1]:
+        return None
+    (B, n), k = shape, P // (shape[0] * shape[1])
+    with torch.no_grad():
+        xs, rs = x[:P].reshape(B, n * k, -1), x[P:].reshape(B, n, k, -1)
+        if not (torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs))):
+            return None
+        p = torch.arange(P, device=x.device)
+        chunk, pair = p % k, p // k
+        return (x[: n * k], x[P:].unflatten(0, (B, n, k))[:, 0].flatten(0, 1), (pair % n) * k + chunk,
+                (pair // n) * k + chunk)
+
+
 def pairs_of(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple[tuple, bool]:
-    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references], as (grid, diagonal):
-    the grid of distinct rows (:func:`pair_grid`) where there is one, else the P pairs as they are, pair p being
-    (row p, row P + p), each row traced on its own (``diagonal``): what the transform's rules pair, whatever a
-    model did to its rows before (chunks of a review, rows computed pair by pair)."""
+    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references], as (rows, diagonal):
+    the grid of distinct rows (:func:`pair_grid`) where there is one; else the P pairs one by one (``diagonal``),
+    pair p being (row p, row P + p): what the transform's rules pair, whatever a model did to its rows before
+    (chunks of a review, rows computed pair by pair). Diagonal pairs are (inputs[i[p]], references[b[p]]) of the
+    distinct rows where :func:`block_rows` finds them, else of the rows as they are."""
     grid = pair_grid(x, shape)
     if grid is not None:
         return grid, False
+    blocks = block_rows(x, shape)
+    if blocks is not None:
+        return blocks, True
     P = x.shape[0] // 2
     k = torch.arange(P, device=x.device)
     return (x[:P], x[P:], k, k), True
@@ -322,13 +345,17 @@ class FusedRecurrence(torch.autograd.Function):
         h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
         c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
         ctx.stack, ctx.traces, ctx.cell_state, ctx.diagonal = stack, (rv, bg), rx.c_n is not None, diagonal
-        # where each pair's multipliers sit in the backward's (B, n) layout: diagonal pairs all in one row of B
-        ctx.grid = (i, torch.zeros_like(b) if diagonal else b)
+        ctx.rows = (i, b)
+        # where each pair's multipliers sit in the backward's (B, n) layout: diagonal pairs all in one row of B,
+        # pair p at column p
+        ctx.grid = (torch.arange(len(i), device=i.device), torch.zeros_like(b)) if diagonal else (i, b)
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
         (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
+        if ctx.diagonal and (len(rv.x) != P or len(bg.x) != P):  # block_rows' distinct rows: each pair's, gathered
+            rv, bg = rv.rows(ctx.rows[0]), bg.rows(ctx.rows[1])
         n, B = rv.x.shape[0], 1 if ctx.diagonal else bg.x.shape[0]
 
         def multipliers(rows: slice) -> torch.Tensor:
