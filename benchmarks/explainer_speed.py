@@ -11,9 +11,10 @@ there is none, a randomly initialised model of the same shape, labelled so):
   seconds per review, rows per second (2 x B x N), extra peak memory;
 - a fitted line seconds-per-review = a + b x B per engine;
 - a check that all engines agree at one point (max |difference| to shap);
-- for the fast engines (on a model they take without their general path), the
-  product floor at the reference point: the recurrent matrix products the engine
-  runs there (each pair-step needs one row of one: its multipliers are its own),
+- for the engines that run our recurrent multiplier backward (the fast engines,
+  on their own path or the general one), the product floor at the reference
+  point: the recurrent matrix products the engine runs there, recorded in one
+  more run (each pair-step needs one row of one: its multipliers are its own),
   timed alone on this machine, what share of the engine's time they are, and the
   highest ratio to shap any engine running them could reach here (shap's seconds
   per review over the floor's).
@@ -71,6 +72,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from torch_imdb.explain.engines import make_engine  # noqa: E402
+from torch_imdb.explain.stack import recorded_products  # noqa: E402
 from torch_imdb.io import atomic_savefig, atomic_write_json  # noqa: E402
 from torch_imdb.model import ModelConfig, SentimentRNN  # noqa: E402
 from torch_imdb.progress import Progress  # noqa: E402
@@ -161,7 +163,7 @@ def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget
 def product_floor(plan: list[tuple[int, int, int]], inputs: int, dtype: torch.dtype, device: torch.device,
                   seed: int, repeats: int = 20) -> dict:
     """The matrix products (M, K, N) a fast engine runs to explain ``inputs`` reviews
-    (:meth:`~torch_imdb.explain.fast.FastDeepShap.product_plan`), each shape timed alone on random
+    (:func:`~torch_imdb.explain.stack.recorded_products`), each shape timed alone on random
     operands: their count, GFLOP and seconds per review, and the rate.
 
     A floor, so each shape counts its fastest of ``repeats`` runs: on a shared machine the
@@ -232,19 +234,21 @@ def run(args) -> dict:
            if p["background"] == args.sweep_background and p["reviews"] == args.reviews}
     ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
     floors, timed = {}, {}  # timed: one floor per distinct plan (eager and compiled usually share theirs)
+    ids, bg = torch.from_numpy(ids_pool[: args.reviews]), torch.from_numpy(bg_pool[: args.sweep_background])
+    device = next(model.parameters()).device
     for name, engine in engines.items():
-        # a model on the fast engine's general path runs the transform's rules around its fused recurrences: no
-        # plan of products of its own, so no floor is recorded for it
-        if hasattr(engine, "product_plan") and name in ref and getattr(engine, "general", None) is None:
-            plan = engine.product_plan(args.reviews, args.sweep_background, ids_pool.shape[1])
-            if not plan:  # one-step reviews of ids: no recurrent product, no floor (and none to divide by)
-                continue
-            if tuple(plan) not in timed:
-                timed[tuple(plan)] = product_floor(plan, args.reviews, engine.dtype, engine.device, args.seed)
-            floor = dict(timed[tuple(plan)])
-            floor["share_of_engine_time"] = floor["seconds_per_review"] / ref[name]
-            floor["ceiling_vs_shap"] = ref["shap"] / floor["seconds_per_review"] if "shap" in ref else None
-            floors[name] = floor
+        if name not in ref:
+            continue
+        with recorded_products() as plan:  # one more run at the reference point, untimed: the products it runs
+            engine.attribute(ids, bg)
+        if not plan:  # no recurrent multiplier backward of ours (shap, Captum), or one-step reviews of ids
+            continue
+        if tuple(plan) not in timed:
+            timed[tuple(plan)] = product_floor(plan, args.reviews, engine.dtype, device, args.seed)
+        floor = dict(timed[tuple(plan)])
+        floor["share_of_engine_time"] = floor["seconds_per_review"] / ref[name]
+        floor["ceiling_vs_shap"] = ref["shap"] / floor["seconds_per_review"] if "shap" in ref else None
+        floors[name] = floor
     from torch_imdb.checkpoint import model_fingerprint
 
     return {"weights_fingerprint": model_fingerprint(model), "what": what, "settings": {k: v for k, v in vars(args).items() if k != "func"},

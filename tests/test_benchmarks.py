@@ -22,11 +22,11 @@ def run_script(args):
 
 
 def test_quick_run_writes_json_and_png(tmp_path):
-    assert run_script(["--quick", "--out", str(tmp_path), "--engines", "shap,captum,fast"]) == 0
+    assert run_script(["--quick", "--out", str(tmp_path), "--engines", "shap,captum,fast,fused"]) == 0
     res = json.loads((tmp_path / "explainer_speed.json").read_text())
     assert res["what"]["trained"] is False and "random" in res["what"]["model"]
     engines = {p["engine"] for p in res["points"]}
-    assert engines == {"shap", "captum", "fast"}
+    assert engines == {"shap", "captum", "fast", "fused"}
     for p in res["points"]:
         assert p["median_s"] > 0 and p["min_s"] <= p["median_s"] <= p["max_s"]
         assert p["rows_per_second"] == pytest.approx(2 * p["background"] * p["reviews"] / p["median_s"])
@@ -39,7 +39,10 @@ def test_quick_run_writes_json_and_png(tmp_path):
     assert {"torch", "shap", "captum"} <= set(res["versions"]) and res["machine"]["cpu_count"] >= 1
     # the quick model (one LSTM layer, H=16, T=12) at B=8, N=2: one chunk, 11 products (16 pairs, 4H) @ (4H, H)
     floor = res["product_floor"]["fast"]
-    assert set(res["product_floor"]) == {"fast"} and floor["products"] == 11
+    assert set(res["product_floor"]) == {"fast", "fused"} and floor["products"] == 11
+    # the transform's fused rule runs the same 11, and the embedding's multipliers (32 pair-steps, 4H) @ (4H, E)
+    # per window of 8 steps: 2 more, recorded from the run (shap and Captum run none of ours: no floor)
+    assert res["product_floor"]["fused"]["products"] == 13
     assert floor["gflop_per_review"] == pytest.approx(11 * 2 * 16 * 64 * 16 / 2 / 1e9)
     assert floor["seconds_per_review"] > 0
     assert floor["ceiling_vs_shap"] == pytest.approx(

@@ -103,9 +103,9 @@ def test_compiled_chunks_are_padded_to_few_sizes():
                                           (("rnn_tanh", 1, True, True, "sigmoid"), False),
                                           (("gru", 2, True, False, "identity"), True)],
                          ids=lambda v: case_id(v) if isinstance(v, tuple) else ("compiled" if v else "eager"))
-def test_product_plan_is_the_products_run(case, compile, monkeypatch):
-    """product_plan lists exactly the matrix products the multiplier backward runs (the benchmark's floor counts
-    them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
+def test_the_recorded_products_are_the_products_run(case, compile, monkeypatch):
+    """recorded_products lists exactly the matrix products the multiplier backward runs (the benchmark's floor
+    counts them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
     from torch_imdb.explain import cells, stack
 
     model, x, bg, target = matrix_case(case, n=5, b=4)
@@ -121,8 +121,8 @@ def test_product_plan_is_the_products_run(case, compile, monkeypatch):
         monkeypatch.setattr(module, "product", recording)
     torch._dynamo.reset()  # a graph compiled by another test calls the product it was traced with
     engine = fast_for(model, block_steps=2, chunk_pairs=8, compile=compile)
-    engine.attribute(x, bg, target=target)
-    plan = engine.product_plan(len(x), len(bg), x.shape[1])
+    with stack.recorded_products() as plan:
+        engine.attribute(x, bg, target=target)
     assert sorted(run) == sorted(plan)
     assert len(plan) > 0 and (compile or len(plan) == len(run))
 
@@ -236,3 +236,28 @@ def model_parts_of(model):
     from torch_imdb.explain.fast import RNNParts
 
     return RNNParts(model.rnn, model.fc, model.embedding, model_head(model))
+
+
+@pytest.mark.parametrize("name", ["lstm-into-bigru", "hierarchical-attention", "cnn-lstm"])
+def test_the_general_paths_recorded_products_are_the_products_its_fused_rules_run(name, monkeypatch):
+    """On the general path every recurrent module's fused rule records its products: two modules, a module fed
+    chunks of each pair (diagonal pairs), a module after a convolution; the same list as the products run."""
+    from zoo import ZOO, zoo_inputs
+
+    from torch_imdb.explain import cells, stack
+
+    model, x, bg, extra = zoo_inputs(next(c for c in ZOO if c.name == name), dtype=torch.float32)
+    run = []
+
+    def recording(a, w_t):
+        run.append((a.reshape(-1, a.shape[-1]).shape[0], *w_t.shape[::-1]))
+        return a @ w_t.t()
+
+    engine = FastDeepShap(model, torch.float32)
+    engine.attribute(x, bg)  # takes the general path
+    assert engine.general is not None
+    for module in (cells, stack):
+        monkeypatch.setattr(module, "product", recording)
+    with stack.recorded_products() as plan:
+        engine.attribute(x, bg)
+    assert len(plan) > 0 and sorted(run) == sorted(plan)

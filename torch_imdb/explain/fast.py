@@ -371,16 +371,6 @@ class FastDeepShap:
         """The rows a chunk of n inputs runs with: n, or compiled, padded to few shapes (:func:`padded_rows`)."""
         return padded_rows(n, per_chunk) if self.compiled else n
 
-    def product_plan(self, inputs: int, references: int, steps: int) -> list[tuple[int, int, int]]:
-        """The recurrent stack's matrix products (M, K, N) for explaining ``inputs`` inputs of ``steps`` steps
-        against ``references`` background rows, chunk by chunk (:meth:`RecurrentStack.product_plan`)."""
-        if self.general is not None:
-            raise UsageError("this model runs the fast engine's general path, which has no product plan of its own")
-        per_chunk = self.per_chunk(references)
-        return [shape for start in range(0, inputs, per_chunk)
-                for shape in self.stack.product_plan(self.chunk_rows(min(per_chunk, inputs - start), per_chunk)
-                                                     * references, steps, self.tokens)]
-
     def _lengths(self, inputs: torch.Tensor, extra: tuple, per_chunk: int) -> torch.Tensor | None:
         """The steps (N,) the model's recurrent layer runs for each input when it packs them, else None."""
         if not self.head.reads_inputs:

@@ -11,9 +11,10 @@ live in :mod:`.cells`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -94,6 +95,22 @@ class Trace:
         h_n = torch.stack([tr.h[:, 0 if reverse else T - 1] for tr, reverse in runs])
         cells = [tr.final_cell(reverse) for tr, reverse in runs]
         return RNNResults(outputs, h_n, None if cells[0] is None else torch.stack(cells))
+
+
+_RECORDING: list[list[tuple[int, int, int]]] = []  # the plans of the open recorded_products() blocks
+
+
+@contextlib.contextmanager
+def recorded_products() -> Iterator[list[tuple[int, int, int]]]:
+    """Within the block, every recurrent multiplier backward (the fast engine's own, or the fused rule's on any
+    model the transform takes) appends the matrix products (M, K, N) it runs to the list this yields
+    (:meth:`RecurrentStack.product_plan`): the products of the benchmark's floor, as a real run has them."""
+    plan: list[tuple[int, int, int]] = []
+    _RECORDING.append(plan)
+    try:
+        yield plan
+    finally:
+        _RECORDING.remove(plan)
 
 
 def _window_of(g: torch.Tensor, steps: slice, features: slice) -> torch.Tensor:
@@ -211,6 +228,8 @@ class RecurrentStack:
         """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids)."""
         n, T = rv.x.shape[:2]
         B, H = hm.f_r.shape[0], self.H
+        for plan in _RECORDING:
+            plan += self.product_plan(B * n, T, tokens)
         shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
         # the multipliers of the current layer's outputs at (steps, features), (t, B, n, f): the head's, then the
         # layer above's
