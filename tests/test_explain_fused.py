@@ -43,20 +43,21 @@ def test_pairs_that_are_no_grid_run_row_by_row():
     """A batch whose pairs are no grid is explained pair by pair: row p with row P + p, as the rules pair them."""
     batch = grid_batch()
     odd = torch.cat([batch[:11], batch[:1], batch[12:]])
-    (inputs, refs, i, b), diagonal = pairs_of(odd)
-    assert diagonal and torch.equal(inputs[i], odd[:12]) and torch.equal(refs[b], odd[12:])
-    assert pairs_of(batch)[1] is False
+    (inputs, refs, i, b), blocks = pairs_of(odd)
+    assert blocks == (1, 1, 12) and torch.equal(inputs[i], odd[:12]) and torch.equal(refs[b], odd[12:])
+    assert pairs_of(batch)[1] is None  # a grid
 
 
 def test_pairs_cut_into_chunks_are_traced_by_their_distinct_rows():
     """A model that cuts each review into k rows (a hierarchical network's chunks) gives the recurrent module
-    (b * n + i) * k + c: its n * k input rows and B * k reference rows are found, and each pair's row by index."""
+    (b * n + i) * k + c: its n * k input rows and B * k reference rows are found, each pair's rows by index, and
+    the layout (B, n, k) the backward walks as k grids."""
     g = torch.Generator().manual_seed(1)
     B, n, k = 4, 3, 2
     x, r = torch.randn(n, k, 5, 2, generator=g), torch.randn(B, k, 5, 2, generator=g)
     batch = torch.cat([x.repeat(B, 1, 1, 1).flatten(0, 1), r.repeat_interleave(n, dim=0).flatten(0, 1)])
-    (inputs, refs, i, b), diagonal = pairs_of(batch, (B, n))
-    assert diagonal and len(inputs) == n * k and len(refs) == B * k
+    (inputs, refs, i, b), blocks = pairs_of(batch, (B, n))
+    assert blocks == (B, n, k) and len(inputs) == n * k and len(refs) == B * k
     assert torch.equal(inputs[i], batch[: B * n * k]) and torch.equal(refs[b], batch[B * n * k :])
     assert block_rows(batch, (n, B)) is None  # a layout that does not hold is not taken
     assert block_rows(grid_batch(), (4, 3)) is None  # k = 1 is the grid's

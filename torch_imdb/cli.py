@@ -85,8 +85,9 @@ def sampling_options() -> argparse.ArgumentParser:
 
 
 def reference_options() -> argparse.ArgumentParser:
-    """--reference-background, --reference-reliability and --reference-budget: the Shapley reference of the
-    faithfulness and frontier benchmarks (the shapley engine over the first rows of the background)."""
+    """--reference-background, --reference-reliability, --reference-budget and --cache: the Shapley reference of the
+    faithfulness and frontier benchmarks (the shapley engine over the first rows of the background). One cache serves
+    both: its folders are named by every setting that makes a reference value, so each reads the other's."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--reference-background", type=count(1, MAX_REVIEWS), default=20,
                    help="background rows of the Shapley game (the first of --background)")
@@ -94,6 +95,7 @@ def reference_options() -> argparse.ArgumentParser:
                    default=0.98, help="the shapley reference's split-half reliability target per review")
     p.add_argument("--reference-budget", type=count(1000, 10 ** 9), default=200_000,
                    help="the most forward rows per review of the shapley reference")
+    p.add_argument("--cache", default="artifacts/reference", help="where reference values are cached per review")
     return p
 
 

@@ -118,12 +118,9 @@ class CellTrace:
     slab: NamedTuple
     h: torch.Tensor
 
-    def rows(self, index: slice | torch.Tensor) -> "CellTrace":
-        """The trace of some rows: a slice (views) or an index tensor (a gather, rows repeated as it repeats)."""
-        if isinstance(index, slice):
-            return CellTrace(type(self.slab)(*(t[:, index] for t in self.slab)), self.h[index])
-        # index_select: advanced indexing on the slab's second axis is several times slower
-        return CellTrace(type(self.slab)(*(t.index_select(1, index) for t in self.slab)), self.h.index_select(0, index))
+    def rows(self, index: slice) -> "CellTrace":
+        """The trace of some rows (views)."""
+        return CellTrace(type(self.slab)(*(t[:, index] for t in self.slab)), self.h[index])
 
     def final_cell(self, reverse: bool) -> torch.Tensor | None:
         """The cell state (n, H) after the direction's last step, or None for a cell without one."""

@@ -80,8 +80,8 @@ class Trace:
     layers: list[list]
     x: torch.Tensor
 
-    def rows(self, index: slice | torch.Tensor) -> "Trace":
-        """The trace of some rows: a slice (views) or an index tensor (a gather)."""
+    def rows(self, index: slice) -> "Trace":
+        """The trace of some rows (views)."""
         return Trace([[tr.rows(index) for tr in per_dir] for per_dir in self.layers], self.x[index])
 
     @functools.cached_property
@@ -217,52 +217,58 @@ class RecurrentStack:
         return g_in.permute(2, 1, 0, 3) * (rv.x[:, None] - bg.x[None])  # float inputs: per step and feature
 
     @torch.no_grad()
-    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers, diagonal: bool = False) -> torch.Tensor:
+    def input_multipliers(self, rv: Trace, bg: Trace, hm: HeadMultipliers, blocks: int = 1) -> torch.Tensor:
         """The multipliers (T, B, n, In) of the first layer's input for every pair (see :meth:`pairs`).
 
-        ``diagonal``: the pairs are (row k of ``rv``, row k of ``bg``) alone, not every row with every
-        reference: both traces have n rows, and the result is (T, 1, n, In)."""
-        return self._backward(rv, bg, hm, tokens=False, diagonal=diagonal)[1]
+        ``blocks`` k > 1: the pairs are k grids, one per block: ``rv``'s rows are n inputs' k blocks each
+        (row i * k + c), ``bg``'s B references' (row b * k + c), block c of an input goes with block c of
+        each reference alone, and the head's multipliers and the result are laid out (T, k, B, n, .)."""
+        return self._backward(rv, bg, hm, tokens=False, blocks=blocks)[1]
 
-    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool, diagonal: bool = False):
-        """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids)."""
-        n, T = rv.x.shape[:2]
-        B, H = hm.f_r.shape[0], self.H
+    def _backward(self, rv: Trace, bg: Trace, hm: HeadMultipliers, tokens: bool, blocks: int = 1):
+        """(token shares (T, B, n) or 0, the first layer's input multipliers (T, B, n, In) or None for ids); with
+        ``blocks`` k > 1 (see :meth:`input_multipliers`), (T, k, B, n, .)."""
+        rows, T = rv.x.shape[:2]
+        n, B, H = rows // blocks, hm.f_r.shape[0], self.H
+        lead = (blocks,) if blocks > 1 else ()
         for plan in _RECORDING:
-            plan += self.product_plan(B * n, T, tokens)
+            plan += self.product_plan(blocks * B * n, T, tokens)
         shares = 0  # for ids: token attributions (T, B, n), summed over the first layer's directions
         # the multipliers of the current layer's outputs at (steps, features), (t, B, n, f): the head's, then the
         # layer above's
         g_above = hm.output_multipliers
-        zeros = rv.x.new_zeros(B, n, H)
+        zeros = rv.x.new_zeros(*lead, B, n, H)
         for layer in range(self.L - 1, -1, -1):
             first = layer == 0 and tokens  # the input's share comes from the projections, not a product
             width = rv.x.shape[2] if layer == 0 else self.D * H
-            g_in = None if first else torch.empty(T, B, n, width, dtype=self.dtype, device=self.device)
+            g_in = None if first else torch.empty(T, *lead, B, n, width, dtype=self.dtype, device=self.device)
             for d in range(self.D):
                 above = functools.partial(g_above, features=slice(d * H, (d + 1) * H))
                 k = layer * self.D + d
                 g_h = zeros if hm.h_n is None else hm.h_n[k]
                 g_c = zeros if hm.c_n is None else hm.c_n[k]
                 share = self._direction(rv.layers[layer][d], bg.layers[layer][d], layer, d, g_h, g_c, above, g_in,
-                                        first, diagonal)
+                                        first, blocks)
                 if first:
                     shares = shares + share
             g_above = functools.partial(_window_of, g_in)
         return shares, g_in
 
-    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool, diagonal: bool = False):
+    def _direction(self, tx, tr, layer: int, d: int, g_h, g_c, above, g_in, tokens: bool, blocks: int = 1):
         """One layer/direction backwards, window by window, from the multipliers g_h, g_c (B, n, H) of its final
         state; adds its input multipliers into g_in (T, B, n, In) unless ``tokens``, and then returns the token
-        shares (T, B, n). ``diagonal``: reference k goes with row k alone (B is 1)."""
+        shares (T, B, n). ``blocks`` k > 1: the layout is (k, B, n, .), each block a grid of its own."""
         w_ih_t, w_hh_t = self.weights_t[layer][d]
-        X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
-        R = lambda a: a.unsqueeze(-3 if diagonal else -2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds
-        # broadcast over rows; diagonal: (T, n, .) -> (T, 1, n, .), each row's own reference
+        if blocks == 1:
+            X = lambda a: a.unsqueeze(-3)  # noqa: E731  (T, n, .) -> (T, 1, n, .): rows broadcast over backgrounds
+            R = lambda a: a.unsqueeze(-2)  # noqa: E731  (T, B, .) -> (T, B, 1, .): backgrounds broadcast over rows
+        else:  # (T, n * k, .) -> (T, k, 1, n, .) and (T, B * k, .) -> (T, k, B, 1, .): a grid per block
+            X = lambda a: a.unflatten(1, (-1, blocks)).transpose(1, 2).contiguous().unsqueeze(-3)  # noqa: E731
+            R = lambda a: a.unflatten(1, (-1, blocks)).transpose(1, 2).contiguous().unsqueeze(-2)  # noqa: E731
         rows, refs = type(tx.slab)(*map(X, tx.slab)), type(tr.slab)(*map(R, tr.slab))
         state = g_c if self.spec.cell_state else None  # the cell state's multipliers
         T = tx.h.shape[1]
-        shares = torch.empty(T, *g_h.shape[:2], dtype=self.dtype, device=self.device) if tokens else None
+        shares = torch.empty(T, *g_h.shape[:-1], dtype=self.dtype, device=self.device) if tokens else None
         carry = None
         for lo, hi in windows(T, self.block_steps, reverse=bool(d)):
             window = slice(lo, hi)
@@ -310,8 +316,8 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
 
 
 def block_rows(x: torch.Tensor, shape: tuple[int, int] | None) -> tuple | None:
-    """The distinct rows of an explained batch x (2P, ...) whose rows are chunks of the caller's (B, n) grid of
-    pairs, k > 1 chunks each, chunk c of pair b * n + i at row (b * n + i) * k + c (a model that cut each review
+    """The distinct rows of an explained batch x (2P, ...) whose rows are blocks of the caller's (B, n) grid of
+    pairs, k > 1 blocks each, block c of pair b * n + i at row (b * n + i) * k + c (a model that cut each review
     into k rows): (inputs (n * k, ...), references (B * k, ...), i (P,), b (P,)), row p being (inputs[i[p]],
     references[b[p]]); None where the rows do not repeat so (only checked, never searched for)."""
     P = x.shape[0] // 2
@@ -323,26 +329,27 @@ def block_rows(x: torch.Tensor, shape: tuple[int, int] | None) -> tuple | None:
         if not (torch.equal(xs, xs[:1].expand_as(xs)) and torch.equal(rs, rs[:, :1].expand_as(rs))):
             return None
         p = torch.arange(P, device=x.device)
-        chunk, pair = p % k, p // k
-        return (x[: n * k], x[P:].unflatten(0, (B, n, k))[:, 0].flatten(0, 1), (pair % n) * k + chunk,
-                (pair // n) * k + chunk)
+        block, pair = p % k, p // k
+        return (x[: n * k], x[P:].unflatten(0, (B, n, k))[:, 0].flatten(0, 1), (pair % n) * k + block,
+                (pair // n) * k + block)
 
 
-def pairs_of(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple[tuple, bool]:
-    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references], as (rows, diagonal):
-    the grid of distinct rows (:func:`pair_grid`) where there is one; else the P pairs one by one (``diagonal``),
-    pair p being (row p, row P + p): what the transform's rules pair, whatever a model did to its rows before
-    (chunks of a review, rows computed pair by pair). Diagonal pairs are (inputs[i[p]], references[b[p]]) of the
-    distinct rows where :func:`block_rows` finds them, else of the rows as they are."""
+def pairs_of(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple[tuple, tuple[int, int, int] | None]:
+    """The (input, reference) pairs of an explained batch x (2P, ...) = [inputs; references], as (rows, blocks):
+    rows = (inputs, references, i (P,), b (P,)), pair p being (inputs[i[p]], references[b[p]]), the distinct
+    rows traced once each. ``blocks`` None: the grid of distinct rows (:func:`pair_grid`). Else (B, n, k): the
+    rows are k blocks of a (B, n) grid of pairs, pair p at row p (:func:`block_rows`: a model that cut each review
+    into k rows); where no such layout holds, the P pairs one by one, pair p being (row p, row P + p), as (1, 1,
+    P): what the transform's rules pair, whatever a model did to its rows before."""
     grid = pair_grid(x, shape)
     if grid is not None:
-        return grid, False
-    blocks = block_rows(x, shape)
-    if blocks is not None:
-        return blocks, True
+        return grid, None
+    found = block_rows(x, shape)
+    if found is not None:
+        return found, (*shape, len(found[2]) // (shape[0] * shape[1]))
     P = x.shape[0] // 2
     k = torch.arange(P, device=x.device)
-    return (x[:P], x[P:], k, k), True
+    return (x[:P], x[P:], k, k), (1, 1, P)
 
 
 class FusedRecurrence(torch.autograd.Function):
@@ -350,35 +357,31 @@ class FusedRecurrence(torch.autograd.Function):
     distinct input and reference row once (:meth:`RecurrentStack.trace`), and the backward pass is the engine's
     fused multiplier backward for every pair (:meth:`RecurrentStack.input_multipliers`), fed by the multipliers of
     the outputs at every step and of the final states. Both halves of the batch get their own half's multipliers,
-    as the transform's rules give them. x: (2P, T, In) batch first; ``pairs``: :func:`pairs_of`'s (grid,
-    diagonal); returns (outputs (2P, T, D*H), h_n, c_n (layers*D, 2P, H); c_n is zeros for a cell without a cell
+    as the transform's rules give them. x: (2P, T, In) batch first; ``pairs``: :func:`pairs_of`'s (rows,
+    blocks); returns (outputs (2P, T, D*H), h_n, c_n (layers*D, 2P, H); c_n is zeros for a cell without a cell
     state)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stack: RecurrentStack, pairs: tuple):
-        (inputs, refs, i, b), diagonal = pairs
+        (inputs, refs, i, b), blocks = pairs
         with torch._C.DisableTorchFunction():  # plain tensors' work: no rule mode to ask at every op
             rv, bg = stack.trace(inputs.detach()), stack.trace(refs.detach())
         rx, rr = rv.results, bg.results
         out = torch.cat([rx.outputs[i], rr.outputs[b]])
         h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
         c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
-        ctx.stack, ctx.traces, ctx.cell_state, ctx.diagonal = stack, (rv, bg), rx.c_n is not None, diagonal
-        ctx.rows = (i, b)
-        # where each pair's multipliers sit in the backward's (B, n) layout: diagonal pairs all in one row of B,
-        # pair p at column p
-        ctx.grid = (torch.arange(len(i), device=i.device), torch.zeros_like(b)) if diagonal else (i, b)
+        ctx.stack, ctx.traces, ctx.cell_state = stack, (rv, bg), rx.c_n is not None
+        ctx.grid, ctx.blocks = (i, b), blocks
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
         (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
-        if ctx.diagonal and (len(rv.x) != P or len(bg.x) != P):  # block_rows' distinct rows: each pair's, gathered
-            rv, bg = rv.rows(ctx.rows[0]), bg.rows(ctx.rows[1])
-        n, B = rv.x.shape[0], 1 if ctx.diagonal else bg.x.shape[0]
 
-        def multipliers(rows: slice) -> torch.Tensor:
-            """The input multipliers (P, T, In) of one half, from that half's output multipliers."""
+        def on_grid(rows: slice) -> torch.Tensor:
+            """The input multipliers (P, T, In) of one half, from that half's output multipliers, pairs placed
+            at their (b, i) in the backward's (B, n) layout."""
+            n, B = rv.x.shape[0], bg.x.shape[0]
             outputs = g_out.new_zeros(g_out.shape[1], B, n, g_out.shape[2])
             outputs[:, b, i] = g_out[rows].transpose(0, 1)
             h_n = g_h.new_zeros(g_h.shape[0], B, n, g_h.shape[2])
@@ -388,8 +391,20 @@ class FusedRecurrence(torch.autograd.Function):
                 c_n = g_c.new_zeros(g_c.shape[0], B, n, g_c.shape[2])
                 c_n[:, b, i] = g_c[:, rows]
             hm = HeadMultipliers(outputs, h_n, c_n, g_out.new_zeros(n), g_out.new_zeros(B, n))
-            return ctx.stack.input_multipliers(rv, bg, hm, ctx.diagonal)[:, b, i].transpose(0, 1)
+            return ctx.stack.input_multipliers(rv, bg, hm)[:, b, i].transpose(0, 1)
 
+        def in_blocks(rows: slice) -> torch.Tensor:
+            """The same for pairs in blocks: row p = (b * n + i) * k + c sits at (c, b, i) of the (k, B, n) layout
+            (views, no scatter)."""
+            B, n, k = ctx.blocks
+            outputs = g_out[rows].unflatten(0, (B, n, k)).permute(3, 2, 0, 1, 4)  # (T, k, B, n, F)
+            states = lambda g: g[:, rows].unflatten(1, (B, n, k)).permute(0, 3, 1, 2, 4)  # noqa: E731 (L, k, B, n, H)
+            hm = HeadMultipliers(outputs, states(g_h), states(g_c) if ctx.cell_state else None, g_out.new_zeros(n),
+                                 g_out.new_zeros(B, n))
+            m = ctx.stack.input_multipliers(rv, bg, hm, blocks=k)  # (T, k, B, n, In)
+            return m.permute(2, 3, 1, 0, 4).reshape(P, m.shape[0], m.shape[-1])
+
+        multipliers = on_grid if ctx.blocks is None else in_blocks
         first, second = slice(0, P), slice(P, 2 * P)
         m_x = multipliers(first)
         same = torch.equal(g_out[first], g_out[second]) and torch.equal(g_h[:, first], g_h[:, second]) and \
