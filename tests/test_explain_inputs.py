@@ -174,6 +174,11 @@ def test_captums_documented_tuple_usage_with_only_the_import_changed():
         change = model(*inputs)[:, 0] - model(*baselines)[:, 0].mean()
     total = attributions[0].sum(dim=(1, 2)) + attributions[1].sum(dim=(1, 2))
     np.testing.assert_allclose(total.numpy(), change.numpy(), atol=1e-10, rtol=0)
+    engine = dls._engine[1]
+    again = dls.attribute(inputs, baselines=baselines, target=0)  # the same baselines: the same engine, kept
+    assert dls._engine[1] is engine and all(torch.equal(a, b) for a, b in zip(again, attributions))
+    dls.attribute(inputs, baselines=sequence_inputs(5, 3), target=0)  # other baselines: another engine
+    assert dls._engine[1] is not engine
 
 
 def test_layer_attributions_of_a_tuple_input_model_add_up():

@@ -178,11 +178,14 @@ class DeepLiftShap:
         tupled = isinstance(inputs, tuple)
         x, bg = _inputs(inputs, "inputs"), _inputs(baselines, "baselines")
         extra = _forward_args(additional_forward_args)
-        if self._engine is None or self._engine[0] is not bg:
-            dtype = _dtype_of(x, self.model)
+        # one engine per baselines and dtype: its background trace and output count are kept between calls
+        # (a tuple of baselines is a new tuple each call: compared part by part)
+        dtype = _dtype_of(x, self.model)
+        key = (tuple(map(id, bg)) if isinstance(bg, tuple) else id(bg), dtype)
+        if self._engine is None or self._engine[0] != key:
             engine = FastDeepShap(self.model, dtype)
-            self._engine = (bg, engine, engine.own.n_outputs(bg, extra), dtype)
-        _, engine, outputs, dtype = self._engine
+            self._engine = (key, engine, engine.own.n_outputs(bg, extra), bg)  # bg kept alive: its id stays its own
+        _, engine, outputs, _ = self._engine
         res = engine.attribute(x, bg, _target(target, outputs), extra)
         values = tuple(torch.from_numpy(v).to(dtype) for v in _parts(res.values))
         values = values if tupled else values[0]
