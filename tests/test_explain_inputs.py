@@ -15,6 +15,7 @@ from torch_imdb.cli import ENGINES
 from torch_imdb.errors import UsageError
 from torch_imdb.explain import DeepExplainer, DeepLiftShap, LayerDeepLiftShap
 from torch_imdb.explain.engines import make_engine
+from torch_imdb.explain.fast import FastDeepShap
 from torch_imdb.explain.inputs import check_several
 
 
@@ -225,3 +226,9 @@ class Detour(ReviewAndRating):
 
     def forward(self, ids, features):
         return super().forward((ids + 0) % 30, features)
+
+
+def test_fast_explain_refuses_a_tuple_in_one_line_naming_the_drop_in():
+    model = model_of(TwoSequences)
+    with pytest.raises(UsageError, match=r"^explain takes one input; .*DeepExplainer\(model, baselines\)\(inputs\)"):
+        FastDeepShap(model).explain(sequence_inputs(3, 1), sequence_inputs(5, 2))

@@ -501,6 +501,9 @@ class FastDeepShap:
         default f0, f1, ...), data = the input values. ``target=None`` explains every output: values
         gain a last axis (K) and base_values are (N, K). values.sum() + base_values = the model output.
         """
+        if several(inputs):
+            raise UsageError("explain takes one input; for a tuple of inputs, DeepExplainer(model, baselines)(inputs) "
+                             "from torch_imdb.explain gives one shap.Explanation per input")
         results = [self.attribute(inputs, baselines, 0 if target is None else target)]  # (a ruled head learns K here)
         targets = range(self.n_outputs) if target is None else [target]
         results += [self.attribute(inputs, baselines, k) for k in targets[1:]]
