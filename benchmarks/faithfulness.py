@@ -71,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-seeds", type=count(2, 1000), default=6,
                    help="seeds pooled into the permutation reference (even; its halves measure its convergence)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    p.add_argument("--cache", default="artifacts/faithfulness", help="where reference values are cached per review")
     p.add_argument("--out", default="results", help="folder for faithfulness.json/.png")
     return p
 

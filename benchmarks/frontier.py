@@ -54,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontier-reviews", type=count(1, MAX_REVIEWS), default=30,
                    help="reviews every method runs on (the first of --reviews)")
     p.add_argument("--methods", default=None, help="comma-separated NAME or NAME@BUDGET (default: all that apply)")
-    p.add_argument("--cache", default="artifacts/frontier", help="where reference values are cached per review")
     p.add_argument("--out", default="results/frontier", help="folder for frontier.json/.png")
     p.add_argument("--replot", action="store_true", help="redraw frontier.png and .md from --out's frontier.json")
     return p
