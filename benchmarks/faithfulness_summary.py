@@ -4,8 +4,8 @@
 
 Reads the JSON that ``benchmarks/faithfulness.py`` wrote for each model (each row is
 one model's run, named by its checkpoint and weights fingerprint; no number mixes
-two models) and writes results/faithfulness_models.md: the reference's reliability
-and ceiling, and for Spearman with the Shapley reference, deletion AOPC,
+two models) and writes results/faithfulness_models.md: the reference's reviews and kind, its
+reliability and ceiling, and for Spearman with the Shapley reference, deletion AOPC,
 comprehensiveness, insertion AOPC and sufficiency the value of exact DeepSHAP, the
 best other method's, and their paired difference (other minus exact, 95% interval).
 """
@@ -66,6 +66,15 @@ def cell(methods: dict, key: str, higher: bool) -> str:
     return f"{exact['mean']:.3f}; {name} {m['mean']:.3f}{paired}"
 
 
+def reference_of(ref: dict) -> str:
+    """The reference's reviews and kind: the shapley engine's, sampled to a reliability, or shap's permutations."""
+    if not ref:
+        return "0"
+    if "permutations_per_review" in ref:
+        return f"{ref['reviews']}, {ref['permutations_per_review']} permutations"
+    return f"{ref['reviews']}, shapley engine"
+
+
 def summary_rows(files: list[Path]) -> list[str]:
     header = ("| model | reviews (reference) | reference reliability → ceiling | "
               + " | ".join(f"{label}: exact; best other (paired)" for label, _, _ in METRICS) + " |")
@@ -83,7 +92,7 @@ def summary_rows(files: list[Path]) -> list[str]:
         name = Path(settings["checkpoint"]).name
         model = f"{'seed model' if name == 'artifacts' else name} `{d['weights_fingerprint']}`"
         reliability = f"{conv['reliability']:.3f} → {conv['ceiling']:.3f}" if conv else "no reference"
-        rows.append(f"| {model} | {settings['reviews']} ({ref.get('reviews', 0)}) | {reliability} | "
+        rows.append(f"| {model} | {settings['reviews']} ({reference_of(ref)}) | {reliability} | "
                     + " | ".join(cell(methods, key, higher) for _, key, higher in METRICS) + " |")
     return rows
 

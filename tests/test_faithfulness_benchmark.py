@@ -84,7 +84,7 @@ def test_benchmark_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert summary.main([str(tmp_path / "faithfulness.json"), "--out", str(tmp_path / "models.md")]) == 0
     row = (tmp_path / "models.md").read_text().splitlines()[2]
     exact = res["methods"]["deepshap_exact"]
-    assert row.startswith(f"| ck `{res['weights_fingerprint']}` | 8 (3) |")
+    assert row.startswith(f"| ck `{res['weights_fingerprint']}` | 8 (3, 4 permutations) |")
     assert f"{exact['deletion_aopc']['mean']:.3f}; " in row and f"{conv['reliability']:.3f} → " in row
     with pytest.raises(bench.UsageError, match="no such file"):
         summary.main([str(tmp_path / "missing.json")])
