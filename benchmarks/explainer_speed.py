@@ -13,8 +13,8 @@ there is none, a randomly initialised model of the same shape, labelled so):
 - a check that all engines agree at one point (max |difference| to shap);
 - for the engines that run our recurrent multiplier backward (the fast engines,
   on their own path or the general one), the product floor at the reference
-  point: the recurrent matrix products the engine runs there, recorded in one
-  more run (each pair-step needs one row of one: its multipliers are its own),
+  point: the recurrent matrix products the engine runs there, recorded in its
+  untimed run (each pair-step needs one row of one: its multipliers are its own),
   timed alone on this machine, what share of the engine's time they are, and the
   highest ratio to shap any engine running them could reach here (shap's seconds
   per review over the floor's).
@@ -143,11 +143,12 @@ def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget
 
     Peak memory comes from one untimed run before the timed ones: the sampling thread takes
     the GIL and a core every 5 ms, which slowed the timed runs (by about 4% for the fast engine).
+    That run also records the recurrent products the engine runs (``_plan``, empty for shap and Captum).
     """
     times, result = [], None
     if getattr(engine, "compiled", False):
         engine.attribute(ids, bg)  # torch.compile specialises on shapes: compile this point's shape untimed
-    with PeakRSS() as mem:
+    with PeakRSS() as mem, recorded_products() as plan:
         engine.attribute(ids, bg)
     while len(times) < repeats and (not times or sum(times) < budget_s):
         t0 = time.perf_counter()
@@ -157,7 +158,8 @@ def time_point(engine, ids: torch.Tensor, bg: torch.Tensor, repeats: int, budget
     med = statistics.median(times)
     return {"background": b, "reviews": n, "seconds": times, "median_s": med, "min_s": min(times),
             "max_s": max(times), "seconds_per_review": med / n, "rows_per_second": 2 * b * n / med,
-            "extra_peak_rss_mb": mem.extra_bytes / 2**20, "peak_rss_mb": mem.peak / 2**20, "_values": result.values}
+            "extra_peak_rss_mb": mem.extra_bytes / 2**20, "peak_rss_mb": mem.peak / 2**20, "_values": result.values,
+            "_plan": plan}
 
 
 def product_floor(plan: list[tuple[int, int, int]], inputs: int, dtype: torch.dtype, device: torch.device,
@@ -214,14 +216,16 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         engine.attribute(torch.from_numpy(ids_pool[:1]), torch.from_numpy(bg_pool[: min(args.backgrounds)]))
         warm[name] = time.perf_counter() - t0
-    points, check = [], None
+    points, check, plans = [], None, {}  # plans: each engine's recurrent products at the reference point
     bar = Progress(len(plan) * len(engines), "benchmark", "points")
     for b, n in plan:
         ids, bg = torch.from_numpy(ids_pool[:n]), torch.from_numpy(bg_pool[:b])
         values = {}
         for name, engine in engines.items():
             p = time_point(engine, ids, bg, args.repeats, args.point_budget)
-            values[name] = p.pop("_values")
+            values[name], plan = p.pop("_values"), p.pop("_plan")
+            if (b, n) == (args.sweep_background, args.reviews):
+                plans[name] = plan
             points.append({"engine": name, **p})
             bar.update(1, f"{name} at B={b}, N={n}")
         if (b, n) == (args.check_background, args.reviews) and "shap" in values:
@@ -234,13 +238,9 @@ def run(args) -> dict:
            if p["background"] == args.sweep_background and p["reviews"] == args.reviews}
     ratios = {f"{name}_speedup_vs_shap": ref["shap"] / ref[name] for name in ref if "shap" in ref and name != "shap"}
     floors, timed = {}, {}  # timed: one floor per distinct plan (eager and compiled usually share theirs)
-    ids, bg = torch.from_numpy(ids_pool[: args.reviews]), torch.from_numpy(bg_pool[: args.sweep_background])
     device = next(model.parameters()).device
     for name, engine in engines.items():
-        if name not in ref:
-            continue
-        with recorded_products() as plan:  # one more run at the reference point, untimed: the products it runs
-            engine.attribute(ids, bg)
+        plan = plans.get(name)
         if not plan:  # no recurrent multiplier backward of ours (shap, Captum), or one-step reviews of ids
             continue
         if tuple(plan) not in timed:
