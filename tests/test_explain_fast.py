@@ -98,19 +98,10 @@ def test_compiled_chunks_are_padded_to_few_sizes():
     assert padded_rows(20, 20) == 20 and padded_rows(11, 20) == 20
 
 
-@pytest.mark.parametrize("case,compile", [(("lstm", 2, True, True, "logits"), False),
-                                          (("gru", 2, False, False, "identity"), False),
-                                          (("rnn_tanh", 1, True, True, "sigmoid"), False),
-                                          (("gru", 2, True, False, "identity"), True)],
-                         ids=lambda v: case_id(v) if isinstance(v, tuple) else ("compiled" if v else "eager"))
-def test_the_recorded_products_are_the_products_run(case, compile, monkeypatch):
-    """recorded_products lists exactly the matrix products the multiplier backward runs (the benchmark's floor
-    counts them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
+def products_run(monkeypatch) -> list[tuple[int, int, int]]:
+    """The (M, K, N) of every product the multiplier backward runs from now on (cells' and stack's ``product``)."""
     from torch_imdb.explain import cells, stack
 
-    model, x, bg, target = matrix_case(case, n=5, b=4)
-    model = model.float()
-    x, bg = (x, bg) if case[3] else (x.float(), bg.float())
     run = []
 
     def recording(a, w_t):
@@ -119,6 +110,23 @@ def test_the_recorded_products_are_the_products_run(case, compile, monkeypatch):
 
     for module in (cells, stack):
         monkeypatch.setattr(module, "product", recording)
+    return run
+
+
+@pytest.mark.parametrize("case,compile", [(("lstm", 2, True, True, "logits"), False),
+                                          (("gru", 2, False, False, "identity"), False),
+                                          (("rnn_tanh", 1, True, True, "sigmoid"), False),
+                                          (("gru", 2, True, False, "identity"), True)],
+                         ids=lambda v: case_id(v) if isinstance(v, tuple) else ("compiled" if v else "eager"))
+def test_the_recorded_products_are_the_products_run(case, compile, monkeypatch):
+    """recorded_products lists exactly the matrix products the multiplier backward runs (the benchmark's floor
+    counts them): 5 inputs in chunks of 2 (compiled: the last chunk padded), windows of 2 steps over 5."""
+    from torch_imdb.explain import stack
+
+    model, x, bg, target = matrix_case(case, n=5, b=4)
+    model = model.float()
+    x, bg = (x, bg) if case[3] else (x.float(), bg.float())
+    run = products_run(monkeypatch)
     torch._dynamo.reset()  # a graph compiled by another test calls the product it was traced with
     engine = fast_for(model, block_steps=2, chunk_pairs=8, compile=compile)
     with stack.recorded_products() as plan:
@@ -241,23 +249,16 @@ def model_parts_of(model):
 @pytest.mark.parametrize("name", ["lstm-into-bigru", "hierarchical-attention", "cnn-lstm"])
 def test_the_general_paths_recorded_products_are_the_products_its_fused_rules_run(name, monkeypatch):
     """On the general path every recurrent module's fused rule records its products: two modules, a module fed
-    chunks of each pair (diagonal pairs), a module after a convolution; the same list as the products run."""
+    chunks of each pair (k blocks), a module after a convolution; the same list as the products run."""
     from zoo import ZOO, zoo_inputs
 
-    from torch_imdb.explain import cells, stack
+    from torch_imdb.explain import stack
 
     model, x, bg, extra = zoo_inputs(next(c for c in ZOO if c.name == name), dtype=torch.float32)
-    run = []
-
-    def recording(a, w_t):
-        run.append((a.reshape(-1, a.shape[-1]).shape[0], *w_t.shape[::-1]))
-        return a @ w_t.t()
-
     engine = FastDeepShap(model, torch.float32)
     engine.attribute(x, bg)  # takes the general path
     assert engine.general is not None
-    for module in (cells, stack):
-        monkeypatch.setattr(module, "product", recording)
+    run = products_run(monkeypatch)
     with stack.recorded_products() as plan:
         engine.attribute(x, bg)
     assert len(plan) > 0 and sorted(run) == sorted(plan)
