@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torch_imdb.config import CONV_KERNEL, CONV_POOL, HAN_CHUNK, ModelConfig
-from torch_imdb.model import ReviewClassifier, SentimentRNN
+from torch_imdb.model import ReviewClassifier, SentimentRNN, additive_attention
 
 
 class AdditiveAttention(nn.Module):
@@ -37,8 +37,7 @@ class AdditiveAttention(nn.Module):
         self.score, self.v = nn.Linear(width, attention_dim), nn.Linear(attention_dim, 1, bias=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        alpha = torch.softmax(self.v(torch.tanh(self.score(h))).squeeze(-1), dim=1)
-        return (alpha.unsqueeze(-1) * h).sum(dim=1)
+        return (additive_attention(self.score, self.v, h).unsqueeze(-1) * h).sum(dim=1)
 
 
 class HierarchicalAttention(ReviewClassifier):

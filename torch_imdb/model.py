@@ -51,6 +51,14 @@ class ReviewClassifier(nn.Module):
             self.train(was_training)
 
 
+def additive_attention(score: nn.Linear, v: nn.Linear, h: torch.Tensor,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive attention's weights (batch, T) over h (batch, T, D): softmax_t of v . tanh(score(h_t)), 0 where
+    ``keep`` (batch, T) bool is False (None: everywhere kept). The attention pool's and the HAN's."""
+    scores = v(torch.tanh(score(h))).squeeze(-1)
+    return torch.softmax(scores if keep is None else scores.masked_fill(~keep, float("-inf")), dim=1)
+
+
 class SentimentRNN(ReviewClassifier):
     """Embedding(V, E) -> LSTM/GRU(H, layers, directions) -> pooling -> Linear(D*H, 1); ``forward`` returns logits.
 
@@ -132,8 +140,7 @@ class SentimentRNN(ReviewClassifier):
 
     def attention(self, out: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Attention weights (batch, T) over the outputs (batch, T, D*H); 0 at padding, each row sums to 1."""
-        scores = self.attn_v(torch.tanh(self.attn(out))).squeeze(-1)
-        return torch.softmax(scores.masked_fill(~tokens, float("-inf")), dim=1)
+        return additive_attention(self.attn, self.attn_v, out, tokens)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         tokens = token_mask(ids) if self.config.pool != "last" else None  # the final state needs no mask
