@@ -110,7 +110,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_checkpoint")
     data = write_imdb_folder(root / "data", {"train": planted_reviews(400, 0), "test": planted_reviews(60, 1)})
-    cfg = TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu")
+    cfg = TrainConfig.of(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu")
     write_metrics(root / "ck" / "metrics.json", fit(cfg, root / "ck", log=lambda *_: None))
     return root / "ck", data
 
@@ -121,7 +121,7 @@ def real_checkpoint(real_data, tmp_path_factory):
     from torch_imdb.training import TrainConfig, fit
 
     ck = tmp_path_factory.mktemp("real") / "ck"
-    fit(TrainConfig(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
+    fit(TrainConfig.of(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
         ck, log=lambda *_: None)
     return ck, real_data
 

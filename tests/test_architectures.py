@@ -47,7 +47,7 @@ def test_han_takes_any_length(T):
 
 @pytest.mark.parametrize("architecture", OTHERS)
 def test_training_learns_planted_words_and_the_checkpoint_loads(planted_data, tmp_path, architecture):
-    cfg = TrainConfig(epochs=6, lr=5e-3, data=str(planted_data), seed=0, architecture=architecture, **SMALL)
+    cfg = TrainConfig.of(epochs=6, lr=5e-3, data=str(planted_data), seed=0, architecture=architecture, **SMALL)
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     assert metrics["final_test_accuracy"] >= 0.95, metrics["epochs"]
     ck = load_checkpoint(tmp_path / "ck")
@@ -83,9 +83,9 @@ def test_compiled_general_path_equals_eager():
 
 def test_rnn_only_options_are_refused_for_the_others():
     with pytest.raises(UsageError, match="--pool apply to --architecture rnn only"):
-        TrainConfig(architecture="han", pool="attention").validate()
+        TrainConfig.of(architecture="han", pool="attention").validate()
     with pytest.raises(UsageError, match="--architecture must be one of"):
-        TrainConfig(architecture="transformer").validate()
+        TrainConfig.of(architecture="transformer").validate()
 
 
 def test_the_plain_rnn_control_is_the_keras_shapes_alone():

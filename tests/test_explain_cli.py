@@ -97,23 +97,23 @@ def test_the_shapley_engine_through_the_command(tiny_checkpoint, tmp_path):
     assert agreement["correlation"] > 0.5 and agreement["max_abs_diff"] > 1e-6, agreement
 
 
-@pytest.mark.parametrize("arch", [dict(arch="gru"), dict(layers=2, bidirectional=True)], ids=["gru", "bilstm2"])
+@pytest.mark.parametrize("arch", [dict(cell="gru"), dict(layers=2, bidirectional=True)], ids=["gru", "bilstm2"])
 def test_recurrent_variants_explained_by_shap_and_captum(planted_data, tmp_path, arch):
     from torch_imdb.training import TrainConfig, fit
 
     ck = tmp_path / "ck"
-    fit(TrainConfig(epochs=2, lr=5e-3, maxlen=16, embed_dim=8, hidden=6, data=str(planted_data), device="cpu", **arch),
+    fit(TrainConfig.of(epochs=2, lr=5e-3, maxlen=16, embed_dim=8, hidden=6, data=str(planted_data), device="cpu", **arch),
         ck, log=lambda *_: None)
     assert run(ck, planted_data, tmp_path / "out", "--background", "6", "--reviews", "3",
                "--engines", "shap,captum,fast") == 0
     summary = json.loads((tmp_path / "out" / "explain_summary.json").read_text())
-    expected = "GRU(6)" if arch.get("arch") == "gru" else "2-layer bidirectional LSTM(6)"
+    expected = "GRU(6)" if arch.get("cell") == "gru" else "2-layer bidirectional LSTM(6)"
     assert summary["config"]["architecture"] == expected
     for name in ("shap", "captum", "fast"):
         assert summary["engines"][name]["max_abs_completeness_residual"] < 1e-5
     assert summary["agreement"]["shap_vs_captum"]["max_abs_diff"] < 1e-5
     assert summary["agreement"]["shap_vs_fast"]["max_abs_diff"] < 1e-5
-    assert summary["plain_nn_rnn"]["module"] == ("GRU" if arch.get("arch") == "gru" else "LSTM")
+    assert summary["plain_nn_rnn"]["module"] == ("GRU" if arch.get("cell") == "gru" else "LSTM")
 
 
 def test_only_unknown_words_is_finite(tiny_checkpoint, tmp_path):
@@ -316,7 +316,7 @@ def test_all_test_of_an_attention_model_takes_the_fast_engine_with_base_values_p
     from torch_imdb.explain.corpus import RunSettings, explain_split, read_attributions
     from torch_imdb.training import TrainConfig, fit
 
-    cfg = TrainConfig(epochs=1, maxlen=16, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
+    cfg = TrainConfig.of(epochs=1, maxlen=16, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
                       attention_dim=4, data=str(planted_data), device="cpu")
     fit(cfg, tmp_path / "ck", log=lambda *_: None)
     ckpt, ds = load_checkpoint(tmp_path / "ck"), load_imdb(str(planted_data))

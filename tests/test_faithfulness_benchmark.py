@@ -114,7 +114,7 @@ def test_attention_weights_as_a_method_equal_the_softmax_by_hand():
 def test_benchmark_on_an_attention_model(planted_data, tmp_path):
     from torch_imdb.training import TrainConfig, fit
 
-    fit(TrainConfig(epochs=3, lr=5e-3, maxlen=12, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
+    fit(TrainConfig.of(epochs=3, lr=5e-3, maxlen=12, embed_dim=8, hidden=6, bidirectional=True, pool="attention",
                     attention_dim=4, data=str(planted_data), device="cpu"), tmp_path / "ck", log=lambda *_: None)
     assert bench.main(["--checkpoint", str(tmp_path / "ck"), "--data", str(planted_data), "--reviews", "6",
                        "--background", "4", "--reference-reviews", "3", "--reference-background", "3",

@@ -13,13 +13,13 @@ from torch_imdb.training import TrainConfig, fit
 SMALL = dict(maxlen=16, embed_dim=16, hidden=16, batch_size=32, device="cpu")
 
 
-ARCHS = {"lstm": {}, "gru": dict(arch="gru"), "bilstm2": dict(layers=2, bidirectional=True),
+ARCHS = {"lstm": {}, "gru": dict(cell="gru"), "bilstm2": dict(layers=2, bidirectional=True),
          "lstm-shared-masks": dict(dropout_masks="shared")}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_learns_planted_words(planted_data, tmp_path, arch):
-    cfg = TrainConfig(epochs=6, lr=5e-3, data=str(planted_data), seed=0, **SMALL, **ARCHS[arch])
+    cfg = TrainConfig.of(epochs=6, lr=5e-3, data=str(planted_data), seed=0, **SMALL, **ARCHS[arch])
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     assert metrics["final_test_accuracy"] >= 0.95, metrics["epochs"]
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
@@ -29,14 +29,14 @@ def test_training_learns_planted_words(planted_data, tmp_path, arch):
 
 
 def test_seed_makes_cpu_runs_repeatable(planted_data, tmp_path):
-    cfg = TrainConfig(epochs=1, data=str(planted_data), seed=3, **SMALL)
+    cfg = TrainConfig.of(epochs=1, data=str(planted_data), seed=3, **SMALL)
     a = fit(cfg, tmp_path / "a", log=lambda *_: None)["epochs"][0]
     b = fit(cfg, tmp_path / "b", log=lambda *_: None)["epochs"][0]
     assert (a["train_loss"], a["test_acc"]) == (b["train_loss"], b["test_acc"])
 
 
 def test_val_fraction_keeps_best_validation_epoch(planted_data, tmp_path):
-    cfg = TrainConfig(epochs=3, data=str(planted_data), val_fraction=0.2, **SMALL)
+    cfg = TrainConfig.of(epochs=3, data=str(planted_data), val_fraction=0.2, **SMALL)
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     best = min(metrics["epochs"], key=lambda r: r["val_loss"])["epoch"]
     assert metrics["checkpoint_epoch"] == best
@@ -58,16 +58,16 @@ def test_cli_writes_checkpoint_and_metrics(planted_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("option,bad", [
     ("val_fraction", 1.5), ("epochs", 0), ("batch_size", 0), ("layers", 0), ("dropout", 1.0), ("recurrent_dropout", -0.1),
-    ("monitor", "loss"), ("lr", 0.0), ("lr", float("nan")), ("arch", "rnn"), ("dropout_masks", "per-step"),
+    ("monitor", "loss"), ("lr", 0.0), ("lr", float("nan")), ("cell", "rnn"), ("dropout_masks", "per-step"),
     ("seed", -1), ("seed", 2**40), ("maxlen", 1_000_000), ("hidden", 10**9), ("epochs", 1.5), ("layers", True)])
 def test_bad_options_are_clear(option, bad):
     with pytest.raises(UsageError, match="--" + option.replace("_", "-")):
-        TrainConfig(**{option: bad}).validate()
+        TrainConfig.of(**{option: bad}).validate()
 
 
 def test_patience_stops_and_val_acc_chooses(planted_data, tmp_path):
     """Patience 1 stops at the first epoch without improvement; monitor=val_acc keeps the best-accuracy epoch."""
-    cfg = TrainConfig(epochs=8, lr=5e-2, data=str(planted_data), val_fraction=0.2, patience=1, monitor="val_acc", **SMALL)
+    cfg = TrainConfig.of(epochs=8, lr=5e-2, data=str(planted_data), val_fraction=0.2, patience=1, monitor="val_acc", **SMALL)
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     rows = metrics["epochs"]
     accs = [r["val_acc"] for r in rows]
@@ -99,11 +99,9 @@ def test_hub_unreachable_says_how_to_set_the_path():
 
 
 def test_help_documents_every_option():
-    from dataclasses import fields
-
     res = run_cli(["--help"], {})
     assert res.returncode == 0, res.stderr
-    options = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)] + ["--out", "--metrics-out", "--resume"]
+    options = [f"--{name.replace('_', '-')}" for name in TrainConfig().options()] + ["--out", "--metrics-out", "--resume"]
     assert len(options) >= 23
     for opt in options:
         assert opt in res.stdout, opt
@@ -111,7 +109,7 @@ def test_help_documents_every_option():
 
 def test_real_data_one_epoch(real_data, tmp_path):
     """Integration: a few hundred real reviews, one epoch, through the whole pipeline."""
-    cfg = TrainConfig(epochs=1, data=real_data, train_limit=300, test_limit=200, device="cpu")
+    cfg = TrainConfig.of(epochs=1, data=real_data, train_limit=300, test_limit=200, device="cpu")
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     assert metrics["n_train"] == 300 and metrics["n_test"] == 200
     ck = load_checkpoint(tmp_path / "ck")
@@ -136,7 +134,7 @@ def interrupt_at(line_start: str):
 
 @pytest.mark.parametrize("extra", [{}, dict(val_fraction=0.2, patience=2, lr=5e-2)], ids=["last-epoch", "best-val"])
 def test_resume_ends_with_the_uninterrupted_weights(planted_data, tmp_path, extra):
-    cfg = TrainConfig(epochs=5, data=str(planted_data), seed=1, **SMALL, **extra)
+    cfg = TrainConfig.of(epochs=5, data=str(planted_data), seed=1, **SMALL, **extra)
     whole = fit(cfg, tmp_path / "whole", log=lambda *_: None)
     assert not (tmp_path / "whole" / "train_state.pt").exists()  # a finished run leaves no state behind
     with pytest.raises(Interrupt):
@@ -156,14 +154,22 @@ def torch_load_epoch(path) -> int:
 
 
 def test_resume_refuses_other_settings_and_missing_state(planted_data, tmp_path):
-    cfg = TrainConfig(epochs=3, data=str(planted_data), **SMALL)
+    cfg = TrainConfig.of(epochs=3, data=str(planted_data), **SMALL)
     with pytest.raises(UsageError, match="no killed run to continue"):
         fit(cfg, tmp_path / "ck", log=lambda *_: None, resume=True)
     with pytest.raises(Interrupt):
         fit(cfg, tmp_path / "ck", log=interrupt_at("epoch  2/3"))
-    other = TrainConfig(epochs=3, data=str(planted_data), **{**SMALL, "hidden": 8})
+    other = TrainConfig.of(epochs=3, data=str(planted_data), **{**SMALL, "hidden": 8})
     with pytest.raises(UsageError, match="other settings \\(hidden differ\\)"):
         fit(other, tmp_path / "ck", log=lambda *_: None, resume=True)
+    import torch
+
+    state = torch.load(tmp_path / "ck" / "train_state.pt", weights_only=True)
+    state["config"] = {("arch" if k == "cell" else k): v for k, v in state["config"].items()}
+    torch.save(state, tmp_path / "ck" / "train_state.pt")  # as a run saved it when --cell was --arch
+    assert fit(cfg, tmp_path / "ck", log=lambda *_: None, resume=True)["resumed_after_epoch"] == 1
+    with pytest.raises(Interrupt):
+        fit(cfg, tmp_path / "ck", log=interrupt_at("epoch  2/3"))
     (tmp_path / "ck" / "train_state.pt").write_bytes(b"\x80\x04 not a torch file")
     with pytest.raises(UsageError, match="unreadable"):
         fit(cfg, tmp_path / "ck", log=lambda *_: None, resume=True)
@@ -200,7 +206,7 @@ def test_sigkill_at_a_random_moment_then_resume_gives_the_same_weights(planted_d
 
 def test_progress_lines_in_a_log(planted_data, tmp_path):
     lines = []
-    fit(TrainConfig(epochs=1, data=str(planted_data), **SMALL), tmp_path / "ck", log=lines.append)
+    fit(TrainConfig.of(epochs=1, data=str(planted_data), **SMALL), tmp_path / "ck", log=lines.append)
     from torch_imdb.training import PROGRESS_LINES
 
     progress = [line for line in lines if "batches, loss" in line]  # pytest's output is no terminal: lines, no bar
@@ -214,7 +220,7 @@ def test_a_model_too_large_for_the_machine_is_refused_before_the_data_is_read(tm
 
     monkeypatch.setattr(training, "prepare_data", lambda *a, **k: pytest.fail("the data was prepared"))
     with pytest.raises(UsageError, match=r"up to 2,475,311,105 parameters, more than the 268,435,456"):
-        fit(TrainConfig(embed_dim=16384, hidden=16384), tmp_path / "ck", log=lambda *_: None)
+        fit(TrainConfig.of(embed_dim=16384, hidden=16384), tmp_path / "ck", log=lambda *_: None)
 
 
 def test_a_kill_while_the_metrics_are_written_resumes(planted_data, tmp_path, monkeypatch):
@@ -222,7 +228,7 @@ def test_a_kill_while_the_metrics_are_written_resumes(planted_data, tmp_path, mo
     --resume finishes the run with the uninterrupted run's weights, metrics and no temporary file."""
     import torch_imdb.training as training
 
-    cfg = TrainConfig(epochs=2, data=str(planted_data), seed=3, **SMALL)
+    cfg = TrainConfig.of(epochs=2, data=str(planted_data), seed=3, **SMALL)
     whole = fit(cfg, tmp_path / "whole", log=lambda *_: None)
     cut = tmp_path / "cut"
 
@@ -252,15 +258,20 @@ def dead_pid() -> int:
 
 
 def test_every_model_setting_is_an_option_with_the_models_default():
-    """TrainConfig takes ModelConfig's settings under their names and defaults (the cell as --arch, the vocabulary
-    from --max-features): a setting added to the model reaches the command line and the checkpoint, or this fails."""
+    """A training run holds its ModelConfig, whose every setting is an option under its own name (the vocabulary's
+    cap as --max-features) with the model's default: a setting added to the model reaches the command line and the
+    checkpoint, or this fails."""
     from dataclasses import fields
 
     from torch_imdb.config import ModelConfig
+    from torch_imdb.train import build_parser
 
-    train = {f.name: f.default for f in fields(TrainConfig)}
+    options = TrainConfig().options()
     model = {f.name: f.default for f in fields(ModelConfig)}
-    renamed = {"cell": "arch", "vocab_size": "max_features"}
-    assert {name: train[renamed.get(name, name)] for name in model} == model
-    custom = TrainConfig(hidden=7, arch="gru", pool="mean", architecture="rnn", layers=2).model_config(99)
+    assert {name: options["max_features" if name == "vocab_size" else name] for name in model} == model
+    parsed = vars(build_parser().parse_args(["--arch", "gru", "--hidden", "7"]))  # --arch: --cell's older name
+    assert {name: parsed[name] for name in options} == {**options, "cell": "gru", "hidden": 7}
+    run = TrainConfig.of(hidden=7, cell="gru", pool="mean", architecture="rnn", layers=2, max_features=500, epochs=2)
+    custom = run.model_config(99)
     assert (custom.hidden, custom.cell, custom.pool, custom.layers, custom.vocab_size) == (7, "gru", "mean", 2, 99)
+    assert run.epochs == 2 and run.model.vocab_size == 500 and TrainConfig.of(**run.options()) == run

@@ -58,7 +58,7 @@ def test_planted_words_come_out_on_top(tmp_path):
     from torch_imdb.training import TrainConfig, fit
 
     data = write_imdb_folder(tmp_path / "data", {"train": planted_reviews(400, 0), "test": planted_reviews(200, 1)})
-    fit(TrainConfig(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu"),
+    fit(TrainConfig.of(epochs=5, lr=5e-3, maxlen=16, embed_dim=12, hidden=10, data=str(data), device="cpu"),
         tmp_path / "ck", log=lambda *_: None)
     out = tmp_path / "res"
     assert words_main(["--checkpoint", str(tmp_path / "ck"), "--data", str(data), "--sample", "150",

@@ -4,7 +4,7 @@ instant."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import NamedTuple
 
 from torch_imdb.errors import UsageError
@@ -109,27 +109,42 @@ class ModelConfig:
         return asdict(self)
 
 
+# The command line's names of ModelConfig's settings where they differ: the vocabulary's cap (Keras's max_features;
+# the data may give fewer ids, and the model is built with the vocabulary's size).
+OPTION_NAMES = {"vocab_size": "max_features"}
+
+
+def check_options(options: dict) -> None:
+    """Every setting of a training run by its option name: its type and range (RANGES) and choice, checked before
+    anything is built; one-line errors naming the option."""
+    for name in RANGES.keys() & options.keys():
+        why = RANGES[name].error(options[name])
+        if why:
+            raise UsageError(f"--{name.replace('_', '-')} {options[name]!r} {why}")
+    for name, choices in (("cell", CELLS), ("pool", POOLS), ("architecture", ARCHITECTURES),
+                          ("dropout_masks", DROPOUT_MASKS), ("monitor", MONITORS)):
+        if name in options and options[name] not in choices:
+            raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {options[name]}")
+    rnn_only = [name for name in ("cell", "layers", "bidirectional", "pool")
+                if options.get(name, getattr(ModelConfig, name)) != getattr(ModelConfig, name)]
+    if options.get("architecture", ModelConfig.architecture) != "rnn" and rnn_only:
+        raise UsageError(f"--architecture {options['architecture']} has its own recurrent layers; "
+                         f"--{', --'.join(rnn_only)} apply to --architecture rnn only")
+
+
 @dataclass
 class TrainConfig:
-    """A training run's settings, the command line's options one for one. The model's settings are ModelConfig's,
-    under the same names and with its defaults (the vocabulary's size comes from ``max_features`` and the data,
-    the cell from ``arch``)."""
+    """A training run's settings: the model it builds and the run's own.
 
+    ``model``'s ``vocab_size`` caps the vocabulary (``--max-features``): the data may give fewer ids, and
+    :meth:`model_config` builds the model with the vocabulary's size. :meth:`of` takes the command line's options
+    by name (the model's among them) and :meth:`options` gives them back, flat, as checkpoints record them.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 15
     batch_size: int = 32
-    max_features: int = ModelConfig.vocab_size
     maxlen: int = 80
-    embed_dim: int = ModelConfig.embed_dim
-    hidden: int = ModelConfig.hidden
-    dropout: float = ModelConfig.dropout
-    recurrent_dropout: float = ModelConfig.recurrent_dropout
-    dropout_masks: str = ModelConfig.dropout_masks
-    arch: str = ModelConfig.cell
-    layers: int = ModelConfig.layers
-    bidirectional: bool = ModelConfig.bidirectional
-    pool: str = ModelConfig.pool
-    attention_dim: int = ModelConfig.attention_dim
-    architecture: str = ModelConfig.architecture
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.0
@@ -140,30 +155,24 @@ class TrainConfig:
     train_limit: int = 0  # use a seeded sample of this many training reviews (0: all)
     test_limit: int = 0  # likewise for the test split
 
+    @classmethod
+    def of(cls, **options) -> TrainConfig:
+        """The run of these options (``TrainConfig.of(hidden=64, cell="gru", epochs=3)``), checked first
+        (:func:`check_options`); the ones not given take their defaults."""
+        check_options(options)
+        names = {OPTION_NAMES.get(f.name, f.name): f.name for f in fields(ModelConfig)}
+        model = {names[k]: v for k, v in options.items() if k in names}
+        return cls(model=ModelConfig(**model), **{k: v for k, v in options.items() if k not in names})
+
+    def options(self) -> dict:
+        """Every setting by its option name, flat: what :meth:`of` takes and a checkpoint records."""
+        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        return {**{OPTION_NAMES.get(k, k): v for k, v in self.model.to_dict().items()}, **run}
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The :class:`ModelConfig` of this run for a vocabulary of ``vocab_size`` ids."""
-        shared = {f.name for f in fields(ModelConfig)} & {f.name for f in fields(self)}
-        return ModelConfig(vocab_size=vocab_size, cell=self.arch, **{name: getattr(self, name) for name in shared})
+        return replace(self.model, vocab_size=vocab_size)
 
     def validate(self) -> None:
-        """Every setting's type and range (RANGES) and choice, checked before anything is built; one-line errors."""
-        for name in RANGES.keys() & {f.name for f in fields(self)}:
-            why = RANGES[name].error(getattr(self, name))
-            if why:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r} {why}")
-        if self.arch not in CELLS:
-            raise UsageError(f"--arch must be one of {', '.join(CELLS)}, got {self.arch}")
-        if self.pool not in POOLS:
-            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool}")
-        if self.architecture not in ARCHITECTURES:
-            raise UsageError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture}")
-        rnn_only = {"arch": ModelConfig.cell, "layers": ModelConfig.layers, "bidirectional": ModelConfig.bidirectional,
-                    "pool": ModelConfig.pool}
-        changed = [name for name, default in rnn_only.items() if getattr(self, name) != default]
-        if self.architecture != "rnn" and changed:
-            raise UsageError(f"--architecture {self.architecture} has its own recurrent layers; "
-                             f"--{', --'.join(changed)} apply to --architecture rnn only")
-        if self.dropout_masks not in DROPOUT_MASKS:
-            raise UsageError(f"--dropout-masks must be one of {', '.join(DROPOUT_MASKS)}, got {self.dropout_masks}")
-        if self.monitor not in MONITORS:
-            raise UsageError(f"--monitor must be val_loss or val_acc, got {self.monitor}")
+        """Every setting's type, range and choice (:func:`check_options`); one-line errors naming the option."""
+        check_options(self.options())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 
 from torch_imdb.cli import HelpFormatter, Parser, bounded
 from torch_imdb.config import ARCHITECTURES, CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, TrainConfig
@@ -27,13 +26,13 @@ HELP = {
     "recurrent_dropout": "Keras recurrent-state dropout (masks fixed over a sequence)",
     "dropout_masks": "per-gate: one mask per gate, as Keras 2's default implementation=1 (the original); "
                      "shared: one mask for all gates (Keras implementation=2)",
-    "arch": "recurrent cell: lstm, gru, rnn_tanh or rnn_relu (PyTorch's equations; the weights load into nn.LSTM / nn.GRU / nn.RNN)",
+    "cell": "recurrent cell (also --arch): lstm, gru, rnn_tanh or rnn_relu (PyTorch's equations; the weights load into nn.LSTM / nn.GRU / nn.RNN)",
     "layers": "stacked recurrent layers",
     "bidirectional": "run each layer in both directions; the head reads both final states",
     "pool": "what the head reads: last (final state, the Keras example), mean or max over the review's tokens, "
             "or attention (additive attention over the tokens, as Jain & Wallace 2019)",
     "attention_dim": "width of the attention's scoring layer (with --pool attention, and the HAN's)",
-    "architecture": "rnn: the Keras example and its recurrent variants (--arch, --layers, --bidirectional, --pool); "
+    "architecture": "rnn: the Keras example and its recurrent variants (--cell, --layers, --bidirectional, --pool); "
                     "han: a hierarchical attention network (bidirectional GRUs with attention over 10-word chunks, "
                     "then over the chunks); cnn-lstm: Conv1d + ReLU + MaxPool into an LSTM; lstm-bigru: an LSTM into "
                     "a bidirectional GRU",
@@ -49,24 +48,21 @@ HELP = {
 }
 
 
-CHOICES = {"arch": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "monitor": MONITORS,
+CHOICES = {"cell": CELLS, "pool": POOLS, "dropout_masks": DROPOUT_MASKS, "monitor": MONITORS,
            "architecture": ARCHITECTURES}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m torch_imdb.train", description=__doc__,
                formatter_class=HelpFormatter)
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        flag = f"--{f.name.replace('_', '-')}"
+    for name, default in TrainConfig().options().items():
+        flags = [f"--{name.replace('_', '-')}"] + (["--arch"] if name == "cell" else [])  # --arch: its older name
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
-            continue
-        if f.name in RANGES:
-            p.add_argument(flag, type=bounded(RANGES[f.name]), default=default, help=HELP[f.name])
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=HELP[name])
+        elif name in RANGES:
+            p.add_argument(*flags, type=bounded(RANGES[name]), default=default, help=HELP[name])
         else:
-            p.add_argument(flag, choices=CHOICES.get(f.name), default=default, help=HELP[f.name])
+            p.add_argument(*flags, choices=CHOICES.get(name), default=default, help=HELP[name])
     p.add_argument("--out", default="artifacts", help="checkpoint folder (weights, vocab.json, config.json)")
     p.add_argument("--metrics-out", default=None, help="also write the metrics JSON here (e.g. results/train_metrics.json)")
     p.add_argument("--resume", action="store_true",
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from torch_imdb.training import fit  # torch loads here, not for --help
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg = TrainConfig.of(**{name: getattr(args, name) for name in TrainConfig().options()})
     fit(cfg, args.out, resume=args.resume, metrics_out=args.metrics_out,
         command="python -m torch_imdb.train " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.metrics_out:

@@ -15,7 +15,7 @@ the run finishes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ def prepare_data(cfg: TrainConfig, cache_dir: str | Path | None = None) -> Prepa
         train = train.select(np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.train_limit])
     if cfg.test_limit:
         test = test.select(np.random.default_rng(cfg.seed + 1).permutation(len(test))[: cfg.test_limit])
-    vocab = Vocab.build(train["text"], cfg.max_features)
+    vocab = Vocab.build(train["text"], cfg.model.vocab_size)
     x_train, y_train = encode_split(train, vocab, cfg.maxlen, cache_dir)
     x_test, y_test = encode_split(test, vocab, cfg.maxlen, cache_dir)
     return PreparedData(vocab, x_train, y_train, x_test, y_test, source=str(cfg.data or "stanfordnlp/imdb"))
@@ -153,6 +153,8 @@ def load_state(path: Path, saved_config: dict, vocab: Vocab) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file: pickle, zip and torch errors alike
         raise UsageError(f"--resume: {path} is unreadable ({type(exc).__name__}); delete it and run without --resume") from None
+    if isinstance(state, dict) and isinstance(state.get("config"), dict) and "arch" in state["config"]:
+        state["config"] = {("cell" if k == "arch" else k): v for k, v in state["config"].items()}  # its older name
     if not isinstance(state, dict) or state.get("config") != saved_config:
         old = state.get("config") if isinstance(state, dict) else None
         diff = sorted(k for k in saved_config if not isinstance(old, dict) or old.get(k) != saved_config[k])
@@ -175,7 +177,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     run killed at any moment before that resumes.
     """
     cfg.validate()
-    largest = parameter_count(cfg.model_config(cfg.max_features))  # the vocabulary has at most max_features ids
+    largest = parameter_count(cfg.model)  # the vocabulary has at most model.vocab_size ids
     if largest > MAX_PARAMETERS:
         raise UsageError(f"these settings describe a model of up to {largest:,} parameters, more than the "
                          f"{MAX_PARAMETERS:,} this project builds; lower --max-features, --embed-dim, --hidden or "
@@ -184,7 +186,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     out_dir = Path(out_dir)
     if data is None:
         data = prepare_data(cfg, cache_dir=out_dir / "cache")
-    saved_config = {**asdict(cfg), "data": data.source, "device": str(device)}
+    saved_config = {**cfg.options(), "data": data.source, "device": str(device)}
     state_path = out_dir / STATE
     state = load_state(state_path, saved_config, data.vocab) if resume else None
     if state is None and state_path.exists():
@@ -209,8 +211,9 @@ def fit(cfg: TrainConfig, out_dir: str | Path, data: PreparedData | None = None,
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    dropout = (f"Keras dropout {cfg.dropout}/{cfg.recurrent_dropout} ({cfg.dropout_masks} masks)"
-               if cfg.architecture == "rnn" else f"embedding dropout {cfg.dropout}")
+    m = cfg.model
+    dropout = (f"Keras dropout {m.dropout}/{m.recurrent_dropout} ({m.dropout_masks} masks)"
+               if m.architecture == "rnn" else f"embedding dropout {m.dropout}")
     log(f"model: {model.config.describe()}, {dropout}")
     history, best, best_epoch, since_best, stopped, fingerprint = [], None, None, 0, False, None
     if state is not None:
