@@ -40,16 +40,28 @@ class AdditiveAttention(nn.Module):
         return (additive_attention(self.score, self.v, h).unsqueeze(-1) * h).sum(dim=1)
 
 
-class HierarchicalAttention(ReviewClassifier):
+class EmbeddedReviews(ReviewClassifier):
+    """The front the architectures besides ``"rnn"`` share: ids -> Embedding -> Dropout(``config.dropout``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embedded ids (batch, T, E), with dropout in training."""
+        return self.dropout(self.embedding(ids))
+
+
+class HierarchicalAttention(EmbeddedReviews):
     """A hierarchical attention network over chunks of ``CHUNK`` words (see the module's docstring)."""
 
     CHUNK = HAN_CHUNK
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config, H = config, config.hidden
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config)
+        H = config.hidden
         self.words = nn.GRU(config.embed_dim, H, batch_first=True, bidirectional=True)
         self.word_attention = AdditiveAttention(2 * H, config.attention_dim)
         self.chunks = nn.GRU(2 * H, H, batch_first=True, bidirectional=True)
@@ -59,49 +71,45 @@ class HierarchicalAttention(ReviewClassifier):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n, T = ids.shape
         # zero vectors in front up to a whole number of chunks (the reviews are padded in front too)
-        words = F.pad(self.dropout(self.embedding(ids)), (0, 0, (-T) % self.CHUNK, 0))
+        words = F.pad(self.embed(ids), (0, 0, (-T) % self.CHUNK, 0))
         chunks = words.shape[1] // self.CHUNK
         words = words.reshape(n * chunks, self.CHUNK, -1)
         summaries = self.word_attention(self.words(words)[0]).reshape(n, chunks, -1)
         return self.fc(self.chunk_attention(self.chunks(summaries)[0])).squeeze(-1)
 
 
-class ConvLSTM(ReviewClassifier):
+class ConvLSTM(EmbeddedReviews):
     """Conv1d(E -> H, kernel ``KERNEL``, same length) + ReLU + MaxPool1d(``POOL``) -> LSTM(H) -> its final state ->
     Linear."""
 
     KERNEL, POOL = CONV_KERNEL, CONV_POOL
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config, H = config, config.hidden
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config)
+        H = config.hidden
         self.conv = nn.Conv1d(config.embed_dim, H, self.KERNEL, padding=self.KERNEL // 2)
         self.pool = nn.MaxPool1d(self.POOL)
         self.rnn = nn.LSTM(H, H, batch_first=True)
         self.fc = nn.Linear(H, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.embedding(ids)).transpose(1, 2)  # (batch, E, T): Conv1d's layout
+        x = self.embed(ids).transpose(1, 2)  # (batch, E, T): Conv1d's layout
         features = self.pool(torch.relu(self.conv(x))).transpose(1, 2)  # (batch, T // POOL, H)
         return self.fc(self.rnn(features)[1][0][-1]).squeeze(-1)
 
 
-class StackedLSTMBiGRU(ReviewClassifier):
+class StackedLSTMBiGRU(EmbeddedReviews):
     """LSTM(H) -> its outputs -> bidirectional GRU(H) -> both final states -> Linear."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config, H = config, config.hidden
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config)
+        H = config.hidden
         self.rnn = nn.LSTM(config.embed_dim, H, batch_first=True)  # not "lstm": old checkpoints' name for "rnn"
         self.gru = nn.GRU(H, H, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(2 * H, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h_n = self.gru(self.rnn(self.dropout(self.embedding(ids)))[0])[1]  # (2, batch, H)
+        h_n = self.gru(self.rnn(self.embed(ids))[0])[1]  # (2, batch, H)
         return self.fc(torch.cat([h_n[0], h_n[1]], dim=1)).squeeze(-1)
 
 
