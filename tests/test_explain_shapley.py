@@ -11,7 +11,6 @@ import pytest
 import torch
 from zoo import REFUSED, ZOO, zoo_inputs
 
-from torch_imdb.errors import UsageError
 from torch_imdb.explain.own import OwnOutputs
 from torch_imdb.explain.shapley import ShapleySampling, exact_shapley, permutations
 
@@ -59,8 +58,7 @@ def test_every_coalition_enumerated_gives_the_exact_values_on_every_zoo_model(ca
 
 
 @pytest.mark.filterwarnings("ignore:no target")
-@pytest.mark.parametrize("proxy", ["deepshap", None])
-def test_sampled_values_add_up_to_the_model_and_their_standard_errors_cover_the_exact_values(tiny_model, proxy):
+def test_sampled_values_add_up_to_the_model_and_their_standard_errors_cover_the_exact_values(tiny_model):
     model = tiny_model.double()
     g = torch.Generator().manual_seed(3)
     x, bg = torch.randint(1, 40, (1, 12), generator=g), torch.randint(0, 40, (4, 12), generator=g)
@@ -71,7 +69,7 @@ def test_sampled_values_add_up_to_the_model_and_their_standard_errors_cover_the_
     covered, errors = [], []
     for seed in range(40):
         engine = ShapleySampling(model, torch.float64, target_se=None, target_reliability=None,
-                                 max_evaluations=600, proxy=proxy, seed=seed)
+                                 max_evaluations=600, seed=seed)
         res = engine.attribute(x, bg)
         assert not res.extra["exact"][0]  # sampled, not enumerated
         assert abs(res.values[0].sum() - (f_x - base)) < 1e-12  # efficient whatever the budget
@@ -83,11 +81,9 @@ def test_sampled_values_add_up_to_the_model_and_their_standard_errors_cover_the_
     assert np.abs(np.mean(errors, axis=0)).max() < 3 * np.std(errors, axis=0).max() / np.sqrt(40)  # unbiased
 
 
-def test_no_target_warns_and_a_bad_proxy_is_one_line(tiny_model):
+def test_no_target_warns(tiny_model):
     with pytest.warns(UserWarning, match="no target"):
         ShapleySampling(tiny_model, target_se=None, target_reliability=None)
-    with pytest.raises(UsageError, match="proxy"):
-        ShapleySampling(tiny_model, proxy="lime")
 
 
 @pytest.mark.filterwarnings("ignore:no target")

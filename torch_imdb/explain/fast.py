@@ -421,22 +421,6 @@ class FastDeepShap:
             expected[at_rows] = hm.f_r.double().mean(dim=0).cpu().numpy()
         return values, outputs, expected
 
-    @torch.no_grad()
-    def pair_values(self, inputs: torch.Tensor, baselines: torch.Tensor, target: int = 0) -> np.ndarray:
-        """DeepLIFT's values (n, B, T[, F]) float64 of every (input, background row) pair, by the shortcuts: pair
-        (k, j) adds up to f(x_k) - f(r_j) as the head computes them, and the mean over B is :meth:`attribute`'s
-        values. Unguarded: the shapley engine uses them as a proxy game, whose values it checks against the model.
-        Raises :class:`~torch_imdb.errors.ShapeRefusal` for a model on the general path or whose head reads its
-        inputs (masks, extra arguments)."""
-        if self.general is not None or self.head.reads_inputs:
-            raise ShapeRefusal("per-pair values come from the fast engine's shortcuts, on a model whose head reads "
-                               "nothing of its inputs")
-        self.check_inputs(inputs, baselines)
-        T = inputs.shape[1]
-        rv, bg = self.trace(inputs), self._background(baselines, T)
-        hm = self.head.multipliers(rv.results.padded(T), bg.results.padded(T), target, self._constants(inputs, []))
-        return self.stack.pairs(rv, bg, hm, self.tokens).double().cpu().numpy()
-
     def _check_trimmed(self, trimmed: torch.Tensor, inputs: torch.Tensor, extra: tuple, target: int) -> None:
         """With trim_padding: the outputs of the trimmed head must be the model's own, else it reads the padding."""
         own = self.own(inputs.to(self.device), *extra)[:, target]

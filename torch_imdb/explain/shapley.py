@@ -17,12 +17,9 @@ The estimator, chosen by measurement (docs/design.md):
 - **antithetic permutations, one background row each.** A permutation and its
   reverse, run against one row b, give every player's marginal contribution to
   v_b twice for 2(d - 1) forward rows; the rows b take their turns, so that each
-  has as many permutations as the others (a stratified sample over the background);
-- **a control variate per row.** DeepLIFT's values against b alone (the fast
-  engine's per-pair values, :meth:`~.fast.FastDeepShap.pair_values`) estimate the
-  marginal contributions to v_b; the sample is a permutation's contribution minus
-  them, and their mean over the rows (DeepSHAP's values) is added back. Any proxy
-  keeps the estimate unbiased; a close one removes the variance between rows;
+  has as many permutations as the others (a stratified sample over the background,
+  which leaves no variance between the rows: an additive control variate, such as
+  DeepLIFT's values per row, could remove nothing more);
 - **enumeration when it is cheaper.** When every coalition with every row costs no
   more than the budget (2^d B rows, d <= 16), the values are computed exactly from all of them.
 
@@ -43,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torch_imdb.errors import ShapeRefusal, UsageError
+from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
 from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.own import OwnOutputs
@@ -90,7 +87,6 @@ class ShapleySampling:
         target_reliability: stop when the split-half reliability reaches this (None: no such target).
         max_evaluations: the most forward rows per input: the budget. Where every coalition with every background
             row fits it (and d <= 16 players), the values are computed from all of them, exactly.
-        proxy: "deepshap" (the fast engine's per-pair values as the proxy game) or None.
         seed: seeds the coalitions; input k uses seed + k.
         batch_rows: rows per forward pass (memory).
 
@@ -104,18 +100,15 @@ class ShapleySampling:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
                  target_se: float | None = None, target_reliability: float | None = 0.98,
-                 max_evaluations: int = 200_000, proxy: str | None = "deepshap",
+                 max_evaluations: int = 200_000,
                  seed: int = 0, batch_rows: int = 8192) -> None:
-        if proxy not in ("deepshap", None):
-            raise UsageError(f"proxy must be 'deepshap' or None, got {proxy!r}")
         if target_se is None and target_reliability is None:
             warnings.warn("no target: the shapley engine samples until max_evaluations")
         self.model, self.dtype, self.output = model, dtype, output
         self.own = OwnOutputs(model, dtype, output)
         self.target_se, self.target_reliability = target_se, target_reliability
-        self.max_evaluations, self.proxy = max_evaluations, proxy
+        self.max_evaluations = max_evaluations
         self.seed, self.batch_rows = seed, batch_rows
-        self._deepshap = None
 
     def _f(self, rows: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
         """f (m,) float64 of rows, one (m, *shape) tensor per input, the user's module at ``target``, in batches of
@@ -128,30 +121,6 @@ class ShapleySampling:
             f = self.own(part if len(part) > 1 else part[0], *more)
             out[s : s + self.batch_rows] = f[:, target].double().cpu().numpy()
         return out
-
-    def _proxies(self, xs: list[torch.Tensor], bgs: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
-        """The proxy game's values (B, size) per background row, the inputs' entries side by side: DeepLIFT's per
-        pair where the fast engine's shortcuts give them, else DeepSHAP's (the mean over the rows) for every row,
-        else zeros (no proxy, or a model the transform refuses)."""
-        B, size = len(bgs[0]), sum(x.numel() for x in xs)
-        if self.proxy is None:
-            return np.zeros((B, size))
-        from torch_imdb.explain.fast import FastDeepShap
-
-        try:
-            if self._deepshap is None:
-                self._deepshap = FastDeepShap(self.model, self.dtype, output=self.output)
-            if len(xs) == 1:  # several inputs run on the general path, which gives no per-pair values
-                try:
-                    return self._deepshap.pair_values(xs[0][None], bgs[0], target)[0].reshape(B, size)
-                except ShapeRefusal:
-                    pass  # DeepSHAP's values, below
-            one = tuple(x[None] for x in xs) if len(xs) > 1 else xs[0][None]
-            values = self._deepshap.attribute(one, tuple(bgs) if len(xs) > 1 else bgs[0], target, extra).values
-            flat = np.concatenate([v[0].reshape(-1) for v in (values if len(xs) > 1 else (values,))])
-            return np.broadcast_to(flat.reshape(1, size), (B, size)).astype(np.float64)
-        except UsageError:  # a model the transform refuses: sampled without a proxy
-            return np.zeros((B, size))
 
     def attribute(self, inputs: torch.Tensor | tuple, baselines: torch.Tensor | tuple, target: int = 0,
                   additional_forward_args: tuple = ()) -> Attribution:
@@ -255,8 +224,6 @@ class ShapleySampling:
             v = run(keep.repeat_interleave(B, dim=0), np.tile(np.arange(B), 1 << d)).reshape(-1, B).mean(axis=1)
             phi[players] = halves[:, players] = exact_shapley(v, d)
             return report(1.0, True)
-        g = self._proxies(xs, bgs, target, extra)[:, players]  # (B, d): row b's control variate
-        g_mean = g.mean(axis=0)
         total, squares = np.zeros((2, B, d)), np.zeros((2, B, d))  # per half and row: sums of samples
         count = np.zeros((2, B))
         step = np.tril(np.ones((d - 1, d), dtype=bool))  # chain m keeps the first m + 1 players of an order
@@ -271,7 +238,7 @@ class ShapleySampling:
             f = run(torch.from_numpy(keep.reshape(-1, d)), np.repeat(rows_of, d - 1)).reshape(2 * B, d - 1)
             chain = np.concatenate([f_b[rows_of, None], f, np.full((2 * B, 1), f_x)], axis=1)  # (2B, d + 1)
             gains = marginal_gains(chain, both)
-            sample = (gains[:B] + gains[B:]) / 2 - g  # (B, d): row b's antithetic pair, less its control variate
+            sample = (gains[:B] + gains[B:]) / 2  # (B, d): row b's antithetic pair
             half = rounds % 2
             total[half] += sample
             squares[half] += sample ** 2
@@ -281,7 +248,7 @@ class ShapleySampling:
                 continue
             n = count.sum(axis=0)  # (B,)
             means = total.sum(axis=0) / n[:, None]  # (B, d)
-            est = [g_mean + means.mean(axis=0)] + [g_mean + (total[h] / count[h][:, None]).mean(axis=0) for h in (0, 1)]
+            est = [means.mean(axis=0)] + [(total[h] / count[h][:, None]).mean(axis=0) for h in (0, 1)]
             pooled = (squares.sum(axis=0) - n[:, None] * means ** 2).sum(axis=0) / max(n.sum() - B, 1)
             var = np.maximum(pooled, 0.0) * (1.0 / n).sum() / B ** 2
             if est[1].std() > 0 and est[2].std() > 0:
