@@ -121,8 +121,8 @@ def real_checkpoint(real_data, tmp_path_factory):
     from torch_imdb.training import TrainConfig, fit
 
     ck = tmp_path_factory.mktemp("real") / "ck"
-    fit(TrainConfig.of(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16, device="cpu"),
-        ck, log=lambda *_: None)
+    fit(TrainConfig.of(epochs=1, data=real_data, train_limit=300, test_limit=100, embed_dim=16, hidden=16,
+                       device="cpu"), ck, log=lambda *_: None)
     return ck, real_data
 
 

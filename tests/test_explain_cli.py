@@ -102,8 +102,8 @@ def test_recurrent_variants_explained_by_shap_and_captum(planted_data, tmp_path,
     from torch_imdb.training import TrainConfig, fit
 
     ck = tmp_path / "ck"
-    fit(TrainConfig.of(epochs=2, lr=5e-3, maxlen=16, embed_dim=8, hidden=6, data=str(planted_data), device="cpu", **arch),
-        ck, log=lambda *_: None)
+    fit(TrainConfig.of(epochs=2, lr=5e-3, maxlen=16, embed_dim=8, hidden=6, data=str(planted_data), device="cpu",
+                       **arch), ck, log=lambda *_: None)
     assert run(ck, planted_data, tmp_path / "out", "--background", "6", "--reviews", "3",
                "--engines", "shap,captum,fast") == 0
     summary = json.loads((tmp_path / "out" / "explain_summary.json").read_text())

@@ -67,7 +67,8 @@ def test_bad_options_are_clear(option, bad):
 
 def test_patience_stops_and_val_acc_chooses(planted_data, tmp_path):
     """Patience 1 stops at the first epoch without improvement; monitor=val_acc keeps the best-accuracy epoch."""
-    cfg = TrainConfig.of(epochs=8, lr=5e-2, data=str(planted_data), val_fraction=0.2, patience=1, monitor="val_acc", **SMALL)
+    cfg = TrainConfig.of(epochs=8, lr=5e-2, data=str(planted_data), val_fraction=0.2, patience=1, monitor="val_acc",
+                         **SMALL)
     metrics = fit(cfg, tmp_path / "ck", log=lambda *_: None)
     rows = metrics["epochs"]
     accs = [r["val_acc"] for r in rows]
@@ -101,7 +102,8 @@ def test_hub_unreachable_says_how_to_set_the_path():
 def test_help_documents_every_option():
     res = run_cli(["--help"], {})
     assert res.returncode == 0, res.stderr
-    options = [f"--{name.replace('_', '-')}" for name in TrainConfig().options()] + ["--out", "--metrics-out", "--resume"]
+    options = [f"--{name.replace('_', '-')}" for name in TrainConfig().options()]
+    options += ["--out", "--metrics-out", "--resume"]
     assert len(options) >= 23
     for opt in options:
         assert opt in res.stdout, opt

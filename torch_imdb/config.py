@@ -112,6 +112,8 @@ class ModelConfig:
 # The command line's names of ModelConfig's settings where they differ: the vocabulary's cap (Keras's max_features;
 # the data may give fewer ids, and the model is built with the vocabulary's size).
 OPTION_NAMES = {"vocab_size": "max_features"}
+# Options' older names, still taken on the command line and in saved training states: older name -> name.
+RENAMED_OPTIONS = {"arch": "cell"}
 
 
 def check_options(options: dict) -> None:

@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from torch_imdb.cli import HelpFormatter, Parser, bounded
-from torch_imdb.config import ARCHITECTURES, CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, TrainConfig
+from torch_imdb.config import (ARCHITECTURES, CELLS, DROPOUT_MASKS, MONITORS, POOLS, RANGES, RENAMED_OPTIONS,
+                               TrainConfig)
 from torch_imdb.errors import run_cli
 
 HELP = {
@@ -26,7 +27,8 @@ HELP = {
     "recurrent_dropout": "Keras recurrent-state dropout (masks fixed over a sequence)",
     "dropout_masks": "per-gate: one mask per gate, as Keras 2's default implementation=1 (the original); "
                      "shared: one mask for all gates (Keras implementation=2)",
-    "cell": "recurrent cell (also --arch): lstm, gru, rnn_tanh or rnn_relu (PyTorch's equations; the weights load into nn.LSTM / nn.GRU / nn.RNN)",
+    "cell": "recurrent cell (also --arch): lstm, gru, rnn_tanh or rnn_relu (PyTorch's equations; the weights load "
+            "into nn.LSTM / nn.GRU / nn.RNN)",
     "layers": "stacked recurrent layers",
     "bidirectional": "run each layer in both directions; the head reads both final states",
     "pool": "what the head reads: last (final state, the Keras example), mean or max over the review's tokens, "
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m torch_imdb.train", description=__doc__,
                formatter_class=HelpFormatter)
     for name, default in TrainConfig().options().items():
-        flags = [f"--{name.replace('_', '-')}"] + (["--arch"] if name == "cell" else [])  # --arch: its older name
+        older = [old for old, new in RENAMED_OPTIONS.items() if new == name]
+        flags = [f"--{n.replace('_', '-')}" for n in (name, *older)]
         if isinstance(default, bool):
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=HELP[name])
         elif name in RANGES:

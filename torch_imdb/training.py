@@ -28,7 +28,7 @@ from torch_imdb.data import Vocab, encode_split, load_imdb
 from torch_imdb.errors import UsageError
 from torch_imdb.io import atomic_torch_save, atomic_write_json
 from torch_imdb.machine import machine_info
-from torch_imdb.config import TrainConfig
+from torch_imdb.config import RENAMED_OPTIONS, TrainConfig
 from torch_imdb.model import ReviewClassifier
 from torch_imdb.progress import Progress
 
@@ -153,8 +153,8 @@ def load_state(path: Path, saved_config: dict, vocab: Vocab) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file: pickle, zip and torch errors alike
         raise UsageError(f"--resume: {path} is unreadable ({type(exc).__name__}); delete it and run without --resume") from None
-    if isinstance(state, dict) and isinstance(state.get("config"), dict) and "arch" in state["config"]:
-        state["config"] = {("cell" if k == "arch" else k): v for k, v in state["config"].items()}  # its older name
+    if isinstance(state, dict) and isinstance(state.get("config"), dict):  # settings saved under older names
+        state["config"] = {RENAMED_OPTIONS.get(k, k): v for k, v in state["config"].items()}
     if not isinstance(state, dict) or state.get("config") != saved_config:
         old = state.get("config") if isinstance(state, dict) else None
         diff = sorted(k for k in saved_config if not isinstance(old, dict) or old.get(k) != saved_config[k])

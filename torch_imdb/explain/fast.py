@@ -202,7 +202,8 @@ class FastDeepShap:
         """
         n = len(inputs)
         if n < TRACE_ROWS:
-            return self.trace(torch.cat([inputs, inputs[-1:].expand(TRACE_ROWS - n, *inputs.shape[1:])])).rows(slice(0, n))
+            padded = torch.cat([inputs, inputs[-1:].expand(TRACE_ROWS - n, *inputs.shape[1:])])
+            return self.trace(padded).rows(slice(0, n))
         x = inputs.to(self.device)
         return self.stack.trace(F.embedding(x, self.embedding) if self.tokens else x.to(self.dtype))
 
