@@ -141,3 +141,14 @@ class FlatSeries(torch.nn.Module):
 
     def forward(self, rows):
         return self.model(rows.view(len(rows), 3, 2))
+
+
+@pytest.mark.filterwarnings("ignore:no target")
+def test_the_batch_size_changes_no_value(tiny_model):
+    g = torch.Generator().manual_seed(5)
+    x, bg = torch.randint(1, 40, (2, 20), generator=g), torch.randint(0, 40, (3, 20), generator=g)
+    runs = [ShapleySampling(tiny_model.double(), torch.float64, target_se=None, target_reliability=None,
+                            max_evaluations=2000, seed=2, batch_rows=rows).attribute(x, bg) for rows in (7, 10 ** 5)]
+    assert runs[0].extra["evaluations"].tolist() == runs[1].extra["evaluations"].tolist()
+    assert np.abs(runs[0].values - runs[1].values).max() < 1e-12
+    assert np.abs(runs[0].values).max() > 1e-4
