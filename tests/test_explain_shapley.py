@@ -11,6 +11,7 @@ import pytest
 import torch
 from zoo import REFUSED, ZOO, zoo_inputs
 
+from torch_imdb.explain import shapley
 from torch_imdb.explain.own import OwnOutputs
 from torch_imdb.explain.shapley import ShapleySampling, exact_shapley, permutations
 
@@ -152,3 +153,22 @@ def test_the_batch_size_changes_no_value(tiny_model):
     assert runs[0].extra["evaluations"].tolist() == runs[1].extra["evaluations"].tolist()
     assert np.abs(runs[0].values - runs[1].values).max() < 1e-12
     assert np.abs(runs[0].values).max() > 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:no target")
+@pytest.mark.parametrize("case", ZOO + REFUSED, ids=lambda c: c.name)
+def test_shared_prefixes_change_no_value_on_every_zoo_model(case, monkeypatch):
+    model, x, bg, extra = zoo_inputs(case)
+    plans, make = [], shapley.chain_plan
+    monkeypatch.setattr(shapley, "chain_plan", lambda *a, **k: plans.append(make(*a, **k)) or plans[-1])
+    runs = [ShapleySampling(model, torch.float64, output=case.output, target_se=None, target_reliability=None,
+                            max_evaluations=1500, seed=1, prefix_segment=segment)
+            .attribute(x, bg, target=case.target, additional_forward_args=extra) for segment in (4, None)]
+    assert not runs[0].extra["exact"].any() and len(plans) > 0
+    assert np.abs(runs[0].values - runs[1].values).max() < 1e-10
+    assert np.abs(runs[0].values).max() > 1e-4
+    shared = sum(p.shared for p in plans)
+    if case.name == "last":  # an embedding into one LSTM: every chain's prefixes shared
+        assert shared == len(plans)
+    if case.name in ("cnn-lstm", "final-state-bigru"):  # a convolution mixes steps; a backward direction reads suffixes
+        assert shared == 0

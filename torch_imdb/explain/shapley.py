@@ -23,6 +23,10 @@ The estimator, chosen by measurement (docs/design.md):
 - **enumeration when it is cheaper.** When every coalition with every row costs no
   more than the budget (2^d B rows, d <= 16), the values are computed exactly from all of them.
 
+A chain's rows share the recurrent steps of their common prefixes: each one-direction
+recurrent module runs each distinct prefix's segment once (:mod:`.prefixes`), where its
+inputs show the prefixes are shared, and whole elsewhere; the values are the same.
+
 Each player's standard error comes from the pooled within-row variance of the
 samples. The samples alternate between two halves, whose estimates give a
 split-half reliability (Spearman-Brown corrected). Sampling stops at a target
@@ -44,10 +48,12 @@ from torch_imdb.errors import UsageError
 from torch_imdb.explain.api import Attribution, check_completeness, check_extra, check_ids, check_sequences
 from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.own import OwnOutputs
+from torch_imdb.explain.prefixes import SEGMENT, PrefixPlan, chain_plan, shared_prefixes
 from torch_imdb.faithfulness import spearman, spearman_brown
 
 ENUMERATE_PLAYERS = 16  # the most players whose 2^d coalitions are enumerated
 BATCH_ROWS = 128  # rows per forward pass: 1.3-2.4x the rows a second of 8,192 for each of the project's architectures
+CHAINS = 4  # permutation chains per forward pass when they share prefixes: faster than 2, 8 or 16
 
 
 def exact_shapley(v: np.ndarray, d: int) -> np.ndarray:
@@ -91,6 +97,9 @@ class ShapleySampling:
         seed: seeds the coalitions; input k uses seed + k.
         batch_rows: rows per forward pass. It changes the time, not the values: small batches keep their
             activations (an LSTM's input gates for every step, rows x T x 4H) in cache (docs/design.md).
+        prefix_segment: the rows of a permutation chain share the recurrent steps of their common prefixes, computed
+            once per segment of this many steps (:mod:`.prefixes`); None runs every row whole. It changes the time,
+            not the values.
 
     ``attribute`` returns an :class:`~.backends.Attribution` whose ``extra`` holds
     ``standard_error`` (N, *shape), ``halves`` (2, N, *shape) (the estimates of the two halves of the samples),
@@ -103,25 +112,27 @@ class ShapleySampling:
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, output: int | str | None = None,
                  target_se: float | None = None, target_reliability: float | None = 0.98,
                  max_evaluations: int = 200_000,
-                 seed: int = 0, batch_rows: int = BATCH_ROWS) -> None:
+                 seed: int = 0, batch_rows: int = BATCH_ROWS, prefix_segment: int | None = SEGMENT) -> None:
         if target_se is None and target_reliability is None:
             warnings.warn("no target: the shapley engine samples until max_evaluations")
         self.model, self.dtype, self.output = model, dtype, output
         self.own = OwnOutputs(model, dtype, output)
         self.target_se, self.target_reliability = target_se, target_reliability
         self.max_evaluations = max_evaluations
-        self.seed, self.batch_rows = seed, batch_rows
+        self.seed, self.batch_rows, self.prefix_segment = seed, batch_rows, prefix_segment
 
-    def _f(self, rows: list[torch.Tensor], target: int, extra: tuple) -> np.ndarray:
-        """f (m,) float64 of rows, one (m, *shape) tensor per input, the user's module at ``target``, in batches of
-        ``batch_rows``."""
+    def _f(self, rows: list[torch.Tensor], target: int, extra: tuple, plan: PrefixPlan | None = None) -> np.ndarray:
+        """f (m,) float64 of rows, one (m, *shape) tensor per input, the user's module at ``target``: by ``plan`` in
+        one pass, else in batches of ``batch_rows``."""
         m = len(rows[0])
         out = np.empty(m)
-        for s in range(0, m, self.batch_rows):
-            part = tuple(r[s : s + self.batch_rows] for r in rows)
+        size = m if plan is not None else self.batch_rows
+        for s in range(0, m, size):
+            part = tuple(r[s : s + size] for r in rows)
             more = tuple(a.expand(len(part[0]), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
-            f = self.own(part if len(part) > 1 else part[0], *more)
-            out[s : s + self.batch_rows] = f[:, target].double().cpu().numpy()
+            with shared_prefixes(self.own.model, plan):
+                f = self.own(part if len(part) > 1 else part[0], *more)
+            out[s : s + size] = f[:, target].double().cpu().numpy()
         return out
 
     def attribute(self, inputs: torch.Tensor | tuple, baselines: torch.Tensor | tuple, target: int = 0,
@@ -206,8 +217,9 @@ class ShapleySampling:
             return dict(values=phi, se=se, halves=halves, f_x=f_x, base=float(f_b.mean()), reliability=reliability,
                         evaluations=evaluations, exact=exact)
 
-        def run(keep: torch.Tensor, rows_of: np.ndarray) -> np.ndarray:
-            """f (m,) of the input's entries where ``keep`` (m, d) and background row ``rows_of`` (m,) elsewhere."""
+        def run(keep: torch.Tensor, rows_of: np.ndarray, orders: np.ndarray | None = None) -> np.ndarray:
+            """f (m,) of the input's entries where ``keep`` (m, d) and background row ``rows_of`` (m,) elsewhere;
+            ``orders`` (m / (d - 1), d): the rows are these orders' chains, which share their prefixes."""
             nonlocal evaluations
             rows = []
             for x, fx, fb, mine, cols in zip(xs, flat_x, flat_bg, own, columns):
@@ -215,7 +227,16 @@ class ShapleySampling:
                 r[:, mine] = torch.where(keep[:, cols].to(r.device), fx[mine], r[:, mine])
                 rows.append(r.view(len(r), *x.shape))
             evaluations += len(rows_of)
-            return self._f(rows, target, extra)
+            if orders is None or self.prefix_segment is None or len(xs) > 1:
+                return self._f(rows, target, extra)
+            steps = xs[0].shape[0]
+            times = players // (size // steps)  # each player's step
+            out = []
+            for c in range(0, len(orders), CHAINS):
+                plan = chain_plan(orders[c : c + CHAINS], times, steps, self.prefix_segment)
+                cut = slice(c * (d - 1), c * (d - 1) + plan.rows)
+                out.append(self._f([r[cut] for r in rows], target, extra, plan))
+            return np.concatenate(out)
 
         if d <= 1:  # one player takes it all
             phi[players] = halves[:, players] = f_x - f_b.mean()
@@ -237,7 +258,7 @@ class ShapleySampling:
             keep = np.zeros((2 * B, d - 1, d), dtype=bool)
             np.put_along_axis(keep, np.broadcast_to(both[:, None, :], keep.shape), step[None], axis=2)
             rows_of = np.tile(np.arange(B), 2)
-            f = run(torch.from_numpy(keep.reshape(-1, d)), np.repeat(rows_of, d - 1)).reshape(2 * B, d - 1)
+            f = run(torch.from_numpy(keep.reshape(-1, d)), np.repeat(rows_of, d - 1), both).reshape(2 * B, d - 1)
             chain = np.concatenate([f_b[rows_of, None], f, np.full((2 * B, 1), f_x)], axis=1)  # (2B, d + 1)
             gains = marginal_gains(chain, both)
             sample = (gains[:B] + gains[B:]) / 2  # (B, d): row b's antithetic pair
