@@ -35,9 +35,9 @@ class PrefixPlan:
 
     levels: per segment [lo, hi), in time order, (lo, hi, first (nodes,) the row each node is computed from,
     node (rows,) each row's node, parent (nodes,) each node's node in the segment before, None for the first).
-    A node's rows are consecutive, ``first`` the first of them; ``agree`` (rows,): the steps before which each row
-    has the row before it's node (0 for none), so the plan holds where each row's inputs equal the row before's
-    there. ``shared`` counts the module calls that ran by the plan.
+    A node's rows are consecutive, ``first`` the first of them; ``agree`` (rows,): the step up to which each row
+    shares the previous row's node (0: none), so the plan holds where each row's inputs equal the previous row's
+    before that step. ``shared`` counts the module calls that ran by the plan.
     """
 
     rows: int
