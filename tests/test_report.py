@@ -7,7 +7,7 @@ import pytest
 
 from torch_imdb.errors import UsageError
 from torch_imdb.explain.__main__ import main as explain_main
-from torch_imdb.report import build_report
+from torch_imdb.report import build_report, reference_kind
 from torch_imdb.report_check import check_report, find_chromium, passed, token_problems
 
 needs_chromium = pytest.mark.skipif(
@@ -175,3 +175,12 @@ def test_training_runs_are_labelled_from_their_own_config():
     assert run_label({"config": {"epochs": 3, "val_fraction": 0.0}, "epochs": epochs}) == "3 of 3 epochs"
     stopped = {"config": {"epochs": 15, "val_fraction": 0.1}, "epochs": epochs, "selected_by": "val_acc"}
     assert run_label(stopped) == "3 of 15 epochs, best val_acc (--val-fraction 0.1)"
+
+
+def test_the_faithfulness_section_names_how_its_reference_was_made():
+    engine = {"kind": "shapley engine", "reliability_target": 0.98, "forward_rows_per_review": 115613.8,
+              "convergence": {"reliability": 0.9802}}
+    assert reference_kind(engine) == ("the shapley engine, each review sampled to a split-half reliability of 0.98, "
+                                      "115,614 forward rows a review; reliability 0.980")
+    permutation = {"kind": "shap permutation", "permutations_per_review": 60}
+    assert reference_kind(permutation) == "shap.PermutationExplainer, 60 permutations a review"

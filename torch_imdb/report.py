@@ -240,6 +240,16 @@ def words_section(results: Path) -> str:
             + _img(results / "word_importance.png", "word importance"))
 
 
+def reference_kind(ref: dict) -> str:
+    """How the faithfulness benchmark's Shapley reference was made, from its ``reference`` record."""
+    reliability = ref.get("convergence", {}).get("reliability")
+    reached = f"; reliability {reliability:.3f}" if reliability is not None else ""
+    if ref.get("kind") == "shapley engine":
+        return (f"the shapley engine, each review sampled to a split-half reliability of {ref['reliability_target']}, "
+                f"{ref['forward_rows_per_review']:,.0f} forward rows a review{reached}")
+    return f"shap.PermutationExplainer, {ref.get('permutations_per_review')} permutations a review{reached}"
+
+
 def faithfulness_section(results: Path) -> str:
     res = _read_json(results / "faithfulness.json")
     if res is None:
@@ -253,10 +263,9 @@ def faithfulness_section(results: Path) -> str:
              f"{m['seconds_per_review']:.4f}"] for name, m in res["methods"].items()]
     ref = res.get("reference", {})
     text = (f"<p>{len(res['test_rows'])} test reviews, background {res['settings']['background']}; the Shapley reference "
-            f"(shap.PermutationExplainer, {ref.get('permutations_per_seed')} permutations x 2 seeds) on "
-            f"{ref.get('reviews')} of them with a background of {ref.get('background')}, every method recomputed "
-            "with that background for the agreement column. Means with 95% bootstrap intervals; sufficiency: lower "
-            "is better.</p>")
+            f"({reference_kind(ref)}) on {ref.get('reviews')} of them with a background of {ref.get('background')}, "
+            "every method recomputed with that background for the agreement column. Means with 95% bootstrap "
+            "intervals; sufficiency: lower is better.</p>")
     return text + _table(["method", "deletion AOPC", "insertion AOPC", "comprehensiveness", "sufficiency",
                           "Spearman with Shapley", "s/review"], rows) + _img(results / "faithfulness.png", "faithfulness")
 
