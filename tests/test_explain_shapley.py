@@ -171,4 +171,4 @@ def test_shared_prefixes_change_no_value_on_every_zoo_model(case, monkeypatch):
     if case.name == "last":  # an embedding into one LSTM: every chain's prefixes shared
         assert shared == len(plans)
     if case.name in ("cnn-lstm", "final-state-bigru"):  # a convolution mixes steps; a backward direction reads suffixes
-        assert shared == 0
+        assert shared == 0 and len(plans) == len(x)  # one plan an input: none after the first that no module followed

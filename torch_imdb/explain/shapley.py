@@ -217,10 +217,12 @@ class ShapleySampling:
             return dict(values=phi, se=se, halves=halves, f_x=f_x, base=float(f_b.mean()), reliability=reliability,
                         evaluations=evaluations, exact=exact)
 
+        sharing = True  # until a plan finds no recurrent module to follow it
+
         def run(keep: torch.Tensor, rows_of: np.ndarray, orders: np.ndarray | None = None) -> np.ndarray:
             """f (m,) of the input's entries where ``keep`` (m, d) and background row ``rows_of`` (m,) elsewhere;
             ``orders`` (m / (d - 1), d): the rows are these orders' chains, which share their prefixes."""
-            nonlocal evaluations
+            nonlocal evaluations, sharing
             rows = []
             for x, fx, fb, mine, cols in zip(xs, flat_x, flat_bg, own, columns):
                 r = fb[torch.from_numpy(rows_of)].clone()
@@ -233,9 +235,13 @@ class ShapleySampling:
             times = players // (size // steps)  # each player's step
             out = []
             for c in range(0, len(orders), CHAINS):
+                if not sharing:  # the rest whole, in batches of batch_rows
+                    out.append(self._f([r[c * (d - 1):] for r in rows], target, extra))
+                    break
                 plan = chain_plan(orders[c : c + CHAINS], times, steps, self.prefix_segment)
                 cut = slice(c * (d - 1), c * (d - 1) + plan.rows)
                 out.append(self._f([r[cut] for r in rows], target, extra, plan))
+                sharing = plan.shared > 0  # a plan no recurrent module could follow is not made again
             return np.concatenate(out)
 
         if d <= 1:  # one player takes it all
