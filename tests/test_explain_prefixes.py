@@ -13,9 +13,10 @@ from torch_imdb.explain.prefixes import chain_plan, shared_prefixes
 T, E, H, d = 12, 4, 5, 12
 
 
-def chains(m: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-    """m random orders (m, d) of one player per step, and their chains' inputs (m * (d - 1), T, E): row k of a chain
-    takes the input's vectors at the first k + 1 players of its order, a background row's elsewhere."""
+def chains(m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """m random orders (m, d) of one player per step, the players each chain row keeps (m * (d - 1), d), and the
+    rows' inputs (m * (d - 1), T, E): row k of a chain takes the input's vectors at the first k + 1 players of its
+    order, a background row's elsewhere."""
     rng = np.random.default_rng(seed)
     orders = rng.random((m, d)).argsort(axis=1)
     g = torch.Generator().manual_seed(seed)
@@ -25,17 +26,13 @@ def chains(m: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
         for k in range(d - 1):
             keep[c, k, orders[c, : k + 1]] = True
     rows = torch.where(torch.from_numpy(keep)[..., None], x, bg[:, None]).reshape(-1, T, E)
-    return orders, rows
+    return orders, keep.reshape(-1, d), rows
 
 
 def test_a_node_holds_rows_that_keep_the_same_players_before_its_end():
-    orders, _ = chains(5)
+    orders, keep, _ = chains(5)
     plan = chain_plan(orders, np.arange(d), T, segment=4)
     assert [(lo, hi) for lo, hi, *_ in plan.levels] == [(0, 4), (4, 8), (8, 12)]
-    keep = np.zeros((5 * (d - 1), d), dtype=bool)
-    for c in range(5):
-        for k in range(d - 1):
-            keep[c * (d - 1) + k, orders[c, : k + 1]] = True
     for lo, hi, first, node, parent in plan.levels:
         assert (keep[first[node], :hi] == keep[:, :hi]).all()  # same players before hi: same prefix
         assert len(first) < plan.rows if hi < T else len(first) == plan.rows  # every row differs by the end
@@ -48,7 +45,7 @@ def test_a_node_holds_rows_that_keep_the_same_players_before_its_end():
 def test_the_module_by_the_plan_gives_its_own_outputs_and_states(cell, layers, batch_first):
     torch.manual_seed(0)
     module = cell(E, H, num_layers=layers, batch_first=batch_first).double()
-    orders, rows = chains(4)
+    orders, _, rows = chains(4)
     x = rows if batch_first else rows.transpose(0, 1)
     plan = chain_plan(orders, np.arange(d), T, segment=4)
     with torch.no_grad():
@@ -66,7 +63,7 @@ def test_the_module_by_the_plan_gives_its_own_outputs_and_states(cell, layers, b
 def test_inputs_that_break_the_plan_run_whole(case):
     torch.manual_seed(0)
     module = nn.LSTM(E, H, batch_first=True, bidirectional=case == "bidirectional").double()
-    orders, rows = chains(3)
+    orders, _, rows = chains(3)
     plan = chain_plan(orders, np.arange(d), T, segment=4)
     hx = None
     if case == "broken":  # two rows of one node differ at step 0: a front end that mixes steps would do this
