@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from zoo import ZOO, Case, Last, zoo_inputs
+from zoo import ZOO, Case, Last, TwoModules, zoo_inputs
 
 from torch_imdb.explain import CaptumDeepLiftShap, FusedDeepShap, ShapDeepExplainer
 from torch_imdb.explain.backends import explainable_model
-from torch_imdb.explain.stack import block_rows, pair_grid, pairs_of
+from torch_imdb.explain.stack import block_rows, laid_out, pair_grid, pairs_of
 
 
 def grid_batch(n: int = 3, B: int = 4, seed: int = 0) -> torch.Tensor:
@@ -101,21 +101,31 @@ def test_fused_deepshap_equals_shap_on_every_zoo_model(case, monkeypatch):
     assert f32.extra["completeness_ratio"] <= 1
 
 
-def test_each_half_gets_the_multipliers_of_its_own_gradient():
-    """With different top gradients on the two halves (shap's own backward differentiates the inputs' outputs
-    only), the fused rule's gradients are the unrolled copy's, row by row."""
-    model, x, bg, _ = zoo_inputs(Case("stacked", lambda: Last(cell=torch.nn.GRU, bidirectional=True, layers=2)))
+def unrolled_and_fused_gradients(model, ids: torch.Tensor, grid: tuple | None = None) -> list[torch.Tensor]:
+    """The gradients of the copy's embedded batch ``ids``, unrolled and by the fused rule (told the pairs' (B, n)
+    layout ``grid``, as FusedDeepShap tells it), under a top gradient that differs row by row (shap's own backward
+    differentiates the inputs' outputs only)."""
     grads = []
     for fused in (False, True):
-        twin = explainable_model(model, x.shape[1], torch.float64, fused=fused)
-        ids = torch.cat([x.repeat(3, 1), bg.repeat_interleave(2, dim=0)])
+        twin = explainable_model(model, ids.shape[1], torch.float64, fused=fused)
+        for module in twin.modules():
+            if hasattr(module, "grid_shape"):
+                module.grid_shape = grid
         vectors = twin.embed(ids).detach().requires_grad_(True)
         top = torch.linspace(-1, 2, len(ids), dtype=torch.float64)
         with torch.enable_grad():
             y = twin(vectors, ids)[:, 0]
             grads.append(torch.autograd.grad((y * top).sum(), vectors)[0])
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
-    assert grads[0].abs().max() > 1e-4
+    return grads
+
+
+def test_each_half_gets_the_multipliers_of_its_own_gradient():
+    """With different top gradients on the two halves, the fused rule's gradients are the unrolled copy's, row
+    by row."""
+    model, x, bg, _ = zoo_inputs(Case("stacked", lambda: Last(cell=torch.nn.GRU, bidirectional=True, layers=2)))
+    unrolled, fused = unrolled_and_fused_gradients(model, torch.cat([x.repeat(3, 1), bg.repeat_interleave(2, dim=0)]))
+    torch.testing.assert_close(fused, unrolled, rtol=0, atol=1e-12)
+    assert unrolled.abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("pool,cell,bidirectional", [("last", "lstm", False), ("last", "gru", True),
@@ -136,3 +146,60 @@ def test_the_closed_form_heads_equal_the_general_path(pool, cell, bidirectional)
     fast = FastDeepShap(model, torch.float64).attribute(ids, bg)
     general = FusedDeepShap(model, torch.float64).attribute(ids, bg)
     assert np.abs(fast.values - general.values).max() < 1e-10 and np.abs(general.values).max() > 1e-4
+
+
+def test_pairs_in_any_order_get_the_unrolled_gradients(monkeypatch):
+    """Pairs laid out backgrounds first are gathered and scattered as views; the same grid in another order takes
+    indices. Both give the unrolled copy's gradients, row by row."""
+    import torch_imdb.explain.stack as stack
+
+    taken = []
+    monkeypatch.setattr(stack, "laid_out", lambda *a: taken.append(laid_out(*a)) or taken[-1])
+    model, x, bg, _ = zoo_inputs(Case("stacked", lambda: Last(cell=torch.nn.LSTM, bidirectional=True, layers=2)))
+    ids = torch.cat([x.repeat(3, 1), bg.repeat_interleave(2, dim=0)])  # pair p = b * 2 + i
+    p = torch.arange(6)
+    order = torch.cat([p.flip(0), 6 + p.flip(0)])  # the same pairs, the last first: a grid, not laid out
+    for batch, grid, views in ((ids, (3, 2), True), (ids[order], None, False)):
+        taken.clear()
+        unrolled, fused = unrolled_and_fused_gradients(model, batch, grid)
+        assert taken == [views]
+        torch.testing.assert_close(fused, unrolled, rtol=0, atol=1e-12)
+        assert unrolled.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["masked-mean", "lstm-into-bigru", "hierarchical-attention", "side-features"])
+def test_the_outputs_and_base_from_the_pair_batch_are_the_copys_own(name):
+    """FusedDeepShap reads f(x) and the base values off its pair batches; they equal the copy's separate passes
+    (:meth:`_outputs_and_base`), per input where the model reads constants from its inputs."""
+    case = next(c for c in ZOO if c.name == name)
+    model, x, bg, extra = zoo_inputs(case)
+    engine = FusedDeepShap(model, torch.float64, output=case.output, chunk_pairs=2 * len(bg))
+    twin, xs, bgs, ids, extra_t = engine._prepare(x, bg, case.target, extra)
+    _, _, (f_x, base) = engine._values(twin, xs, bgs, ids, extra_t, case.target)
+    f_copy, base_copy = engine._outputs_and_base(twin, xs, bgs, ids, extra_t, case.target)
+    np.testing.assert_allclose(f_x, f_copy, rtol=0, atol=1e-12)
+    assert type(base) is type(base_copy)
+    np.testing.assert_allclose(base, base_copy, rtol=0, atol=1e-12)
+
+
+def test_a_kept_stack_serves_the_next_calls_until_the_weights_change(monkeypatch):
+    """The references are traced once across chunks and calls; changed weights rebuild the stack, and the values
+    are those of a new engine on the changed model."""
+    import torch_imdb.explain.stack as stack
+
+    model, x, bg, _ = zoo_inputs(Case("lstm-into-bigru", TwoModules))
+    traced = []
+    real = stack.RecurrentStack.trace
+    monkeypatch.setattr(stack.RecurrentStack, "trace", lambda self, rows: traced.append(len(rows)) or real(self, rows))
+    engine = FusedDeepShap(model, torch.float64, chunk_pairs=len(bg))  # one input a chunk
+    first = engine.attribute(x, bg)
+    assert traced.count(len(bg)) == 2  # each module's references once, for every chunk
+    engine.attribute(x, bg)
+    assert traced.count(len(bg)) == 2  # and for the next call
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(1.5)
+    changed = engine.attribute(x, bg)
+    assert traced.count(len(bg)) == 4  # the stacks no longer fit the weights: both traced again
+    fresh = FusedDeepShap(model, torch.float64).attribute(x, bg)
+    np.testing.assert_allclose(changed.values, fresh.values, rtol=0, atol=1e-12)
+    assert np.abs(changed.values - first.values).max() > 1e-6

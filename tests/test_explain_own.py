@@ -271,3 +271,25 @@ def test_the_library_engines_check_the_copys_output_against_the_model_itself(nam
     assert "\n" not in str(err.value)
     unchecked = make_engine(name, model, torch.float64, check_completeness=False).attribute(x, bg)
     np.testing.assert_allclose(unchecked.outputs, f_x, rtol=0, atol=1e-12)
+
+
+
+def test_the_own_outputs_follow_the_users_module_as_it_is_now():
+    """Weights changed after the engine was made (in place, or a parameter assigned anew) are the ones the
+    guard's f(x) uses; the user's module itself stays in its dtype."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
+    own = OwnOutputs(model, torch.float64)
+    x = torch.randn(4, 3)
+    expected = lambda: copy.deepcopy(model).double()(x.double()).detach()  # noqa: E731
+    before = own(x)
+    torch.testing.assert_close(before, expected())
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+    torch.testing.assert_close(own(x), expected())
+    assert (own(x) - before).abs().max() > 1e-3
+    model[2].bias = nn.Parameter(torch.tensor([5.0]))
+    torch.testing.assert_close(own(x), expected())
+    assert model[0].weight.dtype == torch.float32

@@ -90,7 +90,7 @@ class _LibraryExplainer:
             check_ids(inputs, baselines, twin.vocab_size())
             ids, bg_ids = inputs.to(device), baselines.to(device)
             x, bg = twin.embed(ids).to(self.dtype), twin.embed(bg_ids).to(self.dtype)
-        self._check_target(twin, bg, ids, extra, target)
+        self._check_target(baselines, extra, target)
         return twin, x, bg, ids, extra
 
     def _prepare_several(self, inputs, baselines, target: int, additional_forward_args: tuple):
@@ -111,13 +111,13 @@ class _LibraryExplainer:
         twin.layout = layout.with_widths([v.shape[-1] for v in x])
         x, bg = twin.layout.pack(x).to(self.dtype), twin.layout.pack(bg).to(self.dtype)
         ids = twin.layout.pack_ids(inputs)
-        self._check_target(twin, bg, ids, extra, target)
+        self._check_target(baselines, extra, target)
         return twin, x, bg, ids, extra
 
-    def _check_target(self, twin, bg: torch.Tensor, ids, extra: tuple, target: int) -> None:
-        """Learns the model's outputs (:attr:`n_outputs`); a one-line error unless ``target`` is one of them."""
-        with torch.no_grad():
-            self.n_outputs = twin(bg[:1], *self._rows(ids, extra, slice(0, 1))).shape[1]
+    def _check_target(self, baselines, extra: tuple, target: int) -> None:
+        """Learns the model's outputs (:attr:`n_outputs`) from the user's own module (one background row, at its
+        own speed: the copy unrolls its recurrences); a one-line error unless ``target`` is one of them."""
+        self.n_outputs = self._own_model().n_outputs(baselines, extra)
         if not 0 <= target < self.n_outputs:
             raise UsageError(f"target {target} is not an output of this model (it has {self.n_outputs})")
 
@@ -172,9 +172,9 @@ class _LibraryExplainer:
         """
         twin, x, bg, ids, extra = self._prepare(inputs, baselines, target, additional_forward_args)
         t0 = time.perf_counter()
-        values, extra_info = self._values(twin, x, bg, ids, extra, target)
+        values, extra_info, outputs = self._values(twin, x, bg, ids, extra, target)
         seconds = time.perf_counter() - t0
-        f_x, base = self._outputs_and_base(twin, x, bg, ids, extra, target)
+        f_x, base = outputs or self._outputs_and_base(twin, x, bg, ids, extra, target)
         f_x = self._own_outputs(inputs, extra, target, f_x)
         result = Attribution(self.method, values, f_x, base, seconds, extra=extra_info)
         return check_completeness(result, self.dtype, self.check)
@@ -183,9 +183,7 @@ class _LibraryExplainer:
         """f(x) (N,) by the user's own module, untouched (:class:`~.own.OwnOutputs`): what the guard checks the
         values against. The explainable copy's f(x) ``by_copy`` (N,) must agree within the guard's tolerance, else
         the copy computes another function and its values are refused in one line."""
-        if self._own is None:
-            self._own = OwnOutputs(self.model, self.dtype, self.output)
-        own = self._own(inputs, *extra)[:, target].double().cpu().numpy()
+        own = self._own_model()(inputs, *extra)[:, target].double().cpu().numpy()
         off = off_tolerance(by_copy, own, self.dtype)
         if self.check and off.any():
             k = int(np.argmax(off))
@@ -194,8 +192,15 @@ class _LibraryExplainer:
                                     "report the model's forward, or pass check_completeness=False to see the values")
         return own
 
-    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
-        """The library's values (N, T) or (N, T, F) of the prepared inputs, and what else it reports."""
+    def _own_model(self) -> OwnOutputs:
+        """The user's module as it is (made on first use)."""
+        if self._own is None:
+            self._own = OwnOutputs(self.model, self.dtype, self.output)
+        return self._own
+
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict, tuple | None]:
+        """The library's values (N, T) or (N, T, F) of the prepared inputs, what else it reports, and the copy's
+        (f(x), base) (:meth:`_outputs_and_base`'s) where its own passes gave them, else None."""
         raise NotImplementedError
 
 
@@ -218,7 +223,7 @@ class ShapDeepExplainer(_LibraryExplainer):
 
     method = "shap"
 
-    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict, None]:
         import shap
 
         adapter = _SideInputs(twin)
@@ -233,7 +238,7 @@ class ShapDeepExplainer(_LibraryExplainer):
                 adapter.side = self._rows(ids, extra, slice(k, k + 1))
                 phi = np.asarray(explainer.shap_values(x[k : k + 1], check_additivity=False))
                 phis.append(phi[..., target])  # (1, T, E|F)
-        return self._per_input(twin, ids, np.concatenate(phis).astype(np.float64)), {}
+        return self._per_input(twin, ids, np.concatenate(phis).astype(np.float64)), {}, None
 
 
 class CaptumDeepLiftShap(_LibraryExplainer):
@@ -249,7 +254,7 @@ class CaptumDeepLiftShap(_LibraryExplainer):
         super().__init__(model, dtype, **options)
         self.per_call = per_call
 
-    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict, None]:
         from captum.attr import DeepLiftShap
 
         if len(bg) < 2:
@@ -264,7 +269,7 @@ class CaptumDeepLiftShap(_LibraryExplainer):
                                             additional_forward_args=self._rows(ids, extra, rows))
                 values.append(attr.detach().double().cpu())
                 deltas.append(delta.detach().double().cpu().view(-1, len(bg)).abs().max(dim=1).values)
-        return self._per_input(twin, ids, torch.cat(values).numpy()), {"max_abs_delta": torch.cat(deltas).numpy()}
+        return self._per_input(twin, ids, torch.cat(values).numpy()), {"max_abs_delta": torch.cat(deltas).numpy()}, None
 
 
 class FusedDeepShap(_LibraryExplainer):
@@ -288,12 +293,15 @@ class FusedDeepShap(_LibraryExplainer):
                  **options) -> None:
         super().__init__(model, dtype, **{"fused": True, **options})
         self.chunk_pairs, self.compile = chunk_pairs, compile
+        self._stacks: dict = {}  # the copy's recurrent modules' stacks by name, kept for the next call's copy
         self.layer, self.layer_input = layer, layer_input
         if layer is not None:
             self.layer_name = submodule_name(model, layer)
 
-    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict]:
-        B, values, layer_parts = len(bg), [], []
+    def _values(self, twin, x, bg, ids, extra, target) -> tuple[np.ndarray, dict, tuple]:
+        """The values, and f(x) and the base from the pair batches' own outputs: the input half's are f(x), the
+        reference half's f(r) with each input's constants, so the copy needs no other pass."""
+        B, values, layer_parts, f_x, base = len(bg), [], [], [], []
         per = max(1, self.chunk_pairs // B)
         for k in range(0, len(x), per):
             inputs = x[k:k + per]
@@ -304,18 +312,26 @@ class FusedDeepShap(_LibraryExplainer):
             consts = tuple(torch.cat([a.repeat(B, *([1] * (a.dim() - 1)))] * 2) if isinstance(a, torch.Tensor) else a
                            for a in self._rows(ids, extra, slice(k, k + n)))  # each pair sees its input's constants
             batch = torch.cat([x_half, r_half]).detach().requires_grad_(True)
-            for module in twin.modules():  # the layout, told rather than searched for by the fused rule
+            for name, module in twin.named_modules():  # the layout, told rather than searched for by the fused rule
                 if hasattr(module, "grid_shape"):
                     module.grid_shape, module.compile = (B, n), self.compile
+                    module.stack = module.stack or self._stacks.get(name)  # its reference traces, if it fits
             with torch.enable_grad(), LayerWatch(self._twin_layer(twin)) as watch:
                 y = twin(batch, *consts)[:, target]
                 grads = torch.autograd.grad(y.sum(), [batch, *watch.tensors], allow_unused=True)
+            y = y.detach().double().view(2, B, n)
+            f_x.append(y[0, 0].cpu())
+            base.append(y[1].mean(dim=0).cpu())
             share = grads[0][: B * n] * (x_half - r_half)
             values.append(share.view(B, n, *share.shape[1:]).mean(dim=0).detach().double().cpu())
             if self.layer is not None:
                 layer_parts.append(watch.shares(grads[1:], B, n))
+        self._stacks = {name: m.stack for name, m in twin.named_modules() if getattr(m, "stack", None) is not None}
         info = {} if self.layer is None else LayerWatch.join(layer_parts)
-        return self._per_input(twin, ids, torch.cat(values).numpy()), info
+        base = torch.cat(base).numpy()
+        if not twin.ids_read and not any(isinstance(a, torch.Tensor) for a in extra):
+            base = float(base[0])  # no constants from the inputs: one base value, as _outputs_and_base gives it
+        return self._per_input(twin, ids, torch.cat(values).numpy()), info, (torch.cat(f_x).numpy(), base)
 
     def _twin_layer(self, twin: ExplainableModel) -> tuple[nn.Module, bool] | None:
         """The copy's module in the place of the user's ``layer``, and whether its inputs are watched."""

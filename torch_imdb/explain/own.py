@@ -63,12 +63,19 @@ class PartsModel(nn.Module):
         return torch.sigmoid(out) if self.output == "sigmoid" else out
 
 
+def weights_stamp(model: nn.Module) -> tuple:
+    """What changes when a module's weights do: each parameter's and buffer's identity, storage and version (an
+    in-place change raises the version, an assignment changes the identity or the storage)."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 class OwnOutputs(nn.Module):
     """The explained outputs (n, K) of the user's module as it is, in ``dtype``.
 
     model: the user's module (a :class:`~torch_imdb.model.ReviewClassifier` is explained as
     P(positive)), or :class:`RNNParts`; output: the entry of a tuple or dict output.
-    The module is copied, so the user's own is never changed.
+    The module is copied, so the user's own is never changed, and copied again when its weights have changed since
+    (trained further, loaded, edited in place): the outputs are always those of the module as it is now.
     """
 
     def __init__(self, model, dtype: torch.dtype, output: int | str | None = None) -> None:
@@ -77,13 +84,20 @@ class OwnOutputs(nn.Module):
             model = PartsModel(model)
         elif isinstance(model, ReviewClassifier):
             model = PositiveProbability(model)
-        self.model = copy.deepcopy(model).to(dtype).eval()
+        self._source = (model,)  # in a tuple: not a submodule, so .to() never reaches the user's module
         self.dtype, self.output = dtype, output
+        self._copy()
+
+    def _copy(self) -> None:
+        self._stamp = weights_stamp(self._source[0])
+        self.model = copy.deepcopy(self._source[0]).to(self.dtype).eval()
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor | tuple, *extra) -> torch.Tensor:
         """The explained outputs (n, K) of inputs (n, ...), or of a tuple of inputs the model's forward takes first,
         each moved to the model's device (a model without weights: where they are)."""
+        if weights_stamp(self._source[0]) != self._stamp:
+            self._copy()
         xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         weight = next(self.parameters(), None)
         xs = [x if weight is None else x.to(weight.device) for x in xs]

@@ -141,6 +141,9 @@ def padded_rows(n: int, per_chunk: int) -> int:
     return size
 
 
+KEPT_REFERENCES = 2
+
+
 class RecurrentStack:
     """A recurrent module's layers and directions, as the engine runs them: the forward trace of rows and the
     multiplier backward of (input, reference) pairs.
@@ -170,6 +173,27 @@ class RecurrentStack:
         self._block = torch.compile(self.parts.block, dynamic=False) if compile else self.parts.block
         self.compiled = compile
         self.block_steps = block_steps
+        self._references: list[Trace] = []  # the last references traced (see reference_trace), newest first
+
+    def fits(self, rnn: nn.Module, compile: bool) -> bool:
+        """Whether this stack runs ``rnn`` as it is now: the same dtype, device, compilation and weights (a stack
+        kept from an earlier call, with its traces, serves only the same weights)."""
+        w = rnn.weight_hh_l0
+        if (self.dtype, self.device, self.compiled) != (w.dtype, w.device, compile):
+            return False
+        return all(torch.equal(kept, now.detach()) for per_dir, layer in zip(self.weights, range(self.L))
+                   for d, ws in enumerate(per_dir) for kept, now in zip(ws, layer_weights(rnn, layer, d))
+                   if kept is not None)
+
+    def reference_trace(self, refs: torch.Tensor) -> Trace:
+        """:meth:`trace` of the references, kept: an engine explains chunk after chunk of inputs against the same
+        references, so each set is traced once (the last ``KEPT_REFERENCES``, for a module called more than once)."""
+        for trace in self._references:
+            if trace.x.shape == refs.shape and torch.equal(trace.x, refs):
+                return trace
+        trace = self.trace(refs.clone())  # a copy: the trace keeps its input, not the caller's whole batch
+        self._references = [trace, *self._references[: KEPT_REFERENCES - 1]]
+        return trace
 
     def trace(self, x: torch.Tensor) -> Trace:
         """Every layer and direction over x (n, T, In), the first layer's input."""
@@ -315,6 +339,30 @@ def pair_grid(x: torch.Tensor, shape: tuple[int, int] | None = None) -> tuple | 
         return inputs.view(-1, *x.shape[1:]), refs.view(-1, *x.shape[1:]), i, b
 
 
+def laid_out(i: torch.Tensor, b: torch.Tensor, B: int) -> bool:
+    """Whether the pairs (inputs[i[p]], references[b[p]]) of a grid of B references are laid out backgrounds first,
+    pair p = b * n + i, as the engines lay them out: then the backward's (B, n) layout is a view of them."""
+    n = len(i) // B if B else 0
+    p = torch.arange(len(i), device=i.device)
+    return n * B == len(i) and torch.equal(i, p % n) and torch.equal(b, p // n)
+
+
+def on_pairs(rows: torch.Tensor, refs: torch.Tensor, i: torch.Tensor, b: torch.Tensor, laid_out: bool,
+             dim: int = 0) -> torch.Tensor:
+    """[rows[i]; refs[b]] along ``dim``: each pair's input row, then each pair's reference row (2P there). Pairs laid
+    out backgrounds first (:func:`laid_out`) are written as one copy of broadcast views, at about twice a gather's
+    speed."""
+    if not laid_out:
+        return torch.cat([rows.index_select(dim, i), refs.index_select(dim, b)], dim=dim)
+    n, B = rows.shape[dim], refs.shape[dim]
+    lead, tail = rows.shape[:dim], rows.shape[dim + 1:]
+    out = rows.new_empty(*lead, 2 * B * n, *tail)
+    halves = out.unflatten(dim, (2, B, n))
+    halves.select(dim, 0).copy_(rows.unsqueeze(dim).expand(*lead, B, n, *tail))
+    halves.select(dim, 1).copy_(refs.unsqueeze(dim + 1).expand(*lead, B, n, *tail))
+    return out
+
+
 def block_rows(x: torch.Tensor, shape: tuple[int, int] | None) -> tuple | None:
     """The distinct rows of an explained batch x (2P, ...) whose rows are blocks of the caller's (B, n) grid of
     pairs, k > 1 blocks each, block c of pair b * n + i at row (b * n + i) * k + c (a model that cut each review
@@ -365,11 +413,12 @@ class FusedRecurrence(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, stack: RecurrentStack, pairs: tuple):
         (inputs, refs, i, b), blocks = pairs
         with torch._C.DisableTorchFunction():  # plain tensors' work: no rule mode to ask at every op
-            rv, bg = stack.trace(inputs.detach()), stack.trace(refs.detach())
+            rv, bg = stack.trace(inputs.detach()), stack.reference_trace(refs.detach())
         rx, rr = rv.results, bg.results
-        out = torch.cat([rx.outputs[i], rr.outputs[b]])
-        h_n = torch.cat([rx.h_n[:, i], rr.h_n[:, b]], dim=1)
-        c_n = torch.cat([rx.c_n[:, i], rr.c_n[:, b]], dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
+        ctx.laid_out = blocks is None and laid_out(i, b, len(refs))
+        out = on_pairs(rx.outputs, rr.outputs, i, b, ctx.laid_out)
+        h_n = on_pairs(rx.h_n, rr.h_n, i, b, ctx.laid_out, dim=1)
+        c_n = on_pairs(rx.c_n, rr.c_n, i, b, ctx.laid_out, dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
         ctx.stack, ctx.traces, ctx.cell_state = stack, (rv, bg), rx.c_n is not None
         ctx.grid, ctx.blocks = (i, b), blocks
         return out, h_n, c_n
@@ -382,6 +431,13 @@ class FusedRecurrence(torch.autograd.Function):
             """The input multipliers (P, T, In) of one half, from that half's output multipliers, pairs placed
             at their (b, i) in the backward's (B, n) layout."""
             n, B = rv.x.shape[0], bg.x.shape[0]
+            if ctx.laid_out:  # pair p = b * n + i already: the layout is a view, no scatter and no gather
+                hm = HeadMultipliers(g_out[rows].unflatten(0, (B, n)).permute(2, 0, 1, 3),
+                                     g_h[:, rows].unflatten(1, (B, n)),
+                                     g_c[:, rows].unflatten(1, (B, n)) if ctx.cell_state else None,
+                                     g_out.new_zeros(n), g_out.new_zeros(B, n))
+                m = ctx.stack.input_multipliers(rv, bg, hm)  # (T, B, n, In)
+                return m.permute(1, 2, 0, 3).reshape(P, m.shape[0], m.shape[-1])
             outputs = g_out.new_zeros(g_out.shape[1], B, n, g_out.shape[2])
             outputs[:, b, i] = g_out[rows].transpose(0, 1)
             h_n = g_h.new_zeros(g_h.shape[0], B, n, g_h.shape[2])

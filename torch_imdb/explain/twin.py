@@ -66,7 +66,9 @@ class ExplainableRNN(nn.Module):
         self.fused = False  # make_explainable(..., fused=True): the engine's fused rule where the batch allows it
         self.grid_shape: tuple[int, int] | None = None  # (B, n) when the caller laid out its pairs so
         self.compile = False  # the fused rule's windows compiled (FusedDeepShap(compile=True))
-        self._stack = None
+        # the fused rule's RecurrentStack, with its kept reference traces; an engine that rebuilds the copy may hand
+        # it the stack of the copy before (FusedDeepShap does), which serves only while it fits the weights
+        self.stack: RecurrentStack | None = None
         for name, p in rnn.named_parameters():
             self.register_parameter(name, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         self.train(rnn.training)
@@ -94,11 +96,9 @@ class ExplainableRNN(nn.Module):
         equal halves. Pairs that are no grid of distinct rows run pair by pair (:func:`~.stack.pairs_of`)."""
         if x.dim() != 3 or not explained(x) or x.shape[0] % 2:
             return None, None
-        w = self.weight_hh_l0
-        if self._stack is None or (self._stack.dtype, self._stack.device, self._stack.compiled) != (w.dtype, w.device,
-                                                                                                 self.compile):
-            self._stack = RecurrentStack(self, w.dtype, self.compile, spec=self.spec)
-        output, h_n, c_n = FusedRecurrence.apply(x, self._stack, pairs_of(x, self.grid_shape))
+        if self.stack is None or not self.stack.fits(self, self.compile):
+            self.stack = RecurrentStack(self, self.weight_hh_l0.dtype, self.compile, spec=self.spec)
+        output, h_n, c_n = FusedRecurrence.apply(x, self.stack, pairs_of(x, self.grid_shape))
         return output, ((h_n, c_n) if self.spec.cell_state else h_n)
 
     def _run(self, x: torch.Tensor, hx, lengths: torch.Tensor | None):
