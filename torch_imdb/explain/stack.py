@@ -420,22 +420,31 @@ class FusedRecurrence(torch.autograd.Function):
         h_n = on_pairs(rx.h_n, rr.h_n, i, b, ctx.laid_out, dim=1)
         c_n = on_pairs(rx.c_n, rr.c_n, i, b, ctx.laid_out, dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
         ctx.stack, ctx.traces, ctx.cell_state = stack, (rv, bg), rx.c_n is not None
-        ctx.grid, ctx.blocks = (i, b), blocks
+        ctx.grid, ctx.blocks, ctx.shapes = (i, b), blocks, (out.shape, h_n.shape)
+        # an output the model does not read (the outputs of a model that reads the final state, a state of one that
+        # reads the outputs) gets None, not a tensor of zeros the size of the pairs' outputs
+        ctx.set_materialize_grads(False)
         return out, h_n, c_n
 
     @staticmethod
-    def backward(ctx, g_out: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor):
+    def backward(ctx, g_out: torch.Tensor | None, g_h: torch.Tensor | None, g_c: torch.Tensor | None):
         (rv, bg), (i, b), P = ctx.traces, ctx.grid, len(ctx.grid[0])
+        if not ctx.cell_state:
+            g_c = None
+        if not ctx.laid_out:  # the scatter and the blocks' views take every multiplier, zeros where none came
+            zeros = lambda shape: rv.x.new_zeros(shape)  # noqa: E731
+            g_out = zeros(ctx.shapes[0]) if g_out is None else g_out
+            g_h = zeros(ctx.shapes[1]) if g_h is None else g_h
+            g_c = zeros(ctx.shapes[1]) if g_c is None and ctx.cell_state else g_c
 
         def on_grid(rows: slice) -> torch.Tensor:
             """The input multipliers (P, T, In) of one half, from that half's output multipliers, pairs placed
             at their (b, i) in the backward's (B, n) layout."""
             n, B = rv.x.shape[0], bg.x.shape[0]
             if ctx.laid_out:  # pair p = b * n + i already: the layout is a view, no scatter and no gather
-                hm = HeadMultipliers(g_out[rows].unflatten(0, (B, n)).permute(2, 0, 1, 3),
-                                     g_h[:, rows].unflatten(1, (B, n)),
-                                     g_c[:, rows].unflatten(1, (B, n)) if ctx.cell_state else None,
-                                     g_out.new_zeros(n), g_out.new_zeros(B, n))
+                state = lambda g: None if g is None else g[:, rows].unflatten(1, (B, n))  # noqa: E731
+                hm = HeadMultipliers(None if g_out is None else g_out[rows].unflatten(0, (B, n)).permute(2, 0, 1, 3),
+                                     state(g_h), state(g_c), rv.x.new_zeros(n), rv.x.new_zeros(B, n))
                 m = ctx.stack.input_multipliers(rv, bg, hm)  # (T, B, n, In)
                 return m.permute(1, 2, 0, 3).reshape(P, m.shape[0], m.shape[-1])
             outputs = g_out.new_zeros(g_out.shape[1], B, n, g_out.shape[2])
@@ -463,7 +472,7 @@ class FusedRecurrence(torch.autograd.Function):
         multipliers = on_grid if ctx.blocks is None else in_blocks
         first, second = slice(0, P), slice(P, 2 * P)
         m_x = multipliers(first)
-        same = torch.equal(g_out[first], g_out[second]) and torch.equal(g_h[:, first], g_h[:, second]) and \
-            torch.equal(g_c[:, first], g_c[:, second])
+        same = all(g is None or torch.equal(g.narrow(dim, 0, P), g.narrow(dim, P, P))
+                   for g, dim in ((g_out, 0), (g_h, 1), (g_c, 1)))
         m_r = m_x if same else multipliers(second)
         return torch.cat([m_x, m_r]), None, None
