@@ -33,6 +33,7 @@ from torch_imdb.explain.api import (Attribution, check_completeness, check_extra
 from torch_imdb.explain.inputs import check_several, several
 from torch_imdb.explain.marks import batch_dim
 from torch_imdb.explain.own import OwnOutputs, PositiveProbability
+from torch_imdb.explain.stack import on_pairs
 from torch_imdb.explain.transform import ExplainableModel, make_explainable
 from torch_imdb.model import ReviewClassifier, SentimentRNN
 
@@ -306,12 +307,10 @@ class FusedDeepShap(_LibraryExplainer):
         for k in range(0, len(x), per):
             inputs = x[k:k + per]
             n = len(inputs)
-            # pair p = b * n + i: input i with reference b, backgrounds first, as the fused rule's grid reads them
-            x_half = inputs.repeat(B, *([1] * (inputs.dim() - 1)))
-            r_half = bg.repeat_interleave(n, dim=0)
             consts = tuple(torch.cat([a.repeat(B, *([1] * (a.dim() - 1)))] * 2) if isinstance(a, torch.Tensor) else a
                            for a in self._rows(ids, extra, slice(k, k + n)))  # each pair sees its input's constants
-            batch = torch.cat([x_half, r_half]).detach().requires_grad_(True)
+            # pair p = b * n + i: input i with reference b, backgrounds first, as the fused rule's grid reads them
+            batch = on_pairs(inputs, bg).detach().requires_grad_(True)
             for name, module in twin.named_modules():  # the layout, told rather than searched for by the fused rule
                 if hasattr(module, "grid_shape"):
                     module.grid_shape, module.compile = (B, n), self.compile
@@ -322,8 +321,8 @@ class FusedDeepShap(_LibraryExplainer):
             y = y.detach().double().view(2, B, n)
             f_x.append(y[0, 0].cpu())
             base.append(y[1].mean(dim=0).cpu())
-            share = grads[0][: B * n] * (x_half - r_half)
-            values.append(share.view(B, n, *share.shape[1:]).mean(dim=0).detach().double().cpu())
+            share = grads[0][: B * n].view(B, n, *inputs.shape[1:]) * (inputs.unsqueeze(0) - bg.unsqueeze(1))
+            values.append(share.mean(dim=0).detach().double().cpu())
             if self.layer is not None:
                 layer_parts.append(watch.shares(grads[1:], B, n))
         self._stacks = {name: m.stack for name, m in twin.named_modules() if getattr(m, "stack", None) is not None}

@@ -347,12 +347,13 @@ def laid_out(i: torch.Tensor, b: torch.Tensor, B: int) -> bool:
     return n * B == len(i) and torch.equal(i, p % n) and torch.equal(b, p // n)
 
 
-def on_pairs(rows: torch.Tensor, refs: torch.Tensor, i: torch.Tensor, b: torch.Tensor, laid_out: bool,
+def on_pairs(rows: torch.Tensor, refs: torch.Tensor, grid: tuple[torch.Tensor, torch.Tensor] | None = None,
              dim: int = 0) -> torch.Tensor:
-    """[rows[i]; refs[b]] along ``dim``: each pair's input row, then each pair's reference row (2P there). Pairs laid
-    out backgrounds first (:func:`laid_out`) are written as one copy of broadcast views, at about twice a gather's
-    speed."""
-    if not laid_out:
+    """[rows[i]; refs[b]] along ``dim`` for ``grid`` (i, b) (P,): each pair's input row, then each pair's reference
+    row (2P there). ``grid`` None: the n rows and B references laid out backgrounds first (pair p = b * n + i,
+    :func:`laid_out`), written as one copy of broadcast views, at about twice a gather's speed."""
+    if grid is not None:
+        i, b = grid
         return torch.cat([rows.index_select(dim, i), refs.index_select(dim, b)], dim=dim)
     n, B = rows.shape[dim], refs.shape[dim]
     lead, tail = rows.shape[:dim], rows.shape[dim + 1:]
@@ -416,9 +417,10 @@ class FusedRecurrence(torch.autograd.Function):
             rv, bg = stack.trace(inputs.detach()), stack.reference_trace(refs.detach())
         rx, rr = rv.results, bg.results
         ctx.laid_out = blocks is None and laid_out(i, b, len(refs))
-        out = on_pairs(rx.outputs, rr.outputs, i, b, ctx.laid_out)
-        h_n = on_pairs(rx.h_n, rr.h_n, i, b, ctx.laid_out, dim=1)
-        c_n = on_pairs(rx.c_n, rr.c_n, i, b, ctx.laid_out, dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
+        grid = None if ctx.laid_out else (i, b)
+        out = on_pairs(rx.outputs, rr.outputs, grid)
+        h_n = on_pairs(rx.h_n, rr.h_n, grid, dim=1)
+        c_n = on_pairs(rx.c_n, rr.c_n, grid, dim=1) if rx.c_n is not None else torch.zeros_like(h_n)
         ctx.stack, ctx.traces, ctx.cell_state = stack, (rv, bg), rx.c_n is not None
         ctx.grid, ctx.blocks, ctx.shapes = (i, b), blocks, (out.shape, h_n.shape)
         # an output the model does not read (the outputs of a model that reads the final state, a state of one that
