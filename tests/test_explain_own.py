@@ -293,3 +293,23 @@ def test_the_own_outputs_follow_the_users_module_as_it_is_now():
     model[2].bias = nn.Parameter(torch.tensor([5.0]))
     torch.testing.assert_close(own(x), expected())
     assert model[0].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_the_fast_engine_follows_weights_changed_after_it_was_made(pool):
+    """An engine made before the model trained further explains the model as it is now: its values and base are
+    those of an engine made afresh, not of the old weights (its recurrence, head and background hold copies)."""
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(vocab_size=30, embed_dim=6, hidden=5, pool=pool)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, bg = torch.randint(1, 30, (3, 9), generator=g), torch.randint(1, 30, (4, 9), generator=g)
+    engine = FastDeepShap(model, torch.float64)
+    before = engine.attribute(x, bg)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(1.5)
+        model.fc.bias.add_(0.3)
+    after = engine.attribute(x, bg)
+    fresh = FastDeepShap(model, torch.float64).attribute(x, bg)
+    np.testing.assert_allclose(after.values, fresh.values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(after.expected_value, fresh.expected_value, rtol=0, atol=1e-12)
+    assert np.abs(after.values - before.values).max() > 1e-6

@@ -48,7 +48,7 @@ from torch_imdb.explain.inputs import several
 from torch_imdb.explain.head import LIBRARIES_HINT, TRACE_ROWS, LinearHead, PooledHead, RuledHead
 from torch_imdb.cells import RECURRENT_MODULES
 from torch_imdb.explain.stack import RecurrentStack, Trace, padded_rows
-from torch_imdb.explain.own import OwnOutputs, RNNParts
+from torch_imdb.explain.own import OwnOutputs, RNNParts, weights_stamp
 from torch_imdb.progress import Progress
 from torch_imdb.model import SentimentRNN
 
@@ -136,8 +136,11 @@ class FastDeepShap:
                  progress: bool = False, compile: bool = False, block_steps: int = 8,
                  check_completeness: bool = True, output: int | str | None = None, trim_padding: bool = False,
                  extra_rules: dict | None = None) -> None:
+        # how it was made, to make it again from the module's new weights (see _follow_the_model)
+        self._made_with = {k: v for k, v in locals().items() if k not in ("self", "model", "__class__")}
         self.extra_rules, self.dtype, self.model, self.output = extra_rules, dtype, model, output
         self.own = OwnOutputs(model, dtype, output)  # what the guard checks against: the model as it is
+        self._stamp = weights_stamp(self.own.source)
         self.chunk_pairs, self.progress, self.check, self.pair_steps = chunk_pairs, progress, check_completeness, 0
         self.general, self.proven = None, False  # proven: the shortcuts explained a chunk of this model
         self.compiled = compile
@@ -158,6 +161,12 @@ class FastDeepShap:
         self._expected: dict[int, float] = {}  # the model's own E f over the background, by target
         # pair_steps: (pair, layer, direction, step) cells the multiplier backward ran, all calls together
         self.trim_padding = trim_padding
+
+    def _follow_the_model(self) -> None:
+        """Makes the engine again when the user's module has changed since (its weights trained further, loaded or
+        edited): the engine's recurrence, head and cached background hold copies of the weights."""
+        if weights_stamp(self.own.source) != self._stamp:
+            self.__init__(self.model, **self._made_with)
 
     def _take_the_general_path(self) -> None:
         """From now on explain with :class:`~.backends.FusedDeepShap` (the same values, for any model the transform
@@ -225,6 +234,7 @@ class FastDeepShap:
         (n,) being the chunk's input numbers (see :meth:`_iter_own`). A shape the shortcuts refuse on the first
         chunk (a recurrent layer called twice, an initial state, a head they would not follow) switches to the
         general path."""
+        self._follow_the_model()
         if self.general is None:
             chunks = self._iter_own(inputs, baselines, target, additional_forward_args)
             try:
@@ -439,6 +449,7 @@ class FastDeepShap:
 
     def expected_value(self, baselines: torch.Tensor, target: int = 0) -> float:
         """E f over the background, for a head that reads no constants of the inputs (one base value for all)."""
+        self._follow_the_model()
         if self.general is not None or self.head.reads_inputs:
             raise UsageError("this model's base value can depend on each input (masks from its ids): "
                              "read Attribution.expected_value, one per input")

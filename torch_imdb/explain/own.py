@@ -88,6 +88,11 @@ class OwnOutputs(nn.Module):
         self.dtype, self.output = dtype, output
         self._copy()
 
+    @property
+    def source(self) -> nn.Module:
+        """The user's module (as a module: RNNParts and ReviewClassifier wrapped as they are explained)."""
+        return self._source[0]
+
     def _copy(self) -> None:
         self._stamp = weights_stamp(self._source[0])
         self.model = copy.deepcopy(self._source[0]).to(self.dtype).eval()
