@@ -273,7 +273,6 @@ def test_the_library_engines_check_the_copys_output_against_the_model_itself(nam
     np.testing.assert_allclose(unchecked.outputs, f_x, rtol=0, atol=1e-12)
 
 
-
 def test_the_own_outputs_follow_the_users_module_as_it_is_now():
     """Weights changed after the engine was made (in place, or a parameter assigned anew) are the ones the
     guard's f(x) uses; the user's module itself stays in its dtype."""

@@ -140,6 +140,12 @@ class _LibraryExplainer:
             return a.repeat_interleave(repeat, dim=0) if repeat > 1 else a
         return (take(ids), *(take(a) for a in extra))
 
+    @staticmethod
+    def _one_base(twin, extra: tuple) -> bool:
+        """Whether all inputs share one base value: the model reads no constants from them (no mask from the ids, no
+        extra tensor), so the base is one float rather than one per input."""
+        return not twin.ids_read and not any(isinstance(a, torch.Tensor) for a in extra)
+
     def _outputs_and_base(self, twin, x, bg, ids, extra, target: int) -> tuple[np.ndarray, np.ndarray | float]:
         """f(x) (N,) and E_r f(r): the background is run with each input's constants (the masks computed
         from its ids, its extra arguments), so the base value is per input (N,) where the model has
@@ -148,7 +154,7 @@ class _LibraryExplainer:
         with torch.no_grad():
             f_x = twin(x, *self._rows(ids, extra, slice(None)))[:, target].double().cpu().numpy()
             first = twin(bg, *self._rows(ids, extra, slice(0, 1), B))[:, target].double().mean()
-            if not twin.ids_read and not any(isinstance(a, torch.Tensor) for a in extra):
+            if self._one_base(twin, extra):
                 return f_x, float(first)
             per = max(1, 4096 // B)
             base = []
@@ -328,8 +334,8 @@ class FusedDeepShap(_LibraryExplainer):
         self._stacks = {name: m.stack for name, m in twin.named_modules() if getattr(m, "stack", None) is not None}
         info = {} if self.layer is None else LayerWatch.join(layer_parts)
         base = torch.cat(base).numpy()
-        if not twin.ids_read and not any(isinstance(a, torch.Tensor) for a in extra):
-            base = float(base[0])  # no constants from the inputs: one base value, as _outputs_and_base gives it
+        if self._one_base(twin, extra):
+            base = float(base[0])
         return self._per_input(twin, ids, torch.cat(values).numpy()), info, (torch.cat(f_x).numpy(), base)
 
     def _twin_layer(self, twin: ExplainableModel) -> tuple[nn.Module, bool] | None:

@@ -93,6 +93,12 @@ class OwnOutputs(nn.Module):
         """The user's module (as a module: RNNParts and ReviewClassifier wrapped as they are explained)."""
         return self._source[0]
 
+    def current(self) -> nn.Module:
+        """The copy of the user's module as it is now: made again if the module's weights changed since."""
+        if weights_stamp(self._source[0]) != self._stamp:
+            self._copy()
+        return self.model
+
     def _copy(self) -> None:
         self._stamp = weights_stamp(self._source[0])
         self.model = copy.deepcopy(self._source[0]).to(self.dtype).eval()
@@ -101,8 +107,7 @@ class OwnOutputs(nn.Module):
     def forward(self, inputs: torch.Tensor | tuple, *extra) -> torch.Tensor:
         """The explained outputs (n, K) of inputs (n, ...), or of a tuple of inputs the model's forward takes first,
         each moved to the model's device (a model without weights: where they are)."""
-        if weights_stamp(self._source[0]) != self._stamp:
-            self._copy()
+        self.current()
         xs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         weight = next(self.parameters(), None)
         xs = [x if weight is None else x.to(weight.device) for x in xs]

@@ -112,11 +112,12 @@ def _by_plan(module: nn.Module, plan: PrefixPlan, input, hx=None):
 def shared_prefixes(model: nn.Module, plan: PrefixPlan | None) -> Iterator[None]:
     """Run ``model``'s recurrent modules by ``plan`` (no plan: as they are) within the block."""
     # a module whose instance has a forward of its own runs that one, as it is
-    modules = [m for m in model.modules() if isinstance(m, RECURRENT_MODULES) and "forward" not in m.__dict__]
-    for m in modules if plan is not None else []:
+    modules = [] if plan is None else [m for m in model.modules()
+                                       if isinstance(m, RECURRENT_MODULES) and "forward" not in m.__dict__]
+    for m in modules:
         m.forward = functools.partial(_by_plan, m, plan)
     try:
         yield
     finally:
-        for m in modules if plan is not None else []:
+        for m in modules:
             del m.forward

@@ -130,7 +130,7 @@ class ShapleySampling:
         for s in range(0, m, size):
             part = tuple(r[s : s + size] for r in rows)
             more = tuple(a.expand(len(part[0]), *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in extra)
-            with shared_prefixes(self.own.model, plan):
+            with shared_prefixes(self.own.current(), plan):  # the copy the call below runs
                 f = self.own(part if len(part) > 1 else part[0], *more)
             out[s : s + size] = f[:, target].double().cpu().numpy()
         return out
@@ -150,7 +150,7 @@ class ShapleySampling:
             An :class:`~.backends.Attribution`: values (N, T) or (N, T, F) (a tuple of (N, ...) for a tuple of
             inputs, and so ``standard_error`` and ``halves``), f(x) (N,), E f (N,).
         """
-        vocab = [m.num_embeddings for m in self.own.model.modules() if isinstance(m, nn.Embedding)]
+        vocab = [m.num_embeddings for m in self.own.current().modules() if isinstance(m, nn.Embedding)]
         if several(inputs):
             check_several(inputs, baselines)
             xs, bgs = list(inputs), list(baselines)

@@ -181,7 +181,7 @@ class RecurrentStack:
         w = rnn.weight_hh_l0
         if (self.dtype, self.device, self.compiled) != (w.dtype, w.device, compile):
             return False
-        return all(torch.equal(kept, now.detach()) for per_dir, layer in zip(self.weights, range(self.L))
+        return all(torch.equal(kept, now.detach()) for layer, per_dir in enumerate(self.weights)
                    for d, ws in enumerate(per_dir) for kept, now in zip(ws, layer_weights(rnn, layer, d))
                    if kept is not None)
 
